@@ -1,0 +1,338 @@
+//! `flowar generate`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use flowar_runtime::image::{labelled_grid, save_png, write_atomic, RgbImage};
+use flowar_runtime::{noise, Pipeline, Request, Solver, StageTimes};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{demo_model, BackendArgs, CliError, CliResult};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model folder from `flowar convert` (default: the bundled shapes10 demo, converted on first use).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Class ids or names; images cycle through them (default: every class).
+    #[arg(long = "class", num_args = 1..)]
+    pub classes: Vec<String>,
+    /// Number of images (default: one per listed class).
+    #[arg(long)]
+    pub count: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Classifier-free guidance scale at the last scale (1 = off). Default: the manifest's.
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    /// Guidance window: steps with t <= this are guided. Default: the manifest's.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Solver steps per scale. Default: the manifest's.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value = "euler", value_parser = ["euler", "heun"])]
+    pub solver: String,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Replay recorded starting noise (`noise.s{i}` tensors of shape [rows, N_i, C]).
+    #[arg(long)]
+    pub noise_file: Option<PathBuf>,
+    /// Only produce images whose index = I mod N, e.g. `--shard 0/4`.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Write one PNG per image (`NNNNNN.png`) and `run.json` here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write a labelled grid of all images here (default when --out is not given: flowar-grid.png).
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
+}
+
+/// `I/N` with `I < N`.
+pub fn parse_shard(s: &str) -> CliResult<(u64, u64)> {
+    let bad = || {
+        CliError::Usage(format!(
+            "--shard `{s}` must look like I/N with 0 <= I < N, e.g. 0/4"
+        ))
+    };
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u64, u64) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// The model folder to use, converting the bundled demo on first use.
+fn model_dir(a: &Args) -> CliResult<PathBuf> {
+    if let Some(m) = &a.model {
+        return Ok(m.clone());
+    }
+    let demo = demo_model().ok_or_else(|| {
+        CliError::Usage("no --model given and the bundled demo (models/shapes10) was not found; run from the repository".into())
+    })?;
+    if !demo.converted.join("manifest.json").is_file() {
+        eprintln!(
+            "converting the bundled demo model {} (first use, cached in {}) ...",
+            demo.dir.display(),
+            demo.converted.display()
+        );
+        let f = flowar_exporter::checkpoint::Checkpoint::open(&demo.dir.join("flowar.pth"))?;
+        let v = flowar_exporter::checkpoint::Checkpoint::open(&demo.dir.join("vae.ckpt"))?;
+        let meta = flowar_exporter::convert::ModelMeta::load(&demo.dir.join("meta.json"))?;
+        flowar_exporter::convert::convert(&flowar_exporter::convert::ConvertRequest {
+            flowar: &f,
+            vae: &v,
+            source_files: vec![
+                (
+                    "flowar".into(),
+                    demo.dir.join("flowar.pth"),
+                    f.format().into(),
+                ),
+                ("vae".into(), demo.dir.join("vae.ckpt"), v.format().into()),
+            ],
+            out: demo.converted.clone(),
+            latent_scale: None,
+            meta,
+            force: true,
+            allow_nonfinite: false,
+        })?;
+    }
+    Ok(demo.converted)
+}
+
+/// Fails early if `dir` cannot be written.
+fn ensure_writable(dir: &Path) -> CliResult {
+    std::fs::create_dir_all(dir).map_err(|e| flowar_runtime::Error::io(dir, e))?;
+    let probe = dir.join(format!(".flowar-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| flowar_runtime::Error::io(dir, e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn secs(d: std::time::Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub fn run(a: Args) -> CliResult {
+    if a.batch_size == 0 {
+        return Err(CliError::Usage("--batch-size must be at least 1".into()));
+    }
+    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    let solver: Solver = a.solver.parse()?;
+    let options = a.backend.options()?;
+    let model_path = model_dir(&a)?;
+    let grid_path = match (&a.grid, &a.out) {
+        (Some(g), _) => Some(g.clone()),
+        (None, None) => Some(PathBuf::from("flowar-grid.png")),
+        (None, Some(_)) => None,
+    };
+    if let Some(out) = &a.out {
+        ensure_writable(out)?;
+    }
+    if let Some(g) = &grid_path {
+        let parent = g
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        ensure_writable(parent)?;
+    }
+
+    let mut pipe = Pipeline::load(&model_path, &options)?;
+    let m = pipe.manifest().clone();
+    eprintln!(
+        "provider: {} ({})",
+        pipe.provider().provider.name(),
+        pipe.provider().reason
+    );
+    let class_list: Vec<usize> = if a.classes.is_empty() {
+        (0..m.num_classes).collect()
+    } else {
+        a.classes
+            .iter()
+            .map(|c| m.class_id(c))
+            .collect::<Result<_, _>>()?
+    };
+    let count = a.count.unwrap_or(class_list.len());
+    if count == 0 {
+        return Err(CliError::Usage("--count must be at least 1".into()));
+    }
+    let cfg = a.cfg.unwrap_or(m.sampler.cfg);
+    let guidance = a.guidance.unwrap_or(m.sampler.guidance);
+    let steps = a.steps.unwrap_or(m.sampler.steps);
+    let indices: Vec<u64> = (0..count as u64)
+        .filter(|k| shard.is_none_or(|(i, n)| k % n == i))
+        .collect();
+    let class_of = |k: u64| class_list[k as usize % class_list.len()];
+
+    let recorded = match &a.noise_file {
+        Some(p) => {
+            let rows = if cfg > 1.0 {
+                2 * indices.len()
+            } else {
+                indices.len()
+            };
+            if shard.is_some() {
+                return Err(CliError::Usage(
+                    "--noise-file cannot be combined with --shard".into(),
+                ));
+            }
+            Some(noise::load_recorded(
+                p,
+                "noise.",
+                rows,
+                &m.scales,
+                m.latent_channels,
+            )?)
+        }
+        None => None,
+    };
+    let batch_size = if recorded.is_some() {
+        indices.len()
+    } else {
+        a.batch_size
+    };
+    // Validate once, before any work, with the first batch's shape.
+    let mk = |ix: &[u64], noise: Option<Vec<Vec<f32>>>| Request {
+        classes: ix.iter().map(|&k| class_of(k)).collect(),
+        image_indices: ix.to_vec(),
+        seed: a.seed,
+        cfg,
+        guidance,
+        steps,
+        solver,
+        noise,
+    };
+    if let Some(first) = indices.chunks(batch_size).next() {
+        pipe.validate(&mk(first, recorded.clone()))?;
+    }
+
+    let n_scales = m.scales.len();
+    let grid_steps = flowar_runtime::schedule::time_grid(steps).len() - 1;
+    let total_ticks = (indices.len().div_ceil(batch_size) * n_scales * grid_steps) as u64;
+    let bar = ProgressBar::new(total_ticks);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let mut times = StageTimes::default();
+    let mut images: Vec<(u64, RgbImage)> = Vec::new();
+    let text_base = |k: u64| -> Vec<(String, String)> {
+        vec![
+            ("flowar:model".into(), m.name.clone()),
+            ("flowar:model_hash".into(), m.model_hash.clone()),
+            ("flowar:index".into(), k.to_string()),
+            ("flowar:class".into(), class_of(k).to_string()),
+            ("flowar:seed".into(), a.seed.to_string()),
+            ("flowar:cfg".into(), cfg.to_string()),
+            ("flowar:guidance".into(), guidance.to_string()),
+            ("flowar:steps".into(), steps.to_string()),
+            ("flowar:solver".into(), solver.name().into()),
+        ]
+    };
+    for (bi, chunk) in indices.chunks(batch_size).enumerate() {
+        let req = mk(chunk, recorded.clone());
+        let out = pipe.generate(&req, &mut |p| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "batch {} scale {}/{} step {}/{}",
+                bi + 1,
+                p.scale + 1,
+                p.scales,
+                p.step,
+                p.steps
+            ));
+            true
+        })?;
+        times.add(&out.times);
+        for (&k, img) in chunk.iter().zip(out.images) {
+            if let Some(dir) = &a.out {
+                save_png(&dir.join(format!("{k:06}.png")), &img, &text_base(k))?;
+            }
+            if grid_path.is_some() {
+                images.push((k, img));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let total = started.elapsed();
+    let n = indices.len();
+    eprintln!(
+        "generated {n} image(s) in {:.2}s ({:.3}s/image) on {}: AR {:.2}s, flow head {:.2}s ({} calls), upsample {:.3}s, VAE {:.2}s",
+        secs(total),
+        secs(total) / n.max(1) as f64,
+        pipe.provider().provider.name(),
+        secs(times.ar),
+        secs(times.flow),
+        times.flow_calls,
+        secs(times.upsample),
+        secs(times.vae)
+    );
+    if let Some(g) = &grid_path {
+        let labels: Vec<String> = images
+            .iter()
+            .map(|(k, _)| {
+                let c = class_of(*k);
+                m.class_names
+                    .get(c)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {c}"))
+            })
+            .collect();
+        let imgs: Vec<RgbImage> = images.into_iter().map(|(_, i)| i).collect();
+        let zoom = (96 / m.image_size).max(1);
+        let columns = if n <= 10 {
+            n
+        } else {
+            (n as f64).sqrt().ceil() as usize
+        };
+        save_png(
+            g,
+            &labelled_grid(&imgs, &labels, columns, zoom),
+            &[("flowar:model".into(), m.name.clone())],
+        )?;
+        println!("wrote grid {}", g.display());
+    }
+    if let Some(dir) = &a.out {
+        let run = serde_json::json!({
+            "model": model_path.display().to_string(),
+            "model_name": m.name,
+            "model_hash": m.model_hash,
+            "provider": pipe.provider().provider.name(),
+            "provider_reason": pipe.provider().reason,
+            "classes": indices.iter().map(|&k| class_of(k)).collect::<Vec<_>>(),
+            "indices": indices,
+            "count": count,
+            "shard": a.shard,
+            "seed": a.seed,
+            "cfg": cfg,
+            "guidance": guidance,
+            "steps": steps,
+            "solver": solver.name(),
+            "batch_size": batch_size,
+            "noise_file": a.noise_file,
+            "timings_s": {
+                "load": secs(pipe.load_time()),
+                "total": secs(total),
+                "ar": secs(times.ar),
+                "flow_head": secs(times.flow),
+                "flow_head_calls": times.flow_calls,
+                "upsample": secs(times.upsample),
+                "vae": secs(times.vae),
+            },
+        });
+        write_atomic(
+            &dir.join("run.json"),
+            serde_json::to_string_pretty(&run).expect("json").as_bytes(),
+        )?;
+        println!("wrote {n} image(s) and run.json to {}", dir.display());
+    }
+    Ok(())
+}

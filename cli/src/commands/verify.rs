@@ -1,0 +1,126 @@
+//! `flowar verify`.
+
+use std::path::PathBuf;
+
+use flowar_runtime::verify::{self, PipeSettings, Reference, Tolerances};
+use flowar_runtime::Pipeline;
+
+use super::{BackendArgs, CliError, CliResult};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Reference tensors laid out like the fixtures' expected.safetensors.
+    #[arg(long)]
+    pub reference: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Max abs error for flow head, AR and upsampling cases.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f32,
+    /// Max abs error for the VAE float image.
+    #[arg(long, default_value_t = 1e-3)]
+    pub vae_tol: f32,
+    /// Max abs error for pipe.tokens (default: 4x the reference's own float64-vs-float32
+    /// difference from config.json beside the reference, and at least 1e-3).
+    #[arg(long)]
+    pub pipe_tol: Option<f32>,
+    /// Largest allowed u8 difference in pipe.image_u8.
+    #[arg(long, default_value_t = 2)]
+    pub pipe_levels: u8,
+    /// Share of pipe.image_u8 values that must be identical.
+    #[arg(long, default_value_t = 0.99)]
+    pub pipe_identical: f64,
+    /// Pipeline settings of the pipe.* case (default: config.json beside the reference).
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> CliResult {
+    let reference = Reference::load(&a.reference)?;
+    let config: Option<serde_json::Value> = a
+        .reference
+        .parent()
+        .map(|p| p.join("config.json"))
+        .filter(|p| p.is_file())
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let cget = |k: &str| {
+        config
+            .as_ref()
+            .and_then(|c| c.get(k))
+            .and_then(|v| v.as_f64())
+    };
+    let settings = match (
+        a.cfg.or(cget("cfg")),
+        a.guidance.or(cget("guidance")),
+        a.steps.or(cget("num_steps").map(|s| s as usize)),
+    ) {
+        (Some(cfg), Some(guidance), Some(steps)) => Some(PipeSettings {
+            cfg,
+            guidance,
+            steps,
+        }),
+        _ => None,
+    };
+    let pipe_tol = a.pipe_tol.unwrap_or_else(|| {
+        cget("float64_vs_float32_tokens_max_abs_diff")
+            .map(|d| (4.0 * d as f32).max(1e-3))
+            .unwrap_or(1e-3)
+    });
+    let tol = Tolerances {
+        graph: a.tol,
+        vae: a.vae_tol,
+        vae_u8_levels: 1,
+        pipe_tokens: pipe_tol,
+        pipe_identical: a.pipe_identical,
+        pipe_u8_levels: a.pipe_levels,
+    };
+    let mut pipe = Pipeline::load(&a.model, &a.backend.options()?)?;
+    println!(
+        "provider: {} ({})",
+        pipe.provider().provider.name(),
+        pipe.provider().reason
+    );
+    let results = verify::run(&mut pipe, &reference, &tol, settings.as_ref())?;
+    let mut failed = 0;
+    for r in &results {
+        let extra = r
+            .identical
+            .map(|s| format!("  identical {:.4}%", s * 100.0))
+            .unwrap_or_default();
+        println!(
+            "{:<5} {:<20} max_abs {:.3e}  max_rel {:.3e}  bound {:.1e}{extra}",
+            if r.pass { "ok" } else { "FAIL" },
+            r.name,
+            r.max_abs,
+            r.max_rel,
+            r.bound
+        );
+        failed += (!r.pass) as usize;
+    }
+    if let Some(j) = &a.json {
+        flowar_runtime::image::write_atomic(
+            j,
+            serde_json::to_string_pretty(&results)
+                .expect("json")
+                .as_bytes(),
+        )?;
+    }
+    if failed > 0 {
+        return Err(CliError::Failed(format!(
+            "{failed} of {} case(s) exceed their bounds",
+            results.len()
+        )));
+    }
+    println!("all {} case(s) within bounds", results.len());
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Checkpoints in, model folder out: three ONNX graphs and `manifest.json`, written to a
+//! temporary folder and renamed into place only when everything succeeded.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flowar_runtime::manifest::{
+    Architecture, FlowKind, GraphSpec, Graphs, Manifest, RopeSpec, SamplerDefaults, SourceFile,
+    FORMAT_VERSION, MANIFEST_FILE,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::arch::{self, FlowArDims, VaeDims};
+use crate::error::{ExportError, Result};
+use crate::graphs::{ar_step, flow_head, vae_decoder, BuiltGraph};
+use crate::weights::{check_unused, NonFinitePolicy, Vb, WeightSource};
+
+pub const EXPORTER_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The latent scale of MAR's kl16, used by every released FlowAR.
+pub const DEFAULT_LATENT_SCALE: f64 = 0.2325;
+
+/// Optional facts a checkpoint cannot carry (a model card's `meta.json` supplies them).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct ModelMeta {
+    pub name: Option<String>,
+    pub latent_scale: Option<f64>,
+    #[serde(default)]
+    pub classes: Vec<String>,
+    pub sampler: Option<MetaSampler>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct MetaSampler {
+    pub cfg: f64,
+    pub guidance: f64,
+    pub num_steps: usize,
+}
+
+impl ModelMeta {
+    pub fn load(path: &Path) -> Result<ModelMeta> {
+        let text = std::fs::read_to_string(path).map_err(|e| ExportError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            ExportError::BadArgument(format!("{}: invalid model metadata: {e}", path.display()))
+        })
+    }
+}
+
+/// What to convert and how.
+pub struct ConvertRequest<'a> {
+    pub flowar: &'a dyn WeightSource,
+    pub vae: &'a dyn WeightSource,
+    /// Files the sources were read from, hashed into the manifest (empty for presets).
+    pub source_files: Vec<(String, PathBuf, String)>,
+    pub out: PathBuf,
+    pub latent_scale: Option<f64>,
+    pub meta: ModelMeta,
+    pub force: bool,
+    pub allow_nonfinite: bool,
+}
+
+/// What a conversion produced.
+#[derive(Debug)]
+pub struct ConvertReport {
+    pub manifest: Manifest,
+    pub ignored_keys: Vec<(String, &'static str)>,
+}
+
+/// Released sampler settings for the detected size; other sizes get FlowAR-S's.
+fn released_sampler(f: &FlowArDims) -> (SamplerDefaults, &'static str) {
+    match (f.ar.width, f.flow.kind) {
+        (768, FlowKind::Spatial) => (
+            SamplerDefaults {
+                cfg: 4.3,
+                guidance: 0.9,
+                steps: 25,
+            },
+            "FlowAR-S",
+        ),
+        (1024, FlowKind::Cross) => (
+            SamplerDefaults {
+                cfg: 2.4,
+                guidance: 0.9,
+                steps: 25,
+            },
+            "FlowAR-L",
+        ),
+        (1536, FlowKind::Cross) => (
+            SamplerDefaults {
+                cfg: 2.4,
+                guidance: 0.7,
+                steps: 50,
+            },
+            "FlowAR-H",
+        ),
+        _ => (
+            SamplerDefaults {
+                cfg: 4.3,
+                guidance: 0.9,
+                steps: 25,
+            },
+            "flowar",
+        ),
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| ExportError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ExportError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serialises one graph into `dir` and describes it for the manifest.
+fn write_graph(dir: &Path, file: &str, g: BuiltGraph) -> Result<GraphSpec> {
+    let path = dir.join(file);
+    let bytes = g.model.encode_to_vec();
+    drop(g.model);
+    let sha256 = hex(&Sha256::digest(&bytes));
+    std::fs::write(&path, &bytes).map_err(|e| ExportError::io(&path, e))?;
+    Ok(GraphSpec {
+        file: file.into(),
+        opset: crate::onnx::OPSET,
+        sha256,
+        parameters: g.parameters,
+        inputs: g.inputs.iter().map(|i| i.spec()).collect(),
+        outputs: g.outputs.iter().map(|o| o.spec()).collect(),
+    })
+}
+
+/// A temporary sibling of `out` that is removed on drop unless committed.
+struct StagingDir {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl StagingDir {
+    fn new(out: &Path) -> Result<StagingDir> {
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| ExportError::io(parent, e))?;
+        let path = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| ExportError::io(&path, e))?;
+        }
+        std::fs::create_dir(&path).map_err(|e| ExportError::io(&path, e))?;
+        Ok(StagingDir {
+            path,
+            committed: false,
+        })
+    }
+
+    /// Moves the finished folder to `out`, replacing an old one only when `force`.
+    fn commit(mut self, out: &Path, force: bool) -> Result<()> {
+        if out.exists() {
+            if !force {
+                return Err(ExportError::OutputExists(out.to_path_buf()));
+            }
+            let old = self.path.with_extension("old");
+            std::fs::rename(out, &old).map_err(|e| ExportError::io(out, e))?;
+            std::fs::rename(&self.path, out).map_err(|e| ExportError::io(out, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&self.path, out).map_err(|e| ExportError::io(out, e))?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Detects both architectures and checks that they fit together.
+pub fn detect(flowar: &dyn WeightSource, vae: &dyn WeightSource) -> Result<(FlowArDims, VaeDims)> {
+    let f = arch::detect_flowar(flowar)?;
+    let v = arch::detect_vae(vae)?;
+    if f.latent_channels != v.latent_channels {
+        return Err(ExportError::Mismatch(format!(
+            "{} works on {} latent channels (z_proj.weight) but {} decodes {} (post_quant_conv.weight)",
+            flowar.origin(),
+            f.latent_channels,
+            vae.origin(),
+            v.latent_channels
+        )));
+    }
+    Ok((f, v))
+}
+
+pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
+    if req.out.exists() && !req.force {
+        return Err(ExportError::OutputExists(req.out.clone()));
+    }
+    let latent_scale = req
+        .latent_scale
+        .or(req.meta.latent_scale)
+        .unwrap_or(DEFAULT_LATENT_SCALE);
+    if !(latent_scale.is_finite() && latent_scale > 0.0) {
+        return Err(ExportError::BadArgument(format!(
+            "latent scale {latent_scale} must be a positive number"
+        )));
+    }
+    let (fd, vd) = detect(req.flowar, req.vae)?;
+    if !req.meta.classes.is_empty() && req.meta.classes.len() != fd.num_classes {
+        return Err(ExportError::BadArgument(format!(
+            "model metadata names {} classes but the checkpoint has {}",
+            req.meta.classes.len(),
+            fd.num_classes
+        )));
+    }
+    let policy = if req.allow_nonfinite {
+        NonFinitePolicy::Allow
+    } else {
+        NonFinitePolicy::Refuse
+    };
+    let staging = StagingDir::new(&req.out)?;
+
+    let used = RefCell::new(BTreeSet::new());
+    let vb = Vb::root(req.flowar, &used, policy);
+    let ar = write_graph(
+        &staging.path,
+        "ar_step.onnx",
+        ar_step::build(&vb, &fd, EXPORTER_VERSION)?,
+    )?;
+    let flow = write_graph(
+        &staging.path,
+        "flow_head.onnx",
+        flow_head::build(&vb, &fd, EXPORTER_VERSION)?,
+    )?;
+    let mut ignored = check_unused(req.flowar, &used.borrow(), arch::FLOWAR_IGNORED)?;
+
+    let vused = RefCell::new(BTreeSet::new());
+    let vvb = Vb::root(req.vae, &vused, policy);
+    let grid = *fd.scales.last().expect("detected scales are non-empty");
+    let vae = write_graph(
+        &staging.path,
+        "vae_decoder.onnx",
+        vae_decoder::build(&vvb, &vd, grid, latent_scale, EXPORTER_VERSION)?,
+    )?;
+    ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
+
+    let mut sources = Vec::new();
+    for (role, path, format) in &req.source_files {
+        sources.push(SourceFile {
+            role: role.clone(),
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: sha256_file(path)?,
+            format: format.clone(),
+        });
+    }
+    let (released, size_name) = released_sampler(&fd);
+    let sampler = match &req.meta.sampler {
+        Some(s) => SamplerDefaults {
+            cfg: s.cfg,
+            guidance: s.guidance,
+            steps: s.num_steps,
+        },
+        None => released,
+    };
+    let mut h = Sha256::new();
+    for s in &sources {
+        h.update(s.sha256.as_bytes());
+    }
+    if sources.is_empty() {
+        // Presets: hash the graphs themselves.
+        for g in [&ar, &flow, &vae] {
+            h.update(g.sha256.as_bytes());
+        }
+    }
+    h.update(latent_scale.to_le_bytes());
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        exporter_version: EXPORTER_VERSION.into(),
+        name: req.meta.name.clone().unwrap_or_else(|| size_name.into()),
+        model_hash: hex(&h.finalize())[..16].to_string(),
+        sources,
+        scales: fd.scales.clone(),
+        latent_channels: fd.latent_channels,
+        image_size: grid * vd.arch.stride,
+        latent_scale,
+        num_classes: fd.num_classes,
+        null_class: fd.num_classes,
+        class_names: req.meta.classes.clone(),
+        sampler,
+        rope: RopeSpec {
+            theta: 10000.0,
+            grid_constant: 16.0,
+            ar_head_dim: fd.ar.head_dim,
+            flow_head_dim: fd.flow.head_dim,
+        },
+        architecture: Architecture {
+            ar: fd.ar,
+            flow: fd.flow,
+            vae: vd.arch,
+        },
+        graphs: Graphs {
+            ar_step: ar,
+            flow_head: flow,
+            vae_decoder: vae,
+        },
+        dtype: "float32".into(),
+    };
+    let mpath = staging.path.join(MANIFEST_FILE);
+    let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+    std::fs::write(&mpath, text).map_err(|e| ExportError::io(&mpath, e))?;
+    staging.commit(&req.out, req.force)?;
+    Ok(ConvertReport {
+        manifest,
+        ignored_keys: ignored,
+    })
+}

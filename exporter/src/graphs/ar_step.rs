@@ -1,0 +1,263 @@
+//! The AR transformer, one scale per call, with an explicit KV cache.
+//!
+//! Inputs: `labels [rows] i64` (class ids, the null class on CFG rows), `tokens [rows,
+//! tokens, C]` (the upsampled previous scale; ignored when `first_scale`), `first_scale []
+//! bool`, `positions [tokens] i64` (global token indices `start_i..start_i+N_i`),
+//! `rope_cos`/`rope_sin [tokens, hd]`, and `past_key.{layer}`/`past_value.{layer}`
+//! `[rows, heads, past_tokens, hd]` per block. Outputs: `z [rows, tokens, D]` and
+//! `present_key.{layer}`/`present_value.{layer}` with this scale's keys appended.
+
+use super::{BuiltGraph, Io, PAST, ROWS, TOKENS, TOTAL};
+use crate::arch::FlowArDims;
+use crate::error::Result;
+use crate::nn::{self, RopeTables};
+use crate::onnx::{Dim, Elem, Graph, Val};
+use crate::weights::Vb;
+
+/// `h += g1*attn(rmsnorm(h)*(1+s1)+b1); h += g2*mlp(rmsnorm(h)*(1+s2)+b2)`, with this
+/// block's keys and values appended to its cache.
+fn block(
+    g: &mut Graph,
+    vb: &Vb,
+    dims: &FlowArDims,
+    h: &str,
+    silu_c: &str,
+    rope: &RopeTables,
+    past: (&str, &str),
+) -> Result<(Val, Val, Val)> {
+    let a = &dims.ar;
+    let d = a.width;
+    let ada = nn::linear(g, &vb.pp("ada_lin.1"), silu_c, d, 6 * d, true)?;
+    let mods = g.scoped(vb.prefix(), |g| {
+        let ada = g.unsqueeze(&ada, &[1]);
+        g.split(&ada, &[d as i64; 6], -1)
+    });
+    let (g1, g2, s1, s2, b1, b2) = (&mods[0], &mods[1], &mods[2], &mods[3], &mods[4], &mods[5]);
+
+    let attn_in = g.scoped(vb.prefix(), |g| {
+        let n = nn::rms_norm(g, h, None);
+        nn::modulate(g, &n, s1, b1)
+    });
+    let avb = vb.pp("attn");
+    let qkv = nn::linear(g, &avb.pp("qkv"), &attn_in, d, 3 * d, true)?;
+    let (attn_out, k_all, v_all) = g.scoped(avb.prefix(), |g| {
+        let parts = nn::split_heads(g, &qkv, 3, a.heads, a.head_dim);
+        let q = rope.apply(g, &parts[0]);
+        let k = rope.apply(g, &parts[1]);
+        let k_all = g.concat(&[past.0, &k], 2);
+        let v_all = g.concat(&[past.1, &parts[2]], 2);
+        (
+            nn::attend(g, &q, &k_all, &v_all, a.head_dim, d),
+            k_all,
+            v_all,
+        )
+    });
+    let proj = nn::linear(g, &avb.pp("proj"), &attn_out, d, d, true)?;
+    let h = g.scoped(vb.prefix(), |g| {
+        let gated = g.mul(g1, &proj);
+        g.add(h, &gated)
+    });
+    let mlp_in = g.scoped(vb.prefix(), |g| {
+        let n = nn::rms_norm(g, &h, None);
+        nn::modulate(g, &n, s2, b2)
+    });
+    let m = nn::mlp(g, &vb.pp("mlp"), &mlp_in, d, a.mlp_hidden)?;
+    let h = g.scoped(vb.prefix(), |g| {
+        let gated = g.mul(g2, &m);
+        g.add(&h, &gated)
+    });
+    Ok((h, k_all, v_all))
+}
+
+/// Adds `table[positions]` (a `[1, L, D]` position embedding) to `h`.
+fn add_positions(
+    g: &mut Graph,
+    vb: &Vb,
+    key: &str,
+    h: &str,
+    positions: &str,
+    dims: &FlowArDims,
+) -> Result<Val> {
+    let (l, d) = (dims.total_tokens, dims.ar.width);
+    let table = vb.get(key, &[1, l, d])?;
+    Ok(g.scoped(key, |g| {
+        let t = g.weight(key, &[l, d], &table, "stored as [L, D]");
+        let rows = g.node(
+            "Gather",
+            &[&t, positions],
+            vec![crate::onnx::builder::attr_int("axis", 0)],
+        );
+        g.add(h, &rows)
+    }))
+}
+
+pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
+    let a = &dims.ar;
+    let (d, c, hd) = (a.width, dims.latent_channels, a.head_dim);
+    let mut g = Graph::new("flowar_ar_step");
+    let cache_dims = |tok: &'static str| {
+        vec![
+            Dim::Sym(ROWS),
+            Dim::Fixed(a.heads),
+            Dim::Sym(tok),
+            Dim::Fixed(hd),
+        ]
+    };
+    let mut inputs = vec![
+        Io::new("labels", Elem::I64, vec![Dim::Sym(ROWS)]),
+        Io::new(
+            "tokens",
+            Elem::F32,
+            vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(c)],
+        ),
+        Io::new("first_scale", Elem::Bool, vec![]),
+        Io::new("positions", Elem::I64, vec![Dim::Sym(TOKENS)]),
+        Io::new(
+            "rope_cos",
+            Elem::F32,
+            vec![Dim::Sym(TOKENS), Dim::Fixed(hd)],
+        ),
+        Io::new(
+            "rope_sin",
+            Elem::F32,
+            vec![Dim::Sym(TOKENS), Dim::Fixed(hd)],
+        ),
+    ];
+    let mut outputs = vec![Io::new(
+        "z",
+        Elem::F32,
+        vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(d)],
+    )];
+    for layer in &a.cache_layers {
+        inputs.push(Io::new(
+            format!("past_key.{layer}"),
+            Elem::F32,
+            cache_dims(PAST),
+        ));
+        inputs.push(Io::new(
+            format!("past_value.{layer}"),
+            Elem::F32,
+            cache_dims(PAST),
+        ));
+        outputs.push(Io::new(
+            format!("present_key.{layer}"),
+            Elem::F32,
+            cache_dims(TOTAL),
+        ));
+        outputs.push(Io::new(
+            format!("present_value.{layer}"),
+            Elem::F32,
+            cache_dims(TOTAL),
+        ));
+    }
+    for io in &inputs {
+        g.input(&io.name, io.elem, &io.dims);
+    }
+    let rope = RopeTables::new(&mut g, "rope_cos".into(), "rope_sin".into(), hd);
+
+    // Class condition c [rows, D] and the scale's input x [rows, tokens, D].
+    let ce = vb.get("class_emb.weight", &[dims.num_classes + 1, d])?;
+    let (class_c, silu_c) = g.scoped("class_emb", |g| {
+        let t = g.weight("class_emb.weight", &[dims.num_classes + 1, d], &ce, "");
+        let c = g.node(
+            "Gather",
+            &[&t, "labels"],
+            vec![crate::onnx::builder::attr_int("axis", 0)],
+        );
+        let s = g.silu(&c);
+        (c, s)
+    });
+    drop(ce);
+    let projected = nn::linear(&mut g, &vb.pp("z_proj"), "tokens", c, d, true)?;
+    let x = g.scoped("z_proj", |g| {
+        let c3 = g.unsqueeze(&class_c, &[1]);
+        g.node("Where", &["first_scale", &c3, &projected], vec![])
+    });
+
+    // Encoder.
+    let h = add_positions(
+        &mut g,
+        vb,
+        "encoder_pos_embed_learned",
+        &x,
+        "positions",
+        dims,
+    )?;
+    let mut h = nn::rms_norm_weighted(&mut g, &vb.pp("z_proj_ln"), &h, d)?;
+    let mut layer = 0;
+    let mut presents = Vec::new();
+    for k in 0..a.encoder_depth {
+        let (pk, pv) = (
+            format!("past_key.{}", a.cache_layers[layer]),
+            format!("past_value.{}", a.cache_layers[layer]),
+        );
+        let (nh, ka, va) = block(
+            &mut g,
+            &vb.pp("encoder_blocks").pp(k),
+            dims,
+            &h,
+            &silu_c,
+            &rope,
+            (&pk, &pv),
+        )?;
+        h = nh;
+        presents.push((ka, va));
+        layer += 1;
+    }
+    let h = nn::rms_norm_weighted(&mut g, &vb.pp("encoder_norm"), &h, d)?;
+    // Decoder.
+    let h = nn::linear(&mut g, &vb.pp("decoder_embed"), &h, d, d, true)?;
+    let mut h = add_positions(
+        &mut g,
+        vb,
+        "decoder_pos_embed_learned",
+        &h,
+        "positions",
+        dims,
+    )?;
+    for k in 0..a.decoder_depth {
+        let (pk, pv) = (
+            format!("past_key.{}", a.cache_layers[layer]),
+            format!("past_value.{}", a.cache_layers[layer]),
+        );
+        let (nh, ka, va) = block(
+            &mut g,
+            &vb.pp("decoder_blocks").pp(k),
+            dims,
+            &h,
+            &silu_c,
+            &rope,
+            (&pk, &pv),
+        )?;
+        h = nh;
+        presents.push((ka, va));
+        layer += 1;
+    }
+    let h = nn::rms_norm_weighted(&mut g, &vb.pp("decoder_norm"), &h, d)?;
+    let z = add_positions(
+        &mut g,
+        vb,
+        "diffusion_pos_embed_learned",
+        &h,
+        "positions",
+        dims,
+    )?;
+
+    g.output(&z, "z", Elem::F32, &outputs[0].dims);
+    for (i, (ka, va)) in presents.iter().enumerate() {
+        let ko = &outputs[1 + 2 * i];
+        g.output(ka, &ko.name, ko.elem, &ko.dims);
+        let vo = &outputs[2 + 2 * i];
+        g.output(va, &vo.name, vo.elem, &vo.dims);
+    }
+    let parameters = g.param_count();
+    Ok(BuiltGraph {
+        model: g.finish(
+            "FlowAR AR transformer: one scale step with an explicit KV cache",
+            version,
+        ),
+        inputs,
+        outputs,
+        parameters,
+    })
+}

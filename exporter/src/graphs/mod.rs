@@ -1,0 +1,61 @@
+//! The three exported graphs. Input and output names here are the runtime's contract and
+//! are recorded in the manifest.
+pub mod ar_step;
+pub mod flow_head;
+pub mod vae_decoder;
+
+use crate::onnx::builder::{Dim, Elem};
+use flowar_runtime::manifest::{DimSpec, TensorSpec};
+
+/// Symbolic dimension names shared by all graphs.
+pub const ROWS: &str = "rows";
+pub const TOKENS: &str = "tokens";
+pub const PAST: &str = "past_tokens";
+pub const TOTAL: &str = "total_tokens";
+pub const BATCH: &str = "batch";
+
+/// A graph input or output: its name, element type and dims, for both the ONNX
+/// declaration and the manifest.
+pub struct Io {
+    pub name: String,
+    pub elem: Elem,
+    pub dims: Vec<Dim>,
+}
+
+impl Io {
+    pub fn new(name: impl Into<String>, elem: Elem, dims: Vec<Dim>) -> Io {
+        Io {
+            name: name.into(),
+            elem,
+            dims,
+        }
+    }
+    pub fn spec(&self) -> TensorSpec {
+        TensorSpec {
+            name: self.name.clone(),
+            dtype: match self.elem {
+                Elem::F32 => "float32",
+                Elem::F16 => "float16",
+                Elem::I64 => "int64",
+                Elem::Bool => "bool",
+            }
+            .into(),
+            shape: self
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => DimSpec::Fixed(*n),
+                    Dim::Sym(s) => DimSpec::Symbolic((*s).to_string()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A built graph with its interface.
+pub struct BuiltGraph {
+    pub model: crate::onnx::proto::ModelProto,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
+    pub parameters: usize,
+}

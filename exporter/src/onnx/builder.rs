@@ -1,0 +1,361 @@
+//! A minimal ONNX graph builder: named values, scoped node names, deterministic output.
+//!
+//! Node names are `"{scope}/{Op}_{n}"`, where the scope is the checkpoint key path of the
+//! module being built (e.g. `encoder_blocks.0.attn`), so a node leads back to its weights.
+
+use super::proto::*;
+use std::collections::HashMap;
+
+/// A tensor name inside the graph.
+pub type Val = String;
+
+/// Element types used by the exported graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    I64,
+    Bool,
+}
+
+impl Elem {
+    fn onnx(self) -> i32 {
+        match self {
+            Elem::F32 => data_type::FLOAT,
+            Elem::F16 => data_type::FLOAT16,
+            Elem::I64 => data_type::INT64,
+            Elem::Bool => data_type::BOOL,
+        }
+    }
+}
+
+/// A dimension of a graph input or output: fixed, or symbolic (shared by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(usize),
+    Sym(&'static str),
+}
+
+/// One ONNX graph under construction.
+pub struct Graph {
+    name: String,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+    scope: Vec<String>,
+    counters: HashMap<String, usize>,
+    consts: HashMap<String, Val>,
+    param_count: usize,
+}
+
+pub fn attr_int(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i,
+        ..Default::default()
+    }
+}
+pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}
+pub fn attr_float(name: &str, f: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::FLOAT,
+        f,
+        ..Default::default()
+    }
+}
+pub fn attr_str(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::STRING,
+        s: s.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
+                Dim::Sym(s) => dimension::Value::DimParam((*s).to_string()),
+            }),
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: elem.onnx(),
+                shape: Some(TensorShapeProto { dim }),
+            }),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Self {
+        Graph {
+            name: name.into(),
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            scope: Vec::new(),
+            counters: HashMap::new(),
+            consts: HashMap::new(),
+            param_count: 0,
+        }
+    }
+
+    /// Number of weight elements added with [`Graph::weight`].
+    pub fn param_count(&self) -> usize {
+        self.param_count
+    }
+
+    /// Runs `f` with node names prefixed by `scope` (a checkpoint key path).
+    pub fn scoped<T>(&mut self, scope: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.scope.push(scope.to_string());
+        let out = f(self);
+        self.scope.pop();
+        out
+    }
+
+    fn scope_path(&self) -> String {
+        self.scope.last().cloned().unwrap_or_default()
+    }
+
+    pub fn input(&mut self, name: &str, elem: Elem, dims: &[Dim]) -> Val {
+        self.inputs.push(value_info(name, elem, dims));
+        name.to_string()
+    }
+
+    /// Declares `v` as a graph output called `name` (through an Identity node when renamed).
+    pub fn output(&mut self, v: &Val, name: &str, elem: Elem, dims: &[Dim]) {
+        if v != name {
+            self.nodes.push(NodeProto {
+                input: vec![v.clone()],
+                output: vec![name.to_string()],
+                name: format!("output/{name}"),
+                op_type: "Identity".into(),
+                ..Default::default()
+            });
+        }
+        self.outputs.push(value_info(name, elem, dims));
+    }
+
+    /// Adds a weight initializer named by its checkpoint key.
+    pub fn weight(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
+        self.param_count += data.len();
+        self.add_f32_initializer(name, dims, data, doc)
+    }
+
+    fn add_f32_initializer(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
+        let mut raw = Vec::with_capacity(data.len() * 4);
+        for x in data {
+            raw.extend_from_slice(&x.to_le_bytes());
+        }
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::FLOAT,
+            name: name.to_string(),
+            doc_string: doc.to_string(),
+            raw_data: raw,
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// A float32 constant (not a model weight), deduplicated by content.
+    pub fn const_f32(&mut self, dims: &[usize], data: &[f32]) -> Val {
+        let key = format!(
+            "f32{dims:?}{:?}",
+            data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        if let Some(v) = self.consts.get(&key) {
+            return v.clone();
+        }
+        let name = format!("const.f32.{}", self.consts.len());
+        self.add_f32_initializer(&name, dims, data, "");
+        self.consts.insert(key, name.clone());
+        name
+    }
+
+    pub fn scalar_f32(&mut self, x: f32) -> Val {
+        self.const_f32(&[], &[x])
+    }
+
+    /// A 1-D int64 constant (shapes, axes, indices), deduplicated by content.
+    pub fn const_i64(&mut self, data: &[i64]) -> Val {
+        self.const_i64_dims(&[data.len()], data)
+    }
+
+    pub fn const_i64_dims(&mut self, dims: &[usize], data: &[i64]) -> Val {
+        let key = format!("i64{dims:?}{data:?}");
+        if let Some(v) = self.consts.get(&key) {
+            return v.clone();
+        }
+        let name = format!("const.i64.{}", self.consts.len());
+        let mut raw = Vec::with_capacity(data.len() * 8);
+        for x in data {
+            raw.extend_from_slice(&x.to_le_bytes());
+        }
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::INT64,
+            name: name.clone(),
+            raw_data: raw,
+            ..Default::default()
+        });
+        self.consts.insert(key, name.clone());
+        name
+    }
+
+    /// Adds a node with `n_out` outputs.
+    pub fn node_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        n_out: usize,
+    ) -> Vec<Val> {
+        let scope = self.scope_path();
+        let counter = self.counters.entry(format!("{scope}/{op}")).or_insert(0);
+        let name = if scope.is_empty() {
+            format!("{op}_{counter}")
+        } else {
+            format!("{scope}/{op}_{counter}")
+        };
+        *counter += 1;
+        let outputs: Vec<Val> = if n_out == 1 {
+            vec![name.clone()]
+        } else {
+            (0..n_out).map(|i| format!("{name}:{i}")).collect()
+        };
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.clone(),
+            name,
+            op_type: op.to_string(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        outputs
+    }
+
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> Val {
+        self.node_n(op, inputs, attrs, 1).remove(0)
+    }
+
+    // ---- elementwise and shape helpers -------------------------------------------------
+
+    pub fn add(&mut self, a: &str, b: &str) -> Val {
+        self.node("Add", &[a, b], vec![])
+    }
+    pub fn sub(&mut self, a: &str, b: &str) -> Val {
+        self.node("Sub", &[a, b], vec![])
+    }
+    pub fn mul(&mut self, a: &str, b: &str) -> Val {
+        self.node("Mul", &[a, b], vec![])
+    }
+    pub fn div(&mut self, a: &str, b: &str) -> Val {
+        self.node("Div", &[a, b], vec![])
+    }
+    pub fn matmul(&mut self, a: &str, b: &str) -> Val {
+        self.node("MatMul", &[a, b], vec![])
+    }
+    pub fn unary(&mut self, op: &str, a: &str) -> Val {
+        self.node(op, &[a], vec![])
+    }
+    /// `x * sigmoid(x)`.
+    pub fn silu(&mut self, x: &str) -> Val {
+        let s = self.unary("Sigmoid", x);
+        self.mul(x, &s)
+    }
+    /// Exact (erf) GELU: `0.5 x (1 + erf(x / sqrt 2))`.
+    pub fn gelu(&mut self, x: &str) -> Val {
+        let inv_sqrt2 = self.scalar_f32(std::f32::consts::FRAC_1_SQRT_2);
+        let one = self.scalar_f32(1.0);
+        let half = self.scalar_f32(0.5);
+        let xs = self.mul(x, &inv_sqrt2);
+        let e = self.unary("Erf", &xs);
+        let e1 = self.add(&e, &one);
+        let hx = self.mul(x, &half);
+        self.mul(&hx, &e1)
+    }
+    pub fn reshape(&mut self, x: &str, shape: &[i64]) -> Val {
+        let s = self.const_i64(shape);
+        self.node("Reshape", &[x, &s], vec![])
+    }
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> Val {
+        self.node("Transpose", &[x], vec![attr_ints("perm", perm)])
+    }
+    pub fn unsqueeze(&mut self, x: &str, axes: &[i64]) -> Val {
+        let a = self.const_i64(axes);
+        self.node("Unsqueeze", &[x, &a], vec![])
+    }
+    pub fn concat(&mut self, xs: &[&str], axis: i64) -> Val {
+        self.node("Concat", xs, vec![attr_int("axis", axis)])
+    }
+    pub fn softmax(&mut self, x: &str, axis: i64) -> Val {
+        self.node("Softmax", &[x], vec![attr_int("axis", axis)])
+    }
+    pub fn reduce_mean(&mut self, x: &str, axes: &[i64]) -> Val {
+        self.node(
+            "ReduceMean",
+            &[x],
+            vec![attr_ints("axes", axes), attr_int("keepdims", 1)],
+        )
+    }
+    /// Splits `x` along `axis` into pieces of the given sizes.
+    pub fn split(&mut self, x: &str, sizes: &[i64], axis: i64) -> Vec<Val> {
+        let s = self.const_i64(sizes);
+        self.node_n("Split", &[x, &s], vec![attr_int("axis", axis)], sizes.len())
+    }
+    /// Gathers with a constant index; a scalar index drops the axis.
+    pub fn gather_const(&mut self, x: &str, index: &[i64], scalar: bool, axis: i64) -> Val {
+        let idx = if scalar {
+            self.const_i64_dims(&[], index)
+        } else {
+            self.const_i64(index)
+        };
+        self.node("Gather", &[x, &idx], vec![attr_int("axis", axis)])
+    }
+
+    /// Finishes the model.
+    pub fn finish(self, doc: &str, producer_version: &str) -> ModelProto {
+        ModelProto {
+            ir_version: super::IR_VERSION,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: super::OPSET,
+            }],
+            producer_name: "flowar-exporter".into(),
+            producer_version: producer_version.into(),
+            domain: "ai.flowar".into(),
+            model_version: 1,
+            doc_string: doc.into(),
+            graph: Some(GraphProto {
+                node: self.nodes,
+                name: self.name,
+                initializer: self.initializers,
+                doc_string: String::new(),
+                input: self.inputs,
+                output: self.outputs,
+                value_info: vec![],
+            }),
+            metadata_props: vec![],
+        }
+    }
+}

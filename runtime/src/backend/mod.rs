@@ -1,0 +1,81 @@
+//! Execution backends: onnxruntime (through `ort`) and tract, behind one trait.
+
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::path::Path;
+
+pub mod ort_backend;
+pub mod tract_backend;
+
+/// Which engine (and execution provider) runs the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    OrtCpu,
+    Cuda,
+    TensorRt,
+    Tract,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::OrtCpu => "ort-cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+            Provider::Tract => "tract",
+        }
+    }
+    pub fn all() -> [Provider; 4] {
+        [
+            Provider::OrtCpu,
+            Provider::Cuda,
+            Provider::TensorRt,
+            Provider::Tract,
+        ]
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Provider::all()
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                crate::error::Error::BadArgument(format!(
+                    "unknown provider `{s}` (expected auto, ort-cpu, cuda, tensorrt or tract)"
+                ))
+            })
+    }
+}
+
+/// Settings shared by every session a backend opens.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// Intra-op threads; `None` means the number of cores.
+    pub threads: Option<usize>,
+    /// Explicit path to `libonnxruntime.so` (else `ORT_DYLIB_PATH`, else the documented search).
+    pub ort_lib: Option<std::path::PathBuf>,
+    /// GPU ordinal for CUDA / TensorRT.
+    pub device_id: i32,
+}
+
+/// One loaded graph, ready to run repeatedly with inputs of any symbolic size.
+pub trait Session: Send {
+    /// Runs the graph. `inputs` are matched by name; outputs come back in the graph's order.
+    fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>>;
+}
+
+/// Opens a session for `graph` on `provider`. Errors name the file and what is missing.
+pub fn open_session(
+    provider: Provider,
+    graph: &Path,
+    options: &BackendOptions,
+) -> Result<Box<dyn Session>> {
+    match provider {
+        Provider::Tract => Ok(Box::new(tract_backend::TractSession::open(graph, options)?)),
+        _ => Ok(Box::new(ort_backend::OrtSession::open(
+            provider, graph, options,
+        )?)),
+    }
+}

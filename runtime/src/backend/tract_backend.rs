@@ -1,0 +1,244 @@
+//! tract backend: pure Rust, CPU only, no shared library to find.
+//!
+//! The graph is loaded with its own declared input facts (symbolic dims stay symbolic),
+//! optimized once, and the resulting plan serves every symbolic size: tract re-resolves the
+//! symbols from the input shapes on each run.
+//!
+//! Threads: tract 0.23 runs single-threaded unless `tract-linalg` is built with its
+//! `multithread-mm` feature, which this workspace does not enable, so
+//! [`BackendOptions::threads`] is ignored here.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::{BackendOptions, Session};
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor as HostTensor, TensorData};
+
+const BACKEND: &str = "tract";
+
+/// One graph, optimized and ready to run in tract.
+pub struct TractSession {
+    plan: Arc<TypedRunnableModel>,
+    graph: String,
+    input_names: Vec<String>,
+    input_types: Vec<DatumType>,
+    output_names: Vec<String>,
+}
+
+impl std::fmt::Debug for TractSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TractSession")
+            .field("graph", &self.graph)
+            .field("inputs", &self.input_names)
+            .field("outputs", &self.output_names)
+            .finish()
+    }
+}
+
+impl TractSession {
+    /// Loads, types and optimizes `graph`. `options.threads` has no effect (see the module docs).
+    pub fn open(graph: &Path, _options: &BackendOptions) -> Result<TractSession> {
+        if !graph.exists() {
+            return Err(Error::Model {
+                path: graph.to_path_buf(),
+                reason: "graph file not found".into(),
+            });
+        }
+        if !graph.is_file() {
+            return Err(Error::Model {
+                path: graph.to_path_buf(),
+                reason: "not a file".into(),
+            });
+        }
+        let model_err = |what: &str, e: TractError| Error::Model {
+            path: graph.to_path_buf(),
+            reason: format!("tract could not {what}: {e:?}"),
+        };
+        let mut model = tract_onnx::onnx()
+            .model_for_path(graph)
+            .map_err(|e| model_err("parse the graph", e))?;
+
+        // The ONNX front end already took each input's fact from the graph's declared type;
+        // restate them explicitly (a no-op today) and insist that each one names a type.
+        let input_names: Vec<String> = model
+            .input_outlets()
+            .map_err(|e| model_err("list the inputs", e))?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        for (ix, name) in input_names.iter().enumerate() {
+            let fact = model
+                .input_fact(ix)
+                .map_err(|e| model_err("read an input fact", e))?
+                .clone();
+            if fact.datum_type.concretize().is_none() {
+                return Err(Error::Model {
+                    path: graph.to_path_buf(),
+                    reason: format!("graph input `{name}` does not declare an element type"),
+                });
+            }
+            model
+                .set_input_fact(ix, fact)
+                .map_err(|e| model_err("set an input fact", e))?;
+        }
+
+        let typed = model
+            .into_optimized()
+            .map_err(|e| model_err("type and optimize the graph", e))?;
+        let input_types = (0..input_names.len())
+            .map(|ix| typed.input_fact(ix).map(|f| f.datum_type))
+            .collect::<TractResult<Vec<_>>>()
+            .map_err(|e| model_err("read the typed input facts", e))?;
+        let output_names = typed
+            .output_outlets()
+            .map_err(|e| model_err("list the outputs", e))?
+            .iter()
+            .map(|o| {
+                typed
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| typed.node(o.node).name.clone())
+            })
+            .collect();
+        let plan = typed
+            .into_runnable()
+            .map_err(|e| model_err("plan the graph", e))?;
+        let graph_name = graph
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| graph.display().to_string());
+        Ok(TractSession {
+            plan,
+            graph: graph_name,
+            input_names,
+            input_types,
+            output_names,
+        })
+    }
+
+    /// The graph's input names, in declaration order.
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
+    }
+
+    /// The graph's output names (labels), in the order [`Session::run`] returns them.
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    fn err(&self, reason: impl Into<String>) -> Error {
+        Error::Backend {
+            backend: BACKEND.into(),
+            graph: self.graph.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn to_tract(t: &HostTensor) -> TractResult<TValue> {
+    let tensor = match &t.data {
+        TensorData::F32(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
+        TensorData::I64(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
+        TensorData::Bool(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
+    };
+    Ok(tensor.into_tvalue())
+}
+
+fn from_tract(t: &tract_onnx::prelude::Tensor) -> std::result::Result<HostTensor, String> {
+    let shape = t.shape().to_vec();
+    let view = t.try_as_plain_ram().map_err(|e| format!("{e:?}"))?;
+    let data = match t.datum_type() {
+        DatumType::F32 => TensorData::F32(
+            view.as_slice::<f32>()
+                .map_err(|e| format!("{e:?}"))?
+                .to_vec(),
+        ),
+        DatumType::I64 => TensorData::I64(
+            view.as_slice::<i64>()
+                .map_err(|e| format!("{e:?}"))?
+                .to_vec(),
+        ),
+        DatumType::Bool => TensorData::Bool(
+            view.as_slice::<bool>()
+                .map_err(|e| format!("{e:?}"))?
+                .to_vec(),
+        ),
+        DatumType::TDim => {
+            let cast = t.cast_to::<i64>().map_err(|e| format!("{e:?}"))?;
+            let view = cast.try_as_plain_ram().map_err(|e| format!("{e:?}"))?;
+            TensorData::I64(
+                view.as_slice::<i64>()
+                    .map_err(|e| format!("{e:?}"))?
+                    .to_vec(),
+            )
+        }
+        other => {
+            return Err(format!(
+                "element type {other:?} is not supported (only float32, int64 and bool)"
+            ))
+        }
+    };
+    Ok(HostTensor { shape, data })
+}
+
+fn datum_of(t: &HostTensor) -> DatumType {
+    match t.data {
+        TensorData::F32(_) => DatumType::F32,
+        TensorData::I64(_) => DatumType::I64,
+        TensorData::Bool(_) => DatumType::Bool,
+    }
+}
+
+impl Session for TractSession {
+    fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<HostTensor>> {
+        super::ort_backend::check_input_names(&self.input_names, inputs)
+            .map_err(|r| self.err(r))?;
+        // tract takes its inputs by position: order them as the graph declares them.
+        let mut ordered: TVec<TValue> = TVec::with_capacity(self.input_names.len());
+        for (ix, name) in self.input_names.iter().enumerate() {
+            let (_, t) = inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("checked above");
+            let want = self.input_types[ix];
+            let got = datum_of(t);
+            // ONNX int64 inputs may be typed as TDim inside tract; the i64 value is accepted.
+            if want != got && !(want == DatumType::TDim && got == DatumType::I64) {
+                return Err(self.err(format!(
+                    "input `{name}` is {}, but the graph expects {want:?}",
+                    t.dtype_name()
+                )));
+            }
+            let value = to_tract(t)
+                .map_err(|e| self.err(format!("input `{name}` {:?}: {e:?}", t.shape)))?;
+            ordered.push(value);
+        }
+        let outputs = self
+            .plan
+            .run(ordered)
+            .map_err(|e| self.err(format!("{e:?}")))?;
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(ix, t)| {
+                from_tract(t).map_err(|e| {
+                    let name = self.output_names.get(ix).map(String::as_str).unwrap_or("?");
+                    self.err(format!("output `{name}`: {e}"))
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_is_send() {
+        fn send<T: Send>() {}
+        send::<super::TractSession>();
+    }
+}

@@ -1,0 +1,267 @@
+//! The model folder's `manifest.json`: the contract between exporter and runtime.
+//!
+//! It records where the weights came from, the detected architecture, the sampler
+//! defaults and every graph's interface, so the runtime never guesses.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Manifest format this build reads and writes. A newer one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name inside a model folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub exporter_version: String,
+    pub name: String,
+    /// Hash identifying the model: sha256 over the checkpoint hashes and latent scale.
+    pub model_hash: String,
+    pub sources: Vec<SourceFile>,
+    pub architecture: Architecture,
+    /// Side lengths of the latent grids, coarse to fine, e.g. `[1, 2, 4, 8, 16]`.
+    pub scales: Vec<usize>,
+    pub latent_channels: usize,
+    pub image_size: usize,
+    /// Latents are divided by this before decoding; the division is inside the VAE graph.
+    pub latent_scale: f64,
+    pub num_classes: usize,
+    pub null_class: usize,
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    pub sampler: SamplerDefaults,
+    pub rope: RopeSpec,
+    pub graphs: Graphs,
+    /// Storage dtype of the graph weights ("float32").
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourceFile {
+    pub role: String,
+    pub file: String,
+    pub sha256: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SamplerDefaults {
+    pub cfg: f64,
+    pub guidance: f64,
+    pub steps: usize,
+}
+
+/// RoPE tables are not in the graphs: the runtime computes them per scale and feeds
+/// them as `rope_cos` / `rope_sin` inputs (see [`crate::rope`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RopeSpec {
+    pub theta: f64,
+    /// Grid coordinate `p = idx * grid_constant / side` (16 in the reference, for every model).
+    pub grid_constant: f64,
+    pub ar_head_dim: usize,
+    pub flow_head_dim: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Architecture {
+    pub ar: ArArch,
+    pub flow: FlowArch,
+    pub vae: VaeArch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArArch {
+    pub width: usize,
+    pub encoder_depth: usize,
+    pub decoder_depth: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp_hidden: usize,
+    /// Checkpoint key prefix of each KV-cache layer, in graph order.
+    pub cache_layers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowKind {
+    /// Per-token adaLN from `time + condition` (FlowAR-S).
+    Spatial,
+    /// adaLN from time, cross-attention to the condition (FlowAR-L/H).
+    Cross,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FlowArch {
+    pub kind: FlowKind,
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub mlp_hidden: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VaeArch {
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    pub z_channels: usize,
+    /// Up-path levels (by index) that carry attention blocks.
+    pub attn_levels: Vec<usize>,
+    /// Pixels per latent cell along each axis.
+    pub stride: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Graphs {
+    pub ar_step: GraphSpec,
+    pub flow_head: GraphSpec,
+    pub vae_decoder: GraphSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GraphSpec {
+    pub file: String,
+    pub opset: i64,
+    pub sha256: String,
+    pub parameters: usize,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    /// Each dimension is a number or the name of a symbolic dimension.
+    pub shape: Vec<DimSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum DimSpec {
+    Fixed(usize),
+    Symbolic(String),
+}
+
+impl Manifest {
+    /// Reads and validates `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        if !dir.is_dir() {
+            return Err(Error::Model {
+                path: dir.to_path_buf(),
+                reason: "not a model folder (no such directory)".into(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses manifest text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
+        let version = value.get("format_version").and_then(|v| v.as_u64());
+        match version {
+            None => {
+                return Err(Error::Model { path: path.to_path_buf(), reason: "missing `format_version`".into() })
+            }
+            Some(v) if v > FORMAT_VERSION as u64 => {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "format_version {v} is newer than this flowar understands ({FORMAT_VERSION}); upgrade flowar or re-convert"
+                    ),
+                })
+            }
+            _ => {}
+        }
+        let m: Manifest = serde_json::from_value(value).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            reason: format!("invalid manifest: {e}"),
+        })?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| {
+            Err(Error::Model {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
+        if self.scales.is_empty() || self.scales.contains(&0) {
+            return bad(format!(
+                "scales {:?} must be non-empty and positive",
+                self.scales
+            ));
+        }
+        if self.scales.windows(2).any(|w| w[0] >= w[1]) {
+            return bad(format!("scales {:?} must increase", self.scales));
+        }
+        if !(self.latent_scale.is_finite() && self.latent_scale > 0.0) {
+            return bad(format!(
+                "latent_scale {} must be a positive number",
+                self.latent_scale
+            ));
+        }
+        if self.null_class < self.num_classes {
+            return bad(format!(
+                "null_class {} collides with a class id (< {})",
+                self.null_class, self.num_classes
+            ));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
+            return bad(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            ));
+        }
+        if self.rope.ar_head_dim % 4 != 0
+            || self.rope.flow_head_dim % 4 != 0
+            || self.rope.ar_head_dim == 0
+        {
+            return bad("RoPE head dims must be positive multiples of 4".into());
+        }
+        Ok(())
+    }
+
+    /// The final latent grid side (the last scale).
+    pub fn final_grid(&self) -> usize {
+        *self.scales.last().expect("validated non-empty")
+    }
+
+    pub fn graph_path(&self, dir: &Path, spec: &GraphSpec) -> PathBuf {
+        dir.join(&spec.file)
+    }
+
+    /// Resolves a class given as an id or a name.
+    pub fn class_id(&self, s: &str) -> Result<usize> {
+        if let Ok(id) = s.parse::<usize>() {
+            if id < self.num_classes {
+                return Ok(id);
+            }
+            return Err(Error::BadArgument(format!(
+                "class id {id} is out of range: this model has classes 0..{}",
+                self.num_classes - 1
+            )));
+        }
+        if let Some(i) = self.class_names.iter().position(|n| n == s) {
+            return Ok(i);
+        }
+        let hint = if self.class_names.is_empty() {
+            "this model has no class names; use a number".to_string()
+        } else {
+            format!("known names: {}", self.class_names.join(", "))
+        };
+        Err(Error::BadArgument(format!("unknown class `{s}` ({hint})")))
+    }
+}

@@ -1,0 +1,219 @@
+//! A loaded model folder: the manifest and one session per graph, with typed calls for
+//! each graph (AR step, flow head, VAE decode). The sampler is built on these.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::backend::{open_session, BackendOptions, Provider, Session};
+use crate::error::{Error, Result};
+use crate::manifest::{GraphSpec, Manifest};
+use crate::rope;
+use crate::tensor::Tensor;
+
+/// Per-layer key/value tensors `[rows, heads, past, hd]` carried from scale to scale.
+pub struct KvCache {
+    /// `(key, value)` per cache layer, in manifest order.
+    pub layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// An empty cache (`past = 0`) for `rows` rows.
+    pub fn empty(m: &Manifest, rows: usize) -> KvCache {
+        let a = &m.architecture.ar;
+        let e = || Tensor::f32(vec![rows, a.heads, 0, a.head_dim], vec![]);
+        KvCache {
+            layers: a.cache_layers.iter().map(|_| (e(), e())).collect(),
+        }
+    }
+    pub fn tokens(&self) -> usize {
+        self.layers.first().map(|l| l.0.shape[2]).unwrap_or(0)
+    }
+}
+
+/// Per-scale tables that do not change between solver steps.
+pub struct ScaleTables {
+    pub side: usize,
+    pub ar_cos: Tensor,
+    pub ar_sin: Tensor,
+    pub flow_cos: Tensor,
+    pub flow_sin: Tensor,
+    pub positions: Tensor,
+}
+
+pub struct Model {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub provider: Provider,
+    ar: Box<dyn Session>,
+    flow: Box<dyn Session>,
+    vae: Box<dyn Session>,
+    tables: Vec<ScaleTables>,
+    pub load_time: Duration,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Model {
+            path: path.to_path_buf(),
+            reason: "graph file named in the manifest is missing".into(),
+        },
+        _ => Error::io(path, e),
+    })?;
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Opens one graph after checking it is the file the manifest describes.
+fn open_graph(
+    dir: &Path,
+    spec: &GraphSpec,
+    provider: Provider,
+    opts: &BackendOptions,
+) -> Result<Box<dyn Session>> {
+    let path = dir.join(&spec.file);
+    let hash = sha256_file(&path)?;
+    if hash != spec.sha256 {
+        return Err(Error::Model {
+            path,
+            reason: format!(
+                "sha256 {hash} does not match the manifest's {} (file modified, truncated or swapped with another graph); re-run `flowar convert`",
+                &spec.sha256
+            ),
+        });
+    }
+    open_session(provider, &path, opts)
+}
+
+impl Model {
+    pub fn load(dir: &Path, provider: Provider, opts: &BackendOptions) -> Result<Model> {
+        let start = Instant::now();
+        let manifest = Manifest::load(dir)?;
+        let g = &manifest.graphs;
+        let ar = open_graph(dir, &g.ar_step, provider, opts)?;
+        let flow = open_graph(dir, &g.flow_head, provider, opts)?;
+        let vae = open_graph(dir, &g.vae_decoder, provider, opts)?;
+        let mut start_tok = 0usize;
+        let tables = manifest
+            .scales
+            .iter()
+            .map(|&side| {
+                let n = side * side;
+                let r = &manifest.rope;
+                let (ac, asn) = rope::tables(side, r.ar_head_dim, r.theta, r.grid_constant);
+                let (fc, fs) = rope::tables(side, r.flow_head_dim, r.theta, r.grid_constant);
+                let positions = Tensor::i64(
+                    vec![n],
+                    (start_tok as i64..(start_tok + n) as i64).collect(),
+                );
+                start_tok += n;
+                ScaleTables {
+                    side,
+                    ar_cos: Tensor::f32(vec![n, r.ar_head_dim], ac),
+                    ar_sin: Tensor::f32(vec![n, r.ar_head_dim], asn),
+                    flow_cos: Tensor::f32(vec![n, r.flow_head_dim], fc),
+                    flow_sin: Tensor::f32(vec![n, r.flow_head_dim], fs),
+                    positions,
+                }
+            })
+            .collect();
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            manifest,
+            provider,
+            ar,
+            flow,
+            vae,
+            tables,
+            load_time: start.elapsed(),
+        })
+    }
+
+    pub fn tables(&self, scale: usize) -> &ScaleTables {
+        &self.tables[scale]
+    }
+
+    /// One AR step at `scale`: `labels [rows]`, `tokens [rows, N, C]` (ignored at scale 0).
+    /// Returns `z [rows, N, D]` and extends `cache` by this scale's keys and values.
+    pub fn ar_step(
+        &mut self,
+        scale: usize,
+        labels: &[i64],
+        tokens: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let m = &self.manifest;
+        let t = &self.tables[scale];
+        let labels = Tensor::i64(vec![labels.len()], labels.to_vec());
+        let first = Tensor::bool_scalar(scale == 0);
+        let names: Vec<(String, String)> = m
+            .architecture
+            .ar
+            .cache_layers
+            .iter()
+            .map(|l| (format!("past_key.{l}"), format!("past_value.{l}")))
+            .collect();
+        let mut inputs: Vec<(&str, &Tensor)> = vec![
+            ("labels", &labels),
+            ("tokens", tokens),
+            ("first_scale", &first),
+            ("positions", &t.positions),
+            ("rope_cos", &t.ar_cos),
+            ("rope_sin", &t.ar_sin),
+        ];
+        for ((k, v), (kn, vn)) in cache.layers.iter().zip(names.iter()) {
+            inputs.push((kn, k));
+            inputs.push((vn, v));
+        }
+        let mut out = self.ar.run(&inputs)?.into_iter();
+        let z = out
+            .next()
+            .ok_or_else(|| self.missing_output("ar_step", "z"))?;
+        for layer in cache.layers.iter_mut() {
+            let k = out
+                .next()
+                .ok_or_else(|| self.missing_output("ar_step", "present_key"))?;
+            let v = out
+                .next()
+                .ok_or_else(|| self.missing_output("ar_step", "present_value"))?;
+            *layer = (k, v);
+        }
+        Ok(z)
+    }
+
+    /// One flow-head call: `x [rows, N, C]`, `t [rows]`, `z [rows, N, D]` -> `v [rows, N, C]`.
+    pub fn flow(&mut self, scale: usize, x: &Tensor, t: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let tb = &self.tables[scale];
+        let inputs = [
+            ("x", x),
+            ("t", t),
+            ("z", z),
+            ("rope_cos", &tb.flow_cos),
+            ("rope_sin", &tb.flow_sin),
+        ];
+        self.flow
+            .run(&inputs)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.missing_output("flow_head", "v"))
+    }
+
+    /// VAE decode of `latent [batch, C, G, G]` (not yet divided by the latent scale).
+    pub fn decode(&mut self, latent: &Tensor) -> Result<Tensor> {
+        self.vae
+            .run(&[("latent", latent)])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.missing_output("vae_decoder", "image"))
+    }
+
+    fn missing_output(&self, graph: &str, name: &str) -> Error {
+        Error::Model {
+            path: self.dir.clone(),
+            reason: format!("graph {graph} returned no `{name}` output"),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! A plain host tensor: the currency between the runtime and every backend.
+
+/// Element data of a [`Tensor`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+}
+
+/// A dense row-major tensor on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl Tensor {
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::F32(data),
+        }
+    }
+    pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::I64(data),
+        }
+    }
+    pub fn bool_scalar(v: bool) -> Tensor {
+        Tensor {
+            shape: vec![],
+            data: TensorData::Bool(vec![v]),
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The f32 elements, or `None` for other element types.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            TensorData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn into_f32(self) -> Option<Vec<f32>> {
+        match self.data {
+            TensorData::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn dtype_name(&self) -> &'static str {
+        match self.data {
+            TensorData::F32(_) => "float32",
+            TensorData::I64(_) => "int64",
+            TensorData::Bool(_) => "bool",
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Parity against reference tensors laid out like the fixtures' `expected.safetensors`:
+//! `flow.s*`, `ar.*` (through one KV cache), `vae.*` and `pipe.*`.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Model};
+use crate::pipeline::{Pipeline, Request, Solver};
+use crate::tensor::Tensor;
+use crate::upsample::next_scale_tokens;
+
+/// Bounds per kind of case. Defaults follow the fixture README.
+#[derive(Debug, Clone)]
+pub struct Tolerances {
+    /// Flow head, AR and upsampling outputs (max abs).
+    pub graph: f32,
+    /// VAE float image (max abs).
+    pub vae: f32,
+    /// Largest allowed u8 difference for the VAE case.
+    pub vae_u8_levels: u8,
+    /// Final pipeline tokens (max abs).
+    pub pipe_tokens: f32,
+    /// Pipeline u8 images: share of identical pixels and largest difference.
+    pub pipe_identical: f64,
+    pub pipe_u8_levels: u8,
+}
+
+impl Default for Tolerances {
+    fn default() -> Self {
+        Tolerances {
+            graph: 1e-4,
+            vae: 1e-3,
+            vae_u8_levels: 1,
+            pipe_tokens: 1e-3,
+            pipe_identical: 0.99,
+            pipe_u8_levels: 2,
+        }
+    }
+}
+
+/// Pipeline settings the reference file was made with.
+#[derive(Debug, Clone)]
+pub struct PipeSettings {
+    pub cfg: f64,
+    pub guidance: f64,
+    pub steps: usize,
+}
+
+/// One compared tensor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub bound: f64,
+    /// For u8 comparisons, the share of identical values.
+    pub identical: Option<f64>,
+    pub pass: bool,
+}
+
+pub struct Reference {
+    bytes: Vec<u8>,
+}
+
+impl Reference {
+    pub fn load(path: &Path) -> Result<Reference> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::BadArgument(format!(
+                "{}: not a safetensors reference file: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Reference { bytes })
+    }
+    fn st(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).expect("validated in load")
+    }
+    pub fn has(&self, key: &str) -> bool {
+        self.st().tensor(key).is_ok()
+    }
+    pub fn f32(&self, key: &str) -> Result<Tensor> {
+        let t = self
+            .st()
+            .tensor(key)
+            .map_err(|_| Error::BadArgument(format!("reference has no tensor `{key}`")))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::BadArgument(format!(
+                "reference tensor `{key}` is {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        let data = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Tensor::f32(t.shape().to_vec(), data))
+    }
+    pub fn u8(&self, key: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+        let t = self
+            .st()
+            .tensor(key)
+            .map_err(|_| Error::BadArgument(format!("reference has no tensor `{key}`")))?;
+        Ok((t.shape().to_vec(), t.data().to_vec()))
+    }
+    pub fn i64(&self, key: &str) -> Result<Vec<i64>> {
+        let t = self
+            .st()
+            .tensor(key)
+            .map_err(|_| Error::BadArgument(format!("reference has no tensor `{key}`")))?;
+        Ok(t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect())
+    }
+}
+
+/// Max abs and max relative error of `got` against `want`.
+pub fn compare(name: &str, got: &[f32], want: &Tensor, bound: f32) -> Result<CaseResult> {
+    let w = want.as_f32().expect("f32 reference");
+    if got.len() != w.len() {
+        return Err(Error::Model {
+            path: name.into(),
+            reason: format!(
+                "produced {} values, the reference has {} (shape {:?})",
+                got.len(),
+                w.len(),
+                want.shape
+            ),
+        });
+    }
+    let (mut max_abs, mut max_rel) = (0f64, 0f64);
+    let mut finite = true;
+    for (a, b) in got.iter().zip(w) {
+        finite &= a.is_finite();
+        let d = (*a as f64 - *b as f64).abs();
+        max_abs = max_abs.max(d);
+        max_rel = max_rel.max(d / (b.abs() as f64).max(1e-3));
+    }
+    let pass = finite && max_abs <= bound as f64;
+    Ok(CaseResult {
+        name: name.into(),
+        max_abs,
+        max_rel,
+        bound: bound as f64,
+        identical: None,
+        pass,
+    })
+}
+
+fn compare_u8(name: &str, got: &[u8], want: &[u8], levels: u8, identical_min: f64) -> CaseResult {
+    let mut max = 0u8;
+    let mut same = 0usize;
+    for (a, b) in got.iter().zip(want) {
+        let d = a.abs_diff(*b);
+        max = max.max(d);
+        same += (d == 0) as usize;
+    }
+    let identical = same as f64 / want.len().max(1) as f64;
+    let pass = got.len() == want.len() && max <= levels && identical >= identical_min;
+    CaseResult {
+        name: name.into(),
+        max_abs: max as f64,
+        max_rel: 0.0,
+        bound: levels as f64,
+        identical: Some(identical),
+        pass,
+    }
+}
+
+fn rgb_flat(images: &[crate::image::RgbImage]) -> Vec<u8> {
+    images
+        .iter()
+        .flat_map(|i| i.pixels.iter().copied())
+        .collect()
+}
+
+/// Runs every case present in `reference` on `pipe`'s model.
+pub fn run(
+    pipe: &mut Pipeline,
+    reference: &Reference,
+    tol: &Tolerances,
+    settings: Option<&PipeSettings>,
+) -> Result<Vec<CaseResult>> {
+    let mut results = Vec::new();
+    let model: &mut Model = pipe.model_mut();
+    let m = model.manifest.clone();
+    // Flow head at each scale size.
+    for (i, &side) in m.scales.iter().enumerate() {
+        let key = format!("flow.s{i}");
+        if !reference.has(&format!("{key}.v")) {
+            continue;
+        }
+        let x = reference.f32(&format!("{key}.x"))?;
+        if x.shape.get(1) != Some(&(side * side)) {
+            return Err(Error::BadArgument(format!(
+                "`{key}.x` has shape {:?}; this model's scale {i} has {} tokens",
+                x.shape,
+                side * side
+            )));
+        }
+        let v = model.flow(
+            i,
+            &x,
+            &reference.f32(&format!("{key}.t"))?,
+            &reference.f32(&format!("{key}.cond"))?,
+        )?;
+        results.push(compare(
+            &format!("{key}.v"),
+            v.as_f32().expect("f32"),
+            &reference.f32(&format!("{key}.v"))?,
+            tol.graph,
+        )?);
+    }
+    // AR through one cache, and the upsampling between scales.
+    if reference.has("ar.labels") {
+        let labels = reference.i64("ar.labels")?;
+        let b = labels.len();
+        let x0 = reference.f32("ar.s0.x")?;
+        let rows = x0.shape[0];
+        let mut all = labels.clone();
+        if rows == 2 * b {
+            all.extend(std::iter::repeat_n(m.null_class as i64, b));
+        }
+        let mut cache = KvCache::empty(&m, rows);
+        let c = m.latent_channels;
+        for (i, &side) in m.scales.iter().enumerate() {
+            let tokens = if i == 0 {
+                Tensor::f32(vec![rows, 1, c], vec![0.0; rows * c])
+            } else {
+                let prev = reference.f32(&format!("ar.s{i}.prev_tokens"))?;
+                let up = next_scale_tokens(
+                    prev.as_f32().expect("f32"),
+                    rows,
+                    c,
+                    m.scales[i - 1],
+                    m.final_grid(),
+                    side,
+                );
+                let want = reference.f32(&format!("ar.s{i}.upsampled"))?;
+                results.push(compare(
+                    &format!("ar.s{i}.upsampled"),
+                    &up,
+                    &want,
+                    tol.graph,
+                )?);
+                // Feed the reference's own upsampled tokens so each case isolates one graph.
+                want
+            };
+            let z = model.ar_step(i, &all, &tokens, &mut cache)?;
+            results.push(compare(
+                &format!("ar.s{i}.z"),
+                z.as_f32().expect("f32"),
+                &reference.f32(&format!("ar.s{i}.z"))?,
+                tol.graph,
+            )?);
+        }
+    }
+    // VAE decode.
+    if reference.has("vae.tokens") {
+        let tokens = reference.f32("vae.tokens")?;
+        let b = tokens.shape[0];
+        let img = model.decode(&tokens)?;
+        let (h, w) = (img.shape[2], img.shape[3]);
+        results.push(compare(
+            "vae.image",
+            img.as_f32().expect("f32"),
+            &reference.f32("vae.image")?,
+            tol.vae,
+        )?);
+        let (_, want) = reference.u8("vae.image_u8")?;
+        let got = rgb_flat(&crate::image::to_rgb8(img.as_f32().expect("f32"), b, h, w));
+        results.push(compare_u8(
+            "vae.image_u8",
+            &got,
+            &want,
+            tol.vae_u8_levels,
+            0.0,
+        ));
+    }
+    // Full pipeline from recorded noise.
+    if reference.has("pipe.tokens") {
+        let s = settings.ok_or_else(|| {
+            Error::BadArgument("the reference has pipe.* cases: give --cfg, --guidance and --steps (or a config.json beside it)".into())
+        })?;
+        let labels = reference.i64("ar.labels")?;
+        let noise: Vec<Vec<f32>> = (0..m.scales.len())
+            .map(|i| {
+                reference
+                    .f32(&format!("pipe.noise.s{i}"))
+                    .map(|t| t.into_f32().expect("f32"))
+            })
+            .collect::<Result<_>>()?;
+        let req = Request {
+            classes: labels.iter().map(|&l| l as usize).collect(),
+            image_indices: (0..labels.len() as u64).collect(),
+            seed: 0,
+            cfg: s.cfg,
+            guidance: s.guidance,
+            steps: s.steps,
+            solver: Solver::Euler,
+            noise: Some(noise),
+        };
+        let out = pipe.generate(&req, &mut |_| true)?;
+        results.push(compare(
+            "pipe.tokens",
+            &out.tokens,
+            &reference.f32("pipe.tokens")?,
+            tol.pipe_tokens,
+        )?);
+        let (_, want) = reference.u8("pipe.image_u8")?;
+        results.push(compare_u8(
+            "pipe.image_u8",
+            &rgb_flat(&out.images),
+            &want,
+            tol.pipe_u8_levels,
+            tol.pipe_identical,
+        ));
+    }
+    if results.is_empty() {
+        return Err(Error::BadArgument(
+            "the reference file holds no flow.*, ar.*, vae.* or pipe.* case".into(),
+        ));
+    }
+    Ok(results)
+}

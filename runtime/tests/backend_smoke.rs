@@ -1,0 +1,256 @@
+//! Runs the tiny KV-cache graph (tests/data/tiny_kv.onnx, made by make_tiny.py) on both
+//! backends and checks their error reporting.
+
+use std::path::PathBuf;
+
+use flowar_runtime::backend::ort_backend::{self, OrtSession};
+use flowar_runtime::backend::tract_backend::TractSession;
+use flowar_runtime::backend::{open_session, BackendOptions, Provider, Session};
+use flowar_runtime::error::Error;
+use flowar_runtime::tensor::Tensor;
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_kv.onnx")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowar-backend-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Whether onnxruntime can be found with the normal search; if not, ort tests are skipped.
+fn ort_ok() -> bool {
+    match ort_backend::ort_available(&BackendOptions::default()) {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("SKIPPING onnxruntime checks: {why}");
+            false
+        }
+    }
+}
+
+struct Case {
+    x: Tensor,
+    past: Tensor,
+    flag: Tensor,
+}
+
+fn case(b: usize, n: usize, p: usize, flag: bool) -> Case {
+    let x: Vec<f32> = (0..b * n * 4).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let past: Vec<f32> = (0..b * 2 * p * 4).map(|i| 100.0 + i as f32).collect();
+    Case {
+        x: Tensor::f32(vec![b, n, 4], x),
+        past: Tensor::f32(vec![b, 2, p, 4], past),
+        flag: Tensor::bool_scalar(flag),
+    }
+}
+
+/// What the graph computes, written out by hand.
+fn expected(c: &Case, flag: bool) -> (Tensor, Tensor) {
+    let (b, n, p) = (c.x.shape[0], c.x.shape[1], c.past.shape[2]);
+    let x = c.x.as_f32().unwrap();
+    let past = c.past.as_f32().unwrap();
+    let y: Vec<f32> = x
+        .iter()
+        .map(|&v| if flag { v * 2.0 } else { v + 1.0 })
+        .collect();
+    let t = p + n;
+    let mut present = Vec::with_capacity(b * 2 * t * 4);
+    for bi in 0..b {
+        for h in 0..2 {
+            let start = ((bi * 2 + h) * p) * 4;
+            present.extend_from_slice(&past[start..start + p * 4]);
+            present.extend_from_slice(&x[bi * n * 4..(bi + 1) * n * 4]);
+        }
+    }
+    (
+        Tensor::f32(vec![b, n, 4], y),
+        Tensor::f32(vec![b, 2, t, 4], present),
+    )
+}
+
+fn run_case(s: &mut dyn Session, c: &Case) -> Vec<Tensor> {
+    // Deliberately not in the graph's declaration order: inputs are matched by name.
+    s.run(&[("flag", &c.flag), ("past", &c.past), ("x", &c.x)])
+        .unwrap()
+}
+
+#[test]
+fn both_backends_agree_with_the_reference() {
+    let opts = BackendOptions {
+        threads: Some(1),
+        ..Default::default()
+    };
+    let mut tract = TractSession::open(&tiny(), &opts).unwrap();
+    assert_eq!(tract.input_names(), ["x", "past", "flag"]);
+    assert_eq!(tract.output_names(), ["y", "present"]);
+    let mut ort = if ort_ok() {
+        Some(OrtSession::open(Provider::OrtCpu, &tiny(), &opts).unwrap())
+    } else {
+        None
+    };
+    if let Some(o) = &ort {
+        assert_eq!(o.input_names(), ["x", "past", "flag"]);
+        assert_eq!(o.output_names(), ["y", "present"]);
+    }
+    // One session serves every symbolic size, including an empty past.
+    for (b, n, p) in [(2, 3, 0), (2, 3, 2), (1, 1, 0), (1, 5, 7), (2, 0, 3)] {
+        for flag in [true, false] {
+            let c = case(b, n, p, flag);
+            let (y, present) = expected(&c, flag);
+            let got = run_case(&mut tract, &c);
+            assert_eq!(
+                got,
+                vec![y.clone(), present.clone()],
+                "tract b={b} n={n} p={p} flag={flag}"
+            );
+            if let Some(o) = ort.as_mut() {
+                let got_ort = run_case(o, &c);
+                assert_eq!(got_ort, got, "ort vs tract b={b} n={n} p={p} flag={flag}");
+            }
+        }
+    }
+}
+
+#[test]
+fn open_session_dispatches() {
+    let opts = BackendOptions::default();
+    let c = case(2, 3, 0, true);
+    let mut providers = vec![Provider::Tract];
+    if ort_ok() {
+        providers.push(Provider::OrtCpu);
+    }
+    for p in providers {
+        let mut s = open_session(p, &tiny(), &opts).unwrap();
+        let out = run_case(s.as_mut(), &c);
+        assert_eq!(out[1].shape, vec![2, 2, 3, 4], "{p:?}");
+    }
+}
+
+fn assert_model_error(e: Error, path: &std::path::Path, what: &str) {
+    let msg = e.to_string();
+    eprintln!("{what}: {msg}");
+    match &e {
+        Error::Model { path: p, .. } => assert_eq!(p, path, "{what}: {msg}"),
+        other => panic!("{what}: expected Error::Model, got {other:?}"),
+    }
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "{what}: message lacks the path: {msg}"
+    );
+}
+
+#[test]
+fn missing_graph_is_a_model_error_naming_the_path() {
+    let path = scratch("does-not-exist.onnx");
+    let opts = BackendOptions::default();
+    let e = TractSession::open(&path, &opts).unwrap_err();
+    assert!(e.to_string().contains("graph file not found"), "{e}");
+    assert_model_error(e, &path, "tract missing");
+    // The file check comes first: no onnxruntime needed for this error.
+    let e = OrtSession::open(Provider::OrtCpu, &path, &opts).unwrap_err();
+    assert!(e.to_string().contains("graph file not found"), "{e}");
+    assert_model_error(e, &path, "ort missing");
+}
+
+#[test]
+fn corrupt_graph_is_a_model_error() {
+    let path = scratch("corrupt.onnx");
+    // Deterministic junk that is not a protobuf ONNX model.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let junk: Vec<u8> = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    std::fs::write(&path, junk).unwrap();
+    let opts = BackendOptions::default();
+    assert_model_error(
+        TractSession::open(&path, &opts).unwrap_err(),
+        &path,
+        "tract corrupt",
+    );
+    if ort_ok() {
+        assert_model_error(
+            OrtSession::open(Provider::OrtCpu, &path, &opts).unwrap_err(),
+            &path,
+            "ort corrupt",
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_are_reported_clearly() {
+    let c = case(1, 2, 0, true);
+    let opts = BackendOptions::default();
+    let mut sessions: Vec<(&str, Box<dyn Session>)> = vec![(
+        "tract",
+        Box::new(TractSession::open(&tiny(), &opts).unwrap()),
+    )];
+    if ort_ok() {
+        sessions.push((
+            "onnxruntime",
+            Box::new(OrtSession::open(Provider::OrtCpu, &tiny(), &opts).unwrap()),
+        ));
+    }
+    for (backend, s) in sessions.iter_mut() {
+        let e = s.run(&[("x", &c.x), ("past", &c.past)]).unwrap_err();
+        assert!(
+            matches!(&e, Error::Backend { backend: b, graph, .. } if b == backend && graph == "tiny_kv.onnx"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("missing input(s) [flag]"), "{e}");
+        let e = s
+            .run(&[
+                ("x", &c.x),
+                ("past", &c.past),
+                ("flag", &c.flag),
+                ("bogus", &c.x),
+            ])
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown input `bogus`"), "{e}");
+        let e = s
+            .run(&[("x", &c.x), ("past", &c.past), ("flag", &c.x)])
+            .unwrap_err();
+        assert!(matches!(&e, Error::Backend { .. }), "{backend}: {e:?}");
+        eprintln!("{backend}, wrong dtype: {e}");
+        // Still usable after errors.
+        assert_eq!(run_case(s.as_mut(), &c).len(), 2);
+    }
+}
+
+#[test]
+fn gpu_providers_are_unavailable_on_the_cpu_wheel() {
+    if !ort_ok() {
+        return;
+    }
+    let lib = ort_backend::ort_available(&BackendOptions::default()).unwrap();
+    let gpu_wheel = lib
+        .parent()
+        .map(|d| d.join("libonnxruntime_providers_cuda.so").exists())
+        .unwrap_or(false);
+    if gpu_wheel {
+        eprintln!("SKIPPING: {} is a GPU build", lib.display());
+        return;
+    }
+    assert!(ort_backend::provider_available(Provider::OrtCpu).is_ok());
+    assert!(ort_backend::provider_available(Provider::Tract).is_ok());
+    for p in [Provider::Cuda, Provider::TensorRt] {
+        let why = ort_backend::provider_available(p).unwrap_err();
+        assert!(why.contains("onnxruntime-gpu"), "{why}");
+        assert!(why.contains(&lib.display().to_string()), "{why}");
+        let e = OrtSession::open(p, &tiny(), &BackendOptions::default()).unwrap_err();
+        match &e {
+            Error::ProviderUnavailable { provider, reason } => {
+                assert_eq!(provider, p.name());
+                assert!(reason.contains("execution provider"), "{reason}");
+            }
+            other => panic!("expected ProviderUnavailable, got {other:?}"),
+        }
+        eprintln!("{e}");
+    }
+}
