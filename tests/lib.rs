@@ -1,1 +1,69 @@
+//! Helpers shared by the end-to-end tests: fixture paths, conversion, providers.
 
+use std::path::{Path, PathBuf};
+
+use flowar_exporter::checkpoint::Checkpoint;
+use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta};
+use flowar_runtime::backend::BackendOptions;
+use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// `models/<name>`.
+pub fn model_source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name)
+}
+
+/// Converts `flowar` + `vae` checkpoints into a fresh temporary model folder.
+pub fn convert_files(flowar: &Path, vae: &Path, meta: ModelMeta, latent_scale: Option<f64>) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("model");
+    let f = Checkpoint::open(flowar).expect("open flowar checkpoint");
+    let v = Checkpoint::open(vae).expect("open vae checkpoint");
+    convert(&ConvertRequest {
+        flowar: &f,
+        vae: &v,
+        source_files: vec![("flowar".into(), flowar.into(), f.format().into()), ("vae".into(), vae.into(), v.format().into())],
+        out: out.clone(),
+        latent_scale,
+        meta,
+        force: false,
+        allow_nonfinite: false,
+    })
+    .expect("convert");
+    (tmp, out)
+}
+
+/// Converts a fixture from its `.pth` / `.ckpt` files.
+pub fn convert_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = fixture(name);
+    convert_files(&d.join("flowar.pth"), &d.join("vae.ckpt"), ModelMeta::default(), None)
+}
+
+/// The CPU providers every fixture must pass on. onnxruntime is required when
+/// `FLOWAR_REQUIRE_ORT` is set (CI); elsewhere its absence skips it, loudly.
+pub fn cpu_providers() -> Vec<Provider> {
+    let mut v = vec![Provider::Tract];
+    match flowar_runtime::backend::ort_backend::ort_available(&BackendOptions::default()) {
+        Ok(_) => v.insert(0, Provider::OrtCpu),
+        Err(why) => {
+            assert!(std::env::var("FLOWAR_REQUIRE_ORT").is_err(), "onnxruntime is required here: {why}");
+            eprintln!("SKIPPING ort-cpu: {why}");
+        }
+    }
+    v
+}
+
+pub fn load(dir: &Path, p: Provider) -> Pipeline {
+    Pipeline::load(dir, &PipelineOptions { provider: ProviderChoice::Named(p), backend: BackendOptions::default() })
+        .unwrap_or_else(|e| panic!("loading {} on {}: {e}", dir.display(), p.name()))
+}
+
+/// Reads a fixture's `config.json`.
+pub fn fixture_config(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("config.json")).expect("config.json");
+    serde_json::from_str(&text).expect("config json")
+}

@@ -225,9 +225,9 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
         )));
     }
     let (fd, vd) = detect(req.flowar, req.vae)?;
-    if !req.meta.classes.is_empty() && req.meta.classes.len() != fd.num_classes {
+    if req.meta.classes.len() > fd.num_classes {
         return Err(ExportError::BadArgument(format!(
-            "model metadata names {} classes but the checkpoint has {}",
+            "model metadata names {} classes but the checkpoint has only {}",
             req.meta.classes.len(),
             fd.num_classes
         )));

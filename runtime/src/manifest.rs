@@ -30,6 +30,7 @@ pub struct Manifest {
     pub latent_scale: f64,
     pub num_classes: usize,
     pub null_class: usize,
+    /// Names of the first classes (a model may name only the classes it was trained on).
     #[serde(default)]
     pub class_names: Vec<String>,
     pub sampler: SamplerDefaults,
@@ -218,7 +219,7 @@ impl Manifest {
                 self.null_class, self.num_classes
             ));
         }
-        if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
+        if self.class_names.len() > self.num_classes {
             return bad(format!(
                 "{} class names for {} classes",
                 self.class_names.len(),

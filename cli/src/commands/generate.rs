@@ -152,7 +152,8 @@ pub fn run(a: Args) -> CliResult {
         pipe.provider().reason
     );
     let class_list: Vec<usize> = if a.classes.is_empty() {
-        (0..m.num_classes).collect()
+        // Every named class (the trained ones), else every class.
+        (0..if m.class_names.is_empty() { m.num_classes } else { m.class_names.len() }).collect()
     } else {
         a.classes
             .iter()
