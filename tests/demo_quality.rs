@@ -21,10 +21,19 @@ fn meta() -> Meta {
         .iter()
         .map(|c| {
             let c = c.as_array().unwrap();
-            [c[0].as_f64().unwrap(), c[1].as_f64().unwrap(), c[2].as_f64().unwrap()]
+            [
+                c[0].as_f64().unwrap(),
+                c[1].as_f64().unwrap(),
+                c[2].as_f64().unwrap(),
+            ]
         })
         .collect();
-    let names = v["classes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    let names = v["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
     Meta { colours, names }
 }
 
@@ -42,18 +51,31 @@ struct Reading {
 
 /// Euclidean RGB distance.
 fn distance(a: &[f64; 3], b: &[f64; 3]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn read(img: &RgbImage, meta: &Meta) -> Reading {
     let (w, h) = (img.width, img.height);
-    let px = |i: usize| [img.pixels[3 * i] as f64, img.pixels[3 * i + 1] as f64, img.pixels[3 * i + 2] as f64];
+    let px = |i: usize| {
+        [
+            img.pixels[3 * i] as f64,
+            img.pixels[3 * i + 1] as f64,
+            img.pixels[3 * i + 2] as f64,
+        ]
+    };
     // The background is light grey to white: foreground is anything clearly darker or
     // clearly coloured.
     let fg: Vec<bool> = (0..w * h)
         .map(|i| {
             let p = px(i);
-            let (mx, mn) = (p.iter().cloned().fold(0., f64::max), p.iter().cloned().fold(255., f64::min));
+            let (mx, mn) = (
+                p.iter().cloned().fold(0., f64::max),
+                p.iter().cloned().fold(255., f64::min),
+            );
             mn < 170.0 || mx - mn > 60.0
         })
         .collect();
@@ -97,10 +119,18 @@ fn read(img: &RgbImage, meta: &Meta) -> Reading {
         *m = v.get(v.len() / 2).copied().unwrap_or(255.0);
     }
     let mut ranked: Vec<usize> = (0..meta.colours.len()).collect();
-    ranked.sort_by(|&a, &b| distance(&meta.colours[a], &median).partial_cmp(&distance(&meta.colours[b], &median)).unwrap());
+    ranked.sort_by(|&a, &b| {
+        distance(&meta.colours[a], &median)
+            .partial_cmp(&distance(&meta.colours[b], &median))
+            .unwrap()
+    });
     Reading {
         foreground: count as f64 / (w * h) as f64,
-        largest_blob: if count == 0 { 0.0 } else { largest as f64 / count as f64 },
+        largest_blob: if count == 0 {
+            0.0
+        } else {
+            largest as f64 / count as f64
+        },
         nearest_class: ranked[0],
         median,
         ranked,
@@ -112,19 +142,31 @@ fn read(img: &RgbImage, meta: &Meta) -> Reading {
 /// within 70 RGB units of the shape's median colour and among its three nearest.
 fn shows_class(img: &RgbImage, class: usize, meta: &Meta) -> Result<(), String> {
     let r = read(img, meta);
-    let colour_ok = distance(&meta.colours[class], &r.median) < 70.0 && r.ranked[..3].contains(&class);
+    let colour_ok =
+        distance(&meta.colours[class], &r.median) < 70.0 && r.ranked[..3].contains(&class);
     let ok = r.foreground > 0.03 && r.foreground < 0.6 && r.largest_blob > 0.8 && colour_ok;
     if ok {
         Ok(())
     } else {
-        Err(format!("expected {} but read {r:?} (nearest colour: {})", meta.names[class], meta.names[r.nearest_class]))
+        Err(format!(
+            "expected {} but read {r:?} (nearest colour: {})",
+            meta.names[class], meta.names[r.nearest_class]
+        ))
     }
 }
 
-fn generate(pipe: &mut Pipeline, classes: &[usize], labels_override: Option<usize>, seed: u64) -> Vec<RgbImage> {
+fn generate(
+    pipe: &mut Pipeline,
+    classes: &[usize],
+    labels_override: Option<usize>,
+    seed: u64,
+) -> Vec<RgbImage> {
     let m = pipe.manifest().clone();
     let req = Request {
-        classes: classes.iter().map(|&c| labels_override.unwrap_or(c)).collect(),
+        classes: classes
+            .iter()
+            .map(|&c| labels_override.unwrap_or(c))
+            .collect(),
         image_indices: (0..classes.len() as u64).collect(),
         seed,
         cfg: m.sampler.cfg,
@@ -139,7 +181,12 @@ fn generate(pipe: &mut Pipeline, classes: &[usize], labels_override: Option<usiz
 fn convert_demo(latent_scale: Option<f64>) -> (tempfile::TempDir, std::path::PathBuf) {
     let src = model_source("shapes10");
     let meta = ModelMeta::load(&src.join("meta.json")).unwrap();
-    convert_files(&src.join("flowar.pth"), &src.join("vae.ckpt"), meta, latent_scale)
+    convert_files(
+        &src.join("flowar.pth"),
+        &src.join("vae.ckpt"),
+        meta,
+        latent_scale,
+    )
 }
 
 #[test]
@@ -158,7 +205,12 @@ fn every_class_shows_its_shape_and_colour() {
             }
         }
         // A trained 2.9M-parameter model is not perfect: allow one miss in 30 images.
-        assert!(failures.len() <= 1, "{} misses:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.len() <= 1,
+            "{} misses:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -171,8 +223,15 @@ fn check_fails_when_the_class_condition_is_ignored() {
     let mut pipe = load(&dir, flowar_runtime::Provider::Tract);
     let classes: Vec<usize> = (0..meta.names.len()).collect();
     let imgs = generate(&mut pipe, &classes, Some(0), 0);
-    let passed = imgs.iter().enumerate().filter(|(c, img)| shows_class(img, *c, &meta).is_ok()).count();
-    assert!(passed <= 2, "{passed} of 10 class-0 images passed as their nominal class");
+    let passed = imgs
+        .iter()
+        .enumerate()
+        .filter(|(c, img)| shows_class(img, *c, &meta).is_ok())
+        .count();
+    assert!(
+        passed <= 2,
+        "{passed} of 10 class-0 images passed as their nominal class"
+    );
 }
 
 /// Negative control: decoding with the released models' latent scale instead of the demo's
@@ -184,7 +243,14 @@ fn check_fails_with_the_wrong_latent_scale() {
     let mut pipe = load(&dir, flowar_runtime::Provider::Tract);
     let classes: Vec<usize> = (0..meta.names.len()).collect();
     let imgs = generate(&mut pipe, &classes, None, 0);
-    let passed = imgs.iter().enumerate().filter(|(c, img)| shows_class(img, *c, &meta).is_ok()).count();
+    let passed = imgs
+        .iter()
+        .enumerate()
+        .filter(|(c, img)| shows_class(img, *c, &meta).is_ok())
+        .count();
     // The main test tolerates one miss in thirty; here most images miss.
-    assert!(passed <= 5, "{passed} of 10 images passed with a wrong latent scale");
+    assert!(
+        passed <= 5,
+        "{passed} of 10 images passed with a wrong latent scale"
+    );
 }

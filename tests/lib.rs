@@ -9,16 +9,42 @@ use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
 
 /// `tests/fixtures/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// `models/<name>`.
 pub fn model_source(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name)
 }
 
 /// Converts `flowar` + `vae` checkpoints into a fresh temporary model folder.
-pub fn convert_files(flowar: &Path, vae: &Path, meta: ModelMeta, latent_scale: Option<f64>) -> (tempfile::TempDir, PathBuf) {
+pub fn convert_files(
+    flowar: &Path,
+    vae: &Path,
+    meta: ModelMeta,
+    latent_scale: Option<f64>,
+) -> (tempfile::TempDir, PathBuf) {
+    convert_files_with(
+        flowar,
+        vae,
+        meta,
+        latent_scale,
+        flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+    )
+}
+
+/// As [`convert_files`], with weights moved to external data above `threshold` bytes.
+pub fn convert_files_with(
+    flowar: &Path,
+    vae: &Path,
+    meta: ModelMeta,
+    latent_scale: Option<f64>,
+    threshold: usize,
+) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("model");
     let f = Checkpoint::open(flowar).expect("open flowar checkpoint");
@@ -26,12 +52,16 @@ pub fn convert_files(flowar: &Path, vae: &Path, meta: ModelMeta, latent_scale: O
     convert(&ConvertRequest {
         flowar: &f,
         vae: &v,
-        source_files: vec![("flowar".into(), flowar.into(), f.format().into()), ("vae".into(), vae.into(), v.format().into())],
+        source_files: vec![
+            ("flowar".into(), flowar.into(), f.format().into()),
+            ("vae".into(), vae.into(), v.format().into()),
+        ],
         out: out.clone(),
         latent_scale,
         meta,
         force: false,
         allow_nonfinite: false,
+        external_data_threshold: threshold,
     })
     .expect("convert");
     (tmp, out)
@@ -40,7 +70,12 @@ pub fn convert_files(flowar: &Path, vae: &Path, meta: ModelMeta, latent_scale: O
 /// Converts a fixture from its `.pth` / `.ckpt` files.
 pub fn convert_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
     let d = fixture(name);
-    convert_files(&d.join("flowar.pth"), &d.join("vae.ckpt"), ModelMeta::default(), None)
+    convert_files(
+        &d.join("flowar.pth"),
+        &d.join("vae.ckpt"),
+        ModelMeta::default(),
+        None,
+    )
 }
 
 /// The CPU providers every fixture must pass on. onnxruntime is required when
@@ -50,7 +85,10 @@ pub fn cpu_providers() -> Vec<Provider> {
     match flowar_runtime::backend::ort_backend::ort_available(&BackendOptions::default()) {
         Ok(_) => v.insert(0, Provider::OrtCpu),
         Err(why) => {
-            assert!(std::env::var("FLOWAR_REQUIRE_ORT").is_err(), "onnxruntime is required here: {why}");
+            assert!(
+                std::env::var("FLOWAR_REQUIRE_ORT").is_err(),
+                "onnxruntime is required here: {why}"
+            );
             eprintln!("SKIPPING ort-cpu: {why}");
         }
     }
@@ -58,8 +96,14 @@ pub fn cpu_providers() -> Vec<Provider> {
 }
 
 pub fn load(dir: &Path, p: Provider) -> Pipeline {
-    Pipeline::load(dir, &PipelineOptions { provider: ProviderChoice::Named(p), backend: BackendOptions::default() })
-        .unwrap_or_else(|e| panic!("loading {} on {}: {e}", dir.display(), p.name()))
+    Pipeline::load(
+        dir,
+        &PipelineOptions {
+            provider: ProviderChoice::Named(p),
+            backend: BackendOptions::default(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("loading {} on {}: {e}", dir.display(), p.name()))
 }
 
 /// Reads a fixture's `config.json`.

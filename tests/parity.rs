@@ -6,22 +6,44 @@ use flowar_tests::*;
 
 fn check_fixture(name: &str) {
     let (_tmp, dir) = convert_fixture(name);
+    check_model(name, &dir);
+}
+
+/// Runs every case of fixture `name` against the model folder `dir`.
+fn check_model(name: &str, dir: &std::path::Path) {
     let cfg = fixture_config(name);
     let settings = PipeSettings {
         cfg: cfg["cfg"].as_f64().unwrap(),
         guidance: cfg["guidance"].as_f64().unwrap(),
         steps: cfg["num_steps"].as_u64().unwrap() as usize,
     };
-    let drift = cfg["float64_vs_float32_tokens_max_abs_diff"].as_f64().unwrap() as f32;
-    let tol = Tolerances { pipe_tokens: (4.0 * drift).max(1e-3), ..Tolerances::default() };
+    let drift = cfg["float64_vs_float32_tokens_max_abs_diff"]
+        .as_f64()
+        .unwrap() as f32;
+    let tol = Tolerances {
+        pipe_tokens: (4.0 * drift).max(1e-3),
+        ..Tolerances::default()
+    };
     let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
     for p in cpu_providers() {
-        let mut pipe = load(&dir, p);
+        let mut pipe = load(dir, p);
         let results = verify::run(&mut pipe, &reference, &tol, Some(&settings)).unwrap();
         // 5 flow cases, 5 AR steps, 4 upsamplings, 2 VAE, 2 pipeline.
-        assert_eq!(results.len(), 18, "{name} on {}: cases {:?}", p.name(), results.iter().map(|r| &r.name).collect::<Vec<_>>());
+        assert_eq!(
+            results.len(),
+            18,
+            "{name} on {}: cases {:?}",
+            p.name(),
+            results.iter().map(|r| &r.name).collect::<Vec<_>>()
+        );
         for r in &results {
-            eprintln!("{name} {} {}: max_abs {:.3e} (bound {:.1e})", p.name(), r.name, r.max_abs, r.bound);
+            eprintln!(
+                "{name} {} {}: max_abs {:.3e} (bound {:.1e})",
+                p.name(),
+                r.name,
+                r.max_abs,
+                r.bound
+            );
         }
         let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();
         assert!(failed.is_empty(), "{name} on {}: {failed:#?}", p.name());
@@ -42,9 +64,17 @@ fn cross_fixture_matches_reference() {
 fn safetensors_and_pth_give_identical_graphs() {
     let d = fixture("spatial");
     let (_a, pth) = convert_fixture("spatial");
-    let (_b, st) = convert_files(&d.join("flowar.safetensors"), &d.join("vae.safetensors"), Default::default(), None);
+    let (_b, st) = convert_files(
+        &d.join("flowar.safetensors"),
+        &d.join("vae.safetensors"),
+        Default::default(),
+        None,
+    );
     for g in ["ar_step.onnx", "flow_head.onnx", "vae_decoder.onnx"] {
-        assert!(std::fs::read(pth.join(g)).unwrap() == std::fs::read(st.join(g)).unwrap(), "{g} differs");
+        assert!(
+            std::fs::read(pth.join(g)).unwrap() == std::fs::read(st.join(g)).unwrap(),
+            "{g} differs"
+        );
     }
 }
 
@@ -52,8 +82,16 @@ fn safetensors_and_pth_give_identical_graphs() {
 fn conversion_is_deterministic() {
     let (_a, one) = convert_fixture("cross");
     let (_b, two) = convert_fixture("cross");
-    for g in ["ar_step.onnx", "flow_head.onnx", "vae_decoder.onnx", "manifest.json"] {
-        assert!(std::fs::read(one.join(g)).unwrap() == std::fs::read(two.join(g)).unwrap(), "{g} differs between runs");
+    for g in [
+        "ar_step.onnx",
+        "flow_head.onnx",
+        "vae_decoder.onnx",
+        "manifest.json",
+    ] {
+        assert!(
+            std::fs::read(one.join(g)).unwrap() == std::fs::read(two.join(g)).unwrap(),
+            "{g} differs between runs"
+        );
     }
 }
 
@@ -62,9 +100,14 @@ fn conversion_is_deterministic() {
 #[test]
 fn graphs_pass_the_onnx_checker() {
     let python = std::env::var("FLOWAR_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python).args(["-c", "import onnx"]).output();
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import onnx"])
+        .output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        assert!(std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").is_err(), "the onnx Python package is required ({python})");
+        assert!(
+            std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").is_err(),
+            "the onnx Python package is required ({python})"
+        );
         eprintln!("SKIPPING onnx checker: `{python} -c 'import onnx'` failed");
         return;
     }
@@ -76,8 +119,30 @@ fn graphs_pass_the_onnx_checker() {
                 "import onnx; m = onnx.load(r'{}'); onnx.checker.check_model(m, full_check=True); assert m.opset_import[0].version == 17",
                 path.display()
             );
-            let out = std::process::Command::new(&python).args(["-c", &script]).output().unwrap();
-            assert!(out.status.success(), "{name}/{g}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new(&python)
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}/{g}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
+}
+
+/// Weights moved to ONNX external data (as FlowAR-H needs) give the same results.
+#[test]
+fn external_data_graphs_match_too() {
+    let d = fixture("spatial");
+    let (_t, dir) = convert_files_with(
+        &d.join("flowar.pth"),
+        &d.join("vae.ckpt"),
+        Default::default(),
+        None,
+        0,
+    );
+    assert!(dir.join("ar_step.onnx.data").is_file());
+    check_model("spatial", &dir);
 }

@@ -22,9 +22,15 @@ fn a_seed_reproduces_an_image_and_another_seed_does_not() {
     let (_t, dir) = convert_fixture("spatial");
     for p in cpu_providers() {
         let mut pipe = load(&dir, p);
-        let a = pipe.generate(&request(&[3], &[0], 11), &mut |_| true).unwrap();
-        let b = pipe.generate(&request(&[3], &[0], 11), &mut |_| true).unwrap();
-        let c = pipe.generate(&request(&[3], &[0], 12), &mut |_| true).unwrap();
+        let a = pipe
+            .generate(&request(&[3], &[0], 11), &mut |_| true)
+            .unwrap();
+        let b = pipe
+            .generate(&request(&[3], &[0], 11), &mut |_| true)
+            .unwrap();
+        let c = pipe
+            .generate(&request(&[3], &[0], 12), &mut |_| true)
+            .unwrap();
         assert_eq!(a.images, b.images, "{}", p.name());
         assert_ne!(a.images, c.images, "{}", p.name());
     }
@@ -34,10 +40,16 @@ fn a_seed_reproduces_an_image_and_another_seed_does_not() {
 fn batch_size_and_sharding_do_not_change_image_k() {
     let (_t, dir) = convert_fixture("spatial");
     let mut pipe = load(&dir, Provider::Tract);
-    let batch = pipe.generate(&request(&[1, 2, 3, 4], &[0, 1, 2, 3], 5), &mut |_| true).unwrap();
+    let batch = pipe
+        .generate(&request(&[1, 2, 3, 4], &[0, 1, 2, 3], 5), &mut |_| true)
+        .unwrap();
     // Image 2 alone (batch size 1), and as part of shard 0/2 = indices {0, 2}.
-    let alone = pipe.generate(&request(&[3], &[2], 5), &mut |_| true).unwrap();
-    let shard = pipe.generate(&request(&[1, 3], &[0, 2], 5), &mut |_| true).unwrap();
+    let alone = pipe
+        .generate(&request(&[3], &[2], 5), &mut |_| true)
+        .unwrap();
+    let shard = pipe
+        .generate(&request(&[1, 3], &[0, 2], 5), &mut |_| true)
+        .unwrap();
     let close = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x.abs_diff(*y) <= 1);
     // Batched kernels may round differently in the last bit; pixels agree to one level.
     assert!(close(&batch.images[2].pixels, &alone.images[0].pixels));
@@ -53,11 +65,12 @@ fn cfg_one_runs_without_null_rows() {
     let mut req = request(&[207, 3], &[0, 1], 0);
     req.cfg = 1.0;
     let mut calls = 0;
-    let out = pipe.generate(&req, &mut |_| {
-        calls += 1;
-        true
-    })
-    .unwrap();
+    let out = pipe
+        .generate(&req, &mut |_| {
+            calls += 1;
+            true
+        })
+        .unwrap();
     assert_eq!(out.images.len(), 2);
     assert!(out.tokens.iter().all(|v| v.is_finite()));
     assert_eq!(calls, 5 * 8, "5 scales of 8 Euler steps (9 grid points)");
@@ -69,10 +82,34 @@ fn bad_requests_fail_before_any_work() {
     let mut pipe = load(&dir, Provider::Tract);
     let cases: Vec<(Request, &str)> = vec![
         (request(&[1000], &[0], 0), "out of range"),
-        (Request { steps: 0, ..request(&[1], &[0], 0) }, "steps"),
-        (Request { cfg: -1.0, ..request(&[1], &[0], 0) }, "cfg"),
-        (Request { guidance: 1.5, ..request(&[1], &[0], 0) }, "guidance"),
-        (Request { noise: Some(vec![vec![0.0; 3]]), ..request(&[1], &[0], 0) }, "noise"),
+        (
+            Request {
+                steps: 0,
+                ..request(&[1], &[0], 0)
+            },
+            "steps",
+        ),
+        (
+            Request {
+                cfg: -1.0,
+                ..request(&[1], &[0], 0)
+            },
+            "cfg",
+        ),
+        (
+            Request {
+                guidance: 1.5,
+                ..request(&[1], &[0], 0)
+            },
+            "guidance",
+        ),
+        (
+            Request {
+                noise: Some(vec![vec![0.0; 3]]),
+                ..request(&[1], &[0], 0)
+            },
+            "noise",
+        ),
     ];
     for (req, word) in cases {
         let mut ticks = 0;
@@ -105,7 +142,10 @@ fn cancelling_from_progress_stops_the_run() {
 fn missing_provider_is_an_error_and_auto_reports_its_pick() {
     let (_t, dir) = convert_fixture("spatial");
     for p in [Provider::Cuda, Provider::TensorRt] {
-        let opts = PipelineOptions { provider: ProviderChoice::Named(p), backend: BackendOptions::default() };
+        let opts = PipelineOptions {
+            provider: ProviderChoice::Named(p),
+            backend: BackendOptions::default(),
+        };
         match Pipeline::load(&dir, &opts) {
             Err(Error::ProviderUnavailable { provider, reason }) => {
                 assert_eq!(provider, p.name());
@@ -127,11 +167,22 @@ fn heun_beats_euler_at_equal_steps() {
     let (_t, dir) = convert_fixture("spatial");
     let mut pipe = load(&dir, Provider::Tract);
     let run = |pipe: &mut flowar_runtime::Pipeline, steps: usize, solver: Solver| {
-        let req = Request { steps, solver, cfg: 1.0, ..request(&[3, 917], &[0, 1], 3) };
+        let req = Request {
+            steps,
+            solver,
+            cfg: 1.0,
+            ..request(&[3, 917], &[0, 1], 3)
+        };
         pipe.generate(&req, &mut |_| true).unwrap().tokens
     };
     let exact = run(&mut pipe, 200, Solver::Euler);
-    let dist = |a: &[f32]| a.iter().zip(&exact).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let dist = |a: &[f32]| {
+        a.iter()
+            .zip(&exact)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
     for steps in [6, 10] {
         let e = dist(&run(&mut pipe, steps, Solver::Euler));
         let h = dist(&run(&mut pipe, steps, Solver::Heun));
@@ -148,6 +199,14 @@ fn recorded_noise_replays_exactly() {
     let req = request(&[1, 2], &[4, 9], 21);
     let seeded = pipe.generate(&req, &mut |_| true).unwrap();
     let noise = flowar_runtime::noise::seeded(21, &[4, 9], &m.scales, m.latent_channels, true);
-    let replay = pipe.generate(&Request { noise: Some(noise), ..req }, &mut |_| true).unwrap();
+    let replay = pipe
+        .generate(
+            &Request {
+                noise: Some(noise),
+                ..req
+            },
+            &mut |_| true,
+        )
+        .unwrap();
     assert_eq!(seeded.tokens, replay.tokens);
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::onnx::proto::{ModelProto, StringStringEntryProto};
 use flowar_runtime::manifest::{
     Architecture, FlowKind, GraphSpec, Graphs, Manifest, RopeSpec, SamplerDefaults, SourceFile,
     FORMAT_VERSION, MANIFEST_FILE,
@@ -59,6 +60,8 @@ pub struct ConvertRequest<'a> {
     pub meta: ModelMeta,
     pub force: bool,
     pub allow_nonfinite: bool,
+    /// See [`EXTERNAL_DATA_THRESHOLD`].
+    pub external_data_threshold: usize,
 }
 
 /// What a conversion produced.
@@ -124,9 +127,61 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Graphs whose weights exceed this many bytes keep them in `<graph>.onnx.data` (ONNX
+/// external data): protobuf files cannot exceed 2 GiB (FlowAR-H's AR step is 5 GB in f32).
+pub const EXTERNAL_DATA_THRESHOLD: usize = 1 << 30;
+
+/// Moves every initializer of 1 KiB or more into `dir/<file>.data`, when the graph's
+/// weights exceed `threshold` bytes. Returns the data file's name if one was written.
+fn externalize(
+    model: &mut ModelProto,
+    dir: &Path,
+    file: &str,
+    threshold: usize,
+) -> Result<Option<String>> {
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(None);
+    };
+    let total: usize = graph.initializer.iter().map(|t| t.raw_data.len()).sum();
+    if total <= threshold {
+        return Ok(None);
+    }
+    let name = format!("{file}.data");
+    let path = dir.join(&name);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&path).map_err(|e| ExportError::io(&path, e))?,
+    );
+    let mut offset = 0usize;
+    for t in graph
+        .initializer
+        .iter_mut()
+        .filter(|t| t.raw_data.len() >= 1024)
+    {
+        use std::io::Write;
+        out.write_all(&t.raw_data)
+            .map_err(|e| ExportError::io(&path, e))?;
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: k.into(),
+            value: v,
+        };
+        t.external_data = vec![
+            entry("location", name.clone()),
+            entry("offset", offset.to_string()),
+            entry("length", t.raw_data.len().to_string()),
+        ];
+        t.data_location = 1;
+        offset += t.raw_data.len();
+        t.raw_data = Vec::new();
+    }
+    use std::io::Write;
+    out.flush().map_err(|e| ExportError::io(&path, e))?;
+    Ok(Some(name))
+}
+
 /// Serialises one graph into `dir` and describes it for the manifest.
-fn write_graph(dir: &Path, file: &str, g: BuiltGraph) -> Result<GraphSpec> {
+fn write_graph(dir: &Path, file: &str, mut g: BuiltGraph, threshold: usize) -> Result<GraphSpec> {
     let path = dir.join(file);
+    let external_data = externalize(&mut g.model, dir, file, threshold)?;
     let bytes = g.model.encode_to_vec();
     drop(g.model);
     let sha256 = hex(&Sha256::digest(&bytes));
@@ -135,6 +190,7 @@ fn write_graph(dir: &Path, file: &str, g: BuiltGraph) -> Result<GraphSpec> {
         file: file.into(),
         opset: crate::onnx::OPSET,
         sha256,
+        external_data,
         parameters: g.parameters,
         inputs: g.inputs.iter().map(|i| i.spec()).collect(),
         outputs: g.outputs.iter().map(|o| o.spec()).collect(),
@@ -245,11 +301,13 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
         &staging.path,
         "ar_step.onnx",
         ar_step::build(&vb, &fd, EXPORTER_VERSION)?,
+        req.external_data_threshold,
     )?;
     let flow = write_graph(
         &staging.path,
         "flow_head.onnx",
         flow_head::build(&vb, &fd, EXPORTER_VERSION)?,
+        req.external_data_threshold,
     )?;
     let mut ignored = check_unused(req.flowar, &used.borrow(), arch::FLOWAR_IGNORED)?;
 
@@ -260,6 +318,7 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
         &staging.path,
         "vae_decoder.onnx",
         vae_decoder::build(&vvb, &vd, grid, latent_scale, EXPORTER_VERSION)?,
+        req.external_data_threshold,
     )?;
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
 

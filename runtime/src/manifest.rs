@@ -128,6 +128,9 @@ pub struct GraphSpec {
     pub file: String,
     pub opset: i64,
     pub sha256: String,
+    /// ONNX external-data file holding the weights, for graphs over 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_data: Option<String>,
     pub parameters: usize,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,

@@ -59,7 +59,11 @@ pub fn resolve(choice: ProviderChoice, opts: &BackendOptions) -> Result<Resolved
                         let why = if skipped.is_empty() {
                             format!("auto: {} is the fastest provider available", p.name())
                         } else {
-                            format!("auto: {}, the fastest available; not available: {}", p.name(), skipped.join(", "))
+                            format!(
+                                "auto: {}, the fastest available; not available: {}",
+                                p.name(),
+                                skipped.join(", ")
+                            )
                         };
                         return Ok(Resolved {
                             provider: p,
@@ -67,7 +71,11 @@ pub fn resolve(choice: ProviderChoice, opts: &BackendOptions) -> Result<Resolved
                         });
                     }
                     // The first clause of the reason is enough for a log line.
-                    Err(e) => skipped.push(format!("{} ({})", p.name(), e.split(';').next().unwrap_or(&e).trim())),
+                    Err(e) => skipped.push(format!(
+                        "{} ({})",
+                        p.name(),
+                        e.split(';').next().unwrap_or(&e).trim()
+                    )),
                 }
             }
             Ok(Resolved {

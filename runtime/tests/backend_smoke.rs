@@ -25,7 +25,10 @@ fn ort_ok() -> bool {
         Ok(_) => true,
         Err(why) => {
             // CI sets FLOWAR_REQUIRE_ORT=1: there a missing onnxruntime is a failure.
-            assert!(std::env::var("FLOWAR_REQUIRE_ORT").is_err(), "onnxruntime is required: {why}");
+            assert!(
+                std::env::var("FLOWAR_REQUIRE_ORT").is_err(),
+                "onnxruntime is required: {why}"
+            );
             eprintln!("SKIPPING onnxruntime checks: {why}");
             false
         }

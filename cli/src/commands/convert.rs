@@ -106,6 +106,7 @@ pub fn run(a: Args) -> CliResult {
             meta,
             force: a.force,
             allow_nonfinite: a.allow_nonfinite,
+            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
         })?
     } else {
         let (fp, vp) = match (&a.flowar, &a.vae) {
@@ -130,6 +131,7 @@ pub fn run(a: Args) -> CliResult {
             meta,
             force: a.force,
             allow_nonfinite: a.allow_nonfinite,
+            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
         })?
     };
     print_report(&report);

@@ -102,6 +102,7 @@ fn model_dir(a: &Args) -> CliResult<PathBuf> {
             meta,
             force: true,
             allow_nonfinite: false,
+            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
         })?;
     }
     Ok(demo.converted)
@@ -153,7 +154,12 @@ pub fn run(a: Args) -> CliResult {
     );
     let class_list: Vec<usize> = if a.classes.is_empty() {
         // Every named class (the trained ones), else every class.
-        (0..if m.class_names.is_empty() { m.num_classes } else { m.class_names.len() }).collect()
+        (0..if m.class_names.is_empty() {
+            m.num_classes
+        } else {
+            m.class_names.len()
+        })
+            .collect()
     } else {
         a.classes
             .iter()
