@@ -16,4 +16,6 @@ export FLOWAR_PYTHON="$PWD/.venv/bin/python"
 export FLOWAR_REQUIRE_ORT=1
 export FLOWAR_REQUIRE_ONNX_CHECKER=1
 
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace "$@"

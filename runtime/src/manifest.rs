@@ -229,8 +229,8 @@ impl Manifest {
                 self.num_classes
             ));
         }
-        if self.rope.ar_head_dim % 4 != 0
-            || self.rope.flow_head_dim % 4 != 0
+        if !self.rope.ar_head_dim.is_multiple_of(4)
+            || !self.rope.flow_head_dim.is_multiple_of(4)
             || self.rope.ar_head_dim == 0
         {
             return bad("RoPE head dims must be positive multiples of 4".into());

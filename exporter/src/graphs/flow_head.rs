@@ -66,11 +66,10 @@ fn cross_attention(
     vb: &Vb,
     q_in: &str,
     kv_in: &str,
-    w: usize,
-    d: usize,
-    heads: usize,
+    dims: &FlowArDims,
     rope: &RopeTables,
 ) -> Result<Val> {
+    let (w, d, heads) = (dims.flow.width, dims.ar.width, dims.flow.heads);
     let q = nn::linear(g, &vb.pp("q"), q_in, w, w, false)?;
     let kv = nn::linear(g, &vb.pp("kv"), kv_in, d, 2 * w, false)?;
     let o = g.scoped(vb.prefix(), |g| {
@@ -182,16 +181,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
                 })?;
                 let qn = nn::rms_norm_weighted(&mut g, &bvb.pp("norm2_1"), &h, w)?;
                 let kvn = nn::rms_norm_weighted(&mut g, &bvb.pp("norm2_2"), "z", d)?;
-                let ca = cross_attention(
-                    &mut g,
-                    &bvb.pp("crossattn"),
-                    &qn,
-                    &kvn,
-                    w,
-                    d,
-                    f.heads,
-                    &rope,
-                )?;
+                let ca = cross_attention(&mut g, &bvb.pp("crossattn"), &qn, &kvn, dims, &rope)?;
                 h = g.scoped(&scope, |g| g.add(&h, &ca));
                 let mvb = bvb.pp("mlp");
                 h = gated(&mut g, &scope, &h, &mm[0], &mm[1], &mm[2], |g, x| {
