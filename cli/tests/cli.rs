@@ -26,6 +26,26 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Converts the spatial fixture into `dir/m`, asserting success.
+fn convert_spatial(dir: &Path) -> PathBuf {
+    let f = fixture("spatial");
+    let model = dir.join("m");
+    let o = flowar(
+        &[
+            "convert",
+            "--flowar",
+            f.join("flowar.pth").to_str().unwrap(),
+            "--vae",
+            f.join("vae.ckpt").to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    model
+}
+
 /// Runs `convert`, expecting a clean failure that names `needle` and leaves no output.
 fn convert_fails(flowar_ckpt: &Path, vae: &Path, needle: &str) {
     let tmp = tempfile::tempdir().unwrap();
@@ -174,21 +194,7 @@ fn convert_refuses_an_existing_folder_without_force() {
 #[test]
 fn generate_writes_pngs_with_metadata_run_json_and_shards() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m");
-    let f = fixture("spatial");
-    let o = flowar(
-        &[
-            "convert",
-            "--flowar",
-            f.join("flowar.pth").to_str().unwrap(),
-            "--vae",
-            f.join("vae.ckpt").to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let model = convert_spatial(tmp.path());
     let gen = |out: &str, extra: &[&str]| {
         let mut a = vec![
             "generate",
@@ -274,20 +280,7 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
 #[test]
 fn invalid_generate_values_are_refused_before_work() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m");
-    let f = fixture("spatial");
-    flowar(
-        &[
-            "convert",
-            "--flowar",
-            f.join("flowar.pth").to_str().unwrap(),
-            "--vae",
-            f.join("vae.ckpt").to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
+    let model = convert_spatial(tmp.path());
     let m = model.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["--class", "1000"], "out of range"),
@@ -340,20 +333,8 @@ fn invalid_generate_values_are_refused_before_work() {
 #[test]
 fn verify_passes_on_fixtures_and_fails_on_a_tightened_bound() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m");
+    let model = convert_spatial(tmp.path());
     let f = fixture("spatial");
-    flowar(
-        &[
-            "convert",
-            "--flowar",
-            f.join("flowar.pth").to_str().unwrap(),
-            "--vae",
-            f.join("vae.ckpt").to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
     let reference = f.join("expected.safetensors");
     let ok = flowar(
         &[
