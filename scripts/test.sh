@@ -15,6 +15,7 @@ export ORT_DYLIB_PATH
 export FLOWAR_PYTHON="$PWD/.venv/bin/python"
 export FLOWAR_REQUIRE_ORT=1
 export FLOWAR_REQUIRE_ONNX_CHECKER=1
+export FLOWAR_REQUIRE_VALGRIND=1
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

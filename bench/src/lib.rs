@@ -1,9 +1,47 @@
-//! Shared measurement helpers for the benchmarks in `benches/`.
+//! Benchmarks of the FlowAR exporter and runtime: the `flowar bench` command ([`cli`]), the
+//! analytic FLOP count it reports against ([`flops`]), the matmul calibration behind its
+//! efficiency figure ([`calibrate`]), its JSON / Markdown results ([`report`]) and chart
+//! ([`plot`]), and shared helpers for the criterion benchmarks in `benches/`.
+
+pub mod calibrate;
+pub mod cli;
+pub mod flops;
+pub mod plot;
+pub mod report;
 
 /// Peak resident memory of this process so far, in bytes (Linux `VmHWM`), if known.
+/// [`cli::reset_peak_rss`] restarts the count.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Converts the test fixture `tests/fixtures/<name>` (e.g. `spatial`, a tiny FlowAR-S
+/// shaped model) into a fresh temporary model folder: `(guard, folder)`.
+pub fn fixture_model(
+    name: &str,
+) -> Result<(tempfile::TempDir, std::path::PathBuf), flowar_exporter::ExportError> {
+    use flowar_exporter::checkpoint::Checkpoint;
+    use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta, EXTERNAL_DATA_THRESHOLD};
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name);
+    let tmp = tempfile::tempdir().map_err(|e| flowar_exporter::ExportError::io(&src, e))?;
+    let out = tmp.path().join("model");
+    let f = Checkpoint::open(&src.join("flowar.pth"))?;
+    let v = Checkpoint::open(&src.join("vae.ckpt"))?;
+    convert(&ConvertRequest {
+        flowar: &f,
+        vae: &v,
+        source_files: vec![],
+        out: out.clone(),
+        latent_scale: None,
+        meta: ModelMeta::default(),
+        force: false,
+        allow_nonfinite: false,
+        external_data_threshold: EXTERNAL_DATA_THRESHOLD,
+    })?;
+    Ok((tmp, out))
 }

@@ -3,7 +3,21 @@
 
 mod commands;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use clap::{Parser, Subcommand};
+
+/// Set by the first Ctrl-C (SIGINT); long-running commands poll it and stop cleanly,
+/// removing anything half-written. A second Ctrl-C exits at once.
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C was pressed.
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Parser)]
 #[command(
@@ -26,17 +40,40 @@ enum Command {
     Verify(commands::verify::Args),
     /// Summarise a model folder or a checkpoint.
     Inspect(commands::inspect::Args),
+    /// Measure load time, per-stage latency, throughput, memory and efficiency per provider.
+    Bench(commands::bench::Args),
+}
+
+/// First Ctrl-C: set [`INTERRUPTED`]; second: exit at once.
+fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: exiting now");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        eprintln!("\ninterrupted: stopping and removing partial output (Ctrl-C again to exit now)");
+    });
 }
 
 fn main() {
     let cli = Cli::parse();
+    // Only the commands that write outputs and poll the flag trade Ctrl-C's default
+    // (immediate exit) for a clean stop.
+    if matches!(cli.command, Command::Convert(_) | Command::Generate(_)) {
+        install_ctrlc();
+    }
     let result = match cli.command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {
+        if interrupted() {
+            eprintln!("error: interrupted ({e}); no partial output was kept");
+            std::process::exit(EXIT_INTERRUPTED);
+        }
         eprintln!("error: {e}");
         std::process::exit(e.exit_code());
     }

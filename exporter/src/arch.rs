@@ -59,11 +59,8 @@ fn layout(src: &dyn WeightSource, reason: String) -> ExportError {
 }
 
 fn need(src: &dyn WeightSource, key: &str, expected: &str) -> Result<Vec<usize>> {
-    src.shape(key).ok_or_else(|| ExportError::MissingKey {
-        origin: src.origin(),
-        key: key.to_string(),
-        expected: expected.to_string(),
-    })
+    src.shape(key)
+        .ok_or_else(|| crate::weights::missing_key(src, key, expected))
 }
 
 fn need_rank(src: &dyn WeightSource, key: &str, rank: usize, expected: &str) -> Result<Vec<usize>> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::onnx::proto::{ModelProto, StringStringEntryProto};
 use flowar_runtime::manifest::{
     Architecture, FlowKind, GraphSpec, Graphs, Manifest, RopeSpec, SamplerDefaults, SourceFile,
-    FORMAT_VERSION, MANIFEST_FILE,
+    VerifyBounds, FORMAT_VERSION, MANIFEST_FILE,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -267,7 +267,69 @@ pub fn detect(flowar: &dyn WeightSource, vae: &dyn WeightSource) -> Result<(Flow
     Ok((f, v))
 }
 
+/// Storage and compute type of the exported graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Weights and activations in float16; RMSNorm/GroupNorm statistics, softmax and the
+    /// time-embedding sinusoid stay float32. Graph inputs and outputs stay float32.
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::F16 => "float16",
+        }
+    }
+
+    /// Verification bounds: the fixture README's for float32; float16 rounding (about
+    /// 1e-3 relative per op, over every block) needs wider ones, measured on the fixtures.
+    pub fn verify_bounds(self) -> VerifyBounds {
+        match self {
+            Precision::F32 => VerifyBounds {
+                graph: 1e-4,
+                vae: 1e-3,
+            },
+            Precision::F16 => VerifyBounds {
+                graph: F16_GRAPH_BOUND,
+                vae: F16_VAE_BOUND,
+            },
+        }
+    }
+}
+
+/// Max abs error of float16 flow-head and AR outputs against the float32 reference.
+pub const F16_GRAPH_BOUND: f32 = 5e-2;
+/// Max abs error of a float16 VAE image (in [-1, 1]) against the float32 reference.
+pub const F16_VAE_BOUND: f32 = 3e-2;
+
+impl std::str::FromStr for Precision {
+    type Err = ExportError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Precision::F32),
+            "f16" | "float16" => Ok(Precision::F16),
+            _ => Err(ExportError::BadArgument(format!(
+                "unknown dtype `{s}` (expected f32 or f16)"
+            ))),
+        }
+    }
+}
+
+/// Converts with float32 graphs.
 pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
+    convert_as(req, Precision::F32)
+}
+
+/// Converts with graphs of the given precision.
+pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertReport> {
+    let act = match precision {
+        Precision::F32 => crate::onnx::Elem::F32,
+        Precision::F16 => crate::onnx::Elem::F16,
+    };
     if req.out.exists() && !req.force {
         return Err(ExportError::OutputExists(req.out.clone()));
     }
@@ -300,13 +362,13 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
     let ar = write_graph(
         &staging.path,
         "ar_step.onnx",
-        ar_step::build(&vb, &fd, EXPORTER_VERSION)?,
+        ar_step::build(&vb, &fd, act, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     let flow = write_graph(
         &staging.path,
         "flow_head.onnx",
-        flow_head::build(&vb, &fd, EXPORTER_VERSION)?,
+        flow_head::build(&vb, &fd, act, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     let mut ignored = check_unused(req.flowar, &used.borrow(), arch::FLOWAR_IGNORED)?;
@@ -317,7 +379,7 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
     let vae = write_graph(
         &staging.path,
         "vae_decoder.onnx",
-        vae_decoder::build(&vvb, &vd, grid, latent_scale, EXPORTER_VERSION)?,
+        vae_decoder::build(&vvb, &vd, grid, latent_scale, act, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
@@ -384,7 +446,8 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
             flow_head: flow,
             vae_decoder: vae,
         },
-        dtype: "float32".into(),
+        dtype: precision.name().into(),
+        verify: precision.verify_bounds(),
     };
     let mpath = staging.path.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");

@@ -47,8 +47,10 @@ pub fn linear(
     }))
 }
 
-/// `x * rsqrt(mean(x^2, -1) + 1e-6)`, times `weight` when the module has one.
+/// `x * rsqrt(mean(x^2, -1) + 1e-6)`, times `weight` (float32) when the module has one.
+/// Computed in float32 whatever the activation type.
 pub fn rms_norm(g: &mut Graph, x: &str, weight: Option<&str>) -> Val {
+    let x = &g.to_f32(x);
     let eps = g.scalar_f32(1e-6);
     let sq = g.mul(x, x);
     let ms = g.reduce_mean(&sq, &[-1]);
@@ -56,24 +58,25 @@ pub fn rms_norm(g: &mut Graph, x: &str, weight: Option<&str>) -> Val {
     let rms = g.unary("Sqrt", &ms);
     let inv = g.unary("Reciprocal", &rms);
     let y = g.mul(x, &inv);
-    match weight {
+    let y = match weight {
         Some(w) => g.mul(&y, w),
         None => y,
-    }
+    };
+    g.to_act(&y)
 }
 
 /// RMSNorm whose weight is the checkpoint tensor `{vb}.weight`.
 pub fn rms_norm_weighted(g: &mut Graph, vb: &Vb, x: &str, dim: usize) -> Result<Val> {
     let w = vb.get("weight", &[dim])?;
     Ok(g.scoped(vb.prefix(), |g| {
-        let wn = g.weight(&vb.path("weight"), &[dim], &w, "");
+        let wn = g.weight_f32(&vb.path("weight"), &[dim], &w, "");
         rms_norm(g, x, Some(&wn))
     }))
 }
 
 /// `norm(x) * (1 + scale) + shift`.
 pub fn modulate(g: &mut Graph, normed: &str, scale: &str, shift: &str) -> Val {
-    let one = g.scalar_f32(1.0);
+    let one = g.scalar(1.0);
     let s1 = g.add(scale, &one);
     let y = g.mul(normed, &s1);
     g.add(&y, shift)
@@ -105,7 +108,10 @@ impl RopeTables {
             .map(|i| if i % 2 == 0 { -1.0 } else { 1.0 })
             .collect();
         let sign = g.const_f32(&[head_dim], &sign);
-        let sin_signed = g.scoped("rope", |g| g.mul(&sin, &sign));
+        let (cos, sin_signed) = g.scoped("rope", |g| {
+            let s = g.mul(&sin, &sign);
+            (g.to_act(&cos), g.to_act(&s))
+        });
         RopeTables {
             cos,
             sin_signed,
@@ -137,9 +143,12 @@ pub fn split_heads(g: &mut Graph, x: &str, parts: usize, heads: usize, hd: usize
 pub fn attend(g: &mut Graph, q: &str, k: &str, v: &str, hd: usize, width: usize) -> Val {
     let kt = g.transpose(k, &[0, 1, 3, 2]);
     let scores = g.matmul(q, &kt);
+    // Scaling and softmax in float32 (a no-op cast for float32 graphs).
+    let scores = g.to_f32(&scores);
     let scale = g.scalar_f32(1.0 / (hd as f32).sqrt());
     let scores = g.mul(&scores, &scale);
     let p = g.softmax(&scores, -1);
+    let p = g.to_act(&p);
     let o = g.matmul(&p, v);
     let o = g.transpose(&o, &[0, 2, 1, 3]);
     g.reshape(&o, &[0, 0, width as i64])
@@ -166,19 +175,20 @@ pub fn conv2d(g: &mut Graph, vb: &Vb, x: &str, cin: usize, cout: usize, k: usize
 }
 
 /// GroupNorm (32 groups, eps 1e-6, affine) on `[batch, ch, h, w]`, decomposed into
-/// ReduceMean so every engine and opset agrees on its semantics.
+/// ReduceMean so every engine and opset agrees on its semantics; float32 throughout.
 pub fn group_norm(g: &mut Graph, vb: &Vb, x: &str, ch: usize, h: usize, w: usize) -> Result<Val> {
     let gamma = vb.get("weight", &[ch])?;
     let beta = vb.get("bias", &[ch])?;
     Ok(g.scoped(vb.prefix(), |g| {
-        let gn = g.weight(
+        let gn = g.weight_f32(
             &vb.path("weight"),
             &[ch, 1, 1],
             &gamma,
             "stored as [ch, 1, 1]",
         );
-        let bn = g.weight(&vb.path("bias"), &[ch, 1, 1], &beta, "stored as [ch, 1, 1]");
-        let grouped = g.reshape(x, &[0, 32, -1]);
+        let bn = g.weight_f32(&vb.path("bias"), &[ch, 1, 1], &beta, "stored as [ch, 1, 1]");
+        let x = g.to_f32(x);
+        let grouped = g.reshape(&x, &[0, 32, -1]);
         let mean = g.reduce_mean(&grouped, &[2]);
         let centered = g.sub(&grouped, &mean);
         let sq = g.mul(&centered, &centered);
@@ -189,7 +199,8 @@ pub fn group_norm(g: &mut Graph, vb: &Vb, x: &str, ch: usize, h: usize, w: usize
         let normed = g.div(&centered, &std);
         let back = g.reshape(&normed, &[0, ch as i64, h as i64, w as i64]);
         let y = g.mul(&back, &gn);
-        g.add(&y, &bn)
+        let y = g.add(&y, &bn);
+        g.to_act(&y)
     }))
 }
 

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::error::{ExportError, Result};
 
 /// A named collection of float tensors.
@@ -33,6 +33,23 @@ impl WeightSource for Checkpoint {
     }
     fn load_f32(&self, key: &str) -> Result<Vec<f32>> {
         Ok(Checkpoint::load_f32(self, key)?)
+    }
+}
+
+/// The error for a key that has no loadable float tensor: the checkpoint's own reason when
+/// the key is there with another dtype (e.g. int64) or is not a tensor, else `MissingKey`.
+pub fn missing_key(src: &dyn WeightSource, key: &str, expected: &str) -> ExportError {
+    match src.load_f32(key) {
+        Err(
+            e @ ExportError::Checkpoint(
+                CheckpointError::UnsupportedDType { .. } | CheckpointError::NotATensor { .. },
+            ),
+        ) => e,
+        _ => ExportError::MissingKey {
+            origin: src.origin(),
+            key: key.to_string(),
+            expected: expected.to_string(),
+        },
     }
 }
 
@@ -99,11 +116,9 @@ impl<'a> Vb<'a> {
     /// The shape of a tensor that must exist; `expected` describes it for the error.
     pub fn shape(&self, name: &str, expected: &str) -> Result<Vec<usize>> {
         let key = self.path(name);
-        self.src.shape(&key).ok_or_else(|| ExportError::MissingKey {
-            origin: self.src.origin(),
-            key,
-            expected: expected.to_string(),
-        })
+        self.src
+            .shape(&key)
+            .ok_or_else(|| missing_key(self.src, &key, expected))
     }
 
     /// Loads `name`, checking its shape, and marks it used.
@@ -112,11 +127,7 @@ impl<'a> Vb<'a> {
         let found = self
             .src
             .shape(&key)
-            .ok_or_else(|| ExportError::MissingKey {
-                origin: self.src.origin(),
-                key: key.clone(),
-                expected: format!("{shape:?}"),
-            })?;
+            .ok_or_else(|| missing_key(self.src, &key, &format!("{shape:?}")))?;
         if found != shape {
             return Err(ExportError::Shape {
                 origin: self.src.origin(),

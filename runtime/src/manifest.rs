@@ -12,6 +12,12 @@ use crate::error::{Error, Result};
 pub const FORMAT_VERSION: u32 = 1;
 /// The manifest's file name inside a model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Largest latent grid side a manifest may declare (2048-pixel images with kl16; the
+/// released models use 16), so a hostile manifest cannot make the runtime allocate
+/// per-scale tables of any size.
+pub const MAX_GRID: usize = 128;
+/// Largest RoPE head size a manifest may declare.
+pub const MAX_HEAD_DIM: usize = 512;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -36,8 +42,31 @@ pub struct Manifest {
     pub sampler: SamplerDefaults,
     pub rope: RopeSpec,
     pub graphs: Graphs,
-    /// Storage dtype of the graph weights ("float32").
+    /// Storage and compute dtype of the graphs ("float32" or "float16"); inputs and
+    /// outputs are float32 either way.
     pub dtype: String,
+    /// Bounds `flowar verify` applies by default to this model's graphs.
+    #[serde(default)]
+    pub verify: VerifyBounds,
+}
+
+/// Max abs error per kind of graph output against a float32 reference.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct VerifyBounds {
+    /// Flow head and AR step outputs.
+    pub graph: f32,
+    /// The VAE image in [-1, 1].
+    pub vae: f32,
+}
+
+impl Default for VerifyBounds {
+    /// The fixture README's bounds for float32 graphs.
+    fn default() -> Self {
+        VerifyBounds {
+            graph: 1e-4,
+            vae: 1e-3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -210,6 +239,18 @@ impl Manifest {
         if self.scales.windows(2).any(|w| w[0] >= w[1]) {
             return bad(format!("scales {:?} must increase", self.scales));
         }
+        if self.final_grid() > MAX_GRID {
+            return bad(format!(
+                "final scale {} exceeds the largest supported latent grid ({MAX_GRID})",
+                self.final_grid()
+            ));
+        }
+        if self.num_classes == 0 || self.latent_channels == 0 || self.image_size == 0 {
+            return bad(format!(
+                "num_classes ({}), latent_channels ({}) and image_size ({}) must be positive",
+                self.num_classes, self.latent_channels, self.image_size
+            ));
+        }
         if !(self.latent_scale.is_finite() && self.latent_scale > 0.0) {
             return bad(format!(
                 "latent_scale {} must be a positive number",
@@ -232,8 +273,12 @@ impl Manifest {
         if !self.rope.ar_head_dim.is_multiple_of(4)
             || !self.rope.flow_head_dim.is_multiple_of(4)
             || self.rope.ar_head_dim == 0
+            || self.rope.ar_head_dim > MAX_HEAD_DIM
+            || self.rope.flow_head_dim > MAX_HEAD_DIM
         {
-            return bad("RoPE head dims must be positive multiples of 4".into());
+            return bad(format!(
+                "RoPE head dims must be positive multiples of 4, at most {MAX_HEAD_DIM}"
+            ));
         }
         Ok(())
     }

@@ -83,6 +83,8 @@ pub struct Progress {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StageTimes {
     pub ar: Duration,
+    /// AR time per scale, coarse to fine (sums to `ar`).
+    pub ar_per_scale: Vec<Duration>,
     pub flow: Duration,
     pub flow_calls: usize,
     pub upsample: Duration,
@@ -92,6 +94,13 @@ pub struct StageTimes {
 impl StageTimes {
     pub fn add(&mut self, o: &StageTimes) {
         self.ar += o.ar;
+        if self.ar_per_scale.len() < o.ar_per_scale.len() {
+            self.ar_per_scale
+                .resize(o.ar_per_scale.len(), Duration::ZERO);
+        }
+        for (a, b) in self.ar_per_scale.iter_mut().zip(&o.ar_per_scale) {
+            *a += *b;
+        }
         self.flow += o.flow;
         self.flow_calls += o.flow_calls;
         self.upsample += o.upsample;
@@ -246,7 +255,9 @@ impl Pipeline {
             let n = side * side;
             let t0 = Instant::now();
             let z = self.model.ar_step(i, &labels, &tokens_in, &mut cache)?;
-            st.ar += t0.elapsed();
+            let ar_time = t0.elapsed();
+            st.ar += ar_time;
+            st.ar_per_scale.push(ar_time);
             let z_cond = Tensor::f32(
                 vec![b, n, m.architecture.ar.width],
                 z.as_f32().expect("f32 z")[..b * n * m.architecture.ar.width].to_vec(),

@@ -116,6 +116,18 @@ impl Reference {
     }
 }
 
+/// Refuses a reference tensor whose shape does not fit this model (instead of indexing
+/// past its end or handing the backend a shape error that names no reference case).
+fn expect_shape(key: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.shape != want {
+        return Err(Error::BadArgument(format!(
+            "reference tensor `{key}` has shape {:?}; this model needs {want:?}",
+            t.shape
+        )));
+    }
+    Ok(())
+}
+
 /// Max abs and max relative error of `got` against `want`.
 pub fn compare(name: &str, got: &[f32], want: &Tensor, bound: f32) -> Result<CaseResult> {
     let w = want.as_f32().expect("f32 reference");
@@ -200,12 +212,18 @@ pub fn run(
                 side * side
             )));
         }
-        let v = model.flow(
-            i,
-            &x,
-            &reference.f32(&format!("{key}.t"))?,
-            &reference.f32(&format!("{key}.cond"))?,
+        let n = side * side;
+        let rows = x.shape.first().copied().unwrap_or(0);
+        expect_shape(&format!("{key}.x"), &x, &[rows, n, m.latent_channels])?;
+        let t = reference.f32(&format!("{key}.t"))?;
+        expect_shape(&format!("{key}.t"), &t, &[rows])?;
+        let cond = reference.f32(&format!("{key}.cond"))?;
+        expect_shape(
+            &format!("{key}.cond"),
+            &cond,
+            &[rows, n, m.architecture.ar.width],
         )?;
+        let v = model.flow(i, &x, &t, &cond)?;
         results.push(compare(
             &format!("{key}.v"),
             v.as_f32().expect("f32"),
@@ -218,7 +236,14 @@ pub fn run(
         let labels = reference.i64("ar.labels")?;
         let b = labels.len();
         let x0 = reference.f32("ar.s0.x")?;
-        let rows = x0.shape[0];
+        let rows = x0.shape.first().copied().unwrap_or(0);
+        if rows != b && rows != 2 * b {
+            return Err(Error::BadArgument(format!(
+                "reference tensor `ar.s0.x` has shape {:?}; expected {b} or {} rows for {b} labels",
+                x0.shape,
+                2 * b
+            )));
+        }
         let mut all = labels.clone();
         if rows == 2 * b {
             all.extend(std::iter::repeat_n(m.null_class as i64, b));
@@ -230,6 +255,8 @@ pub fn run(
                 Tensor::f32(vec![rows, 1, c], vec![0.0; rows * c])
             } else {
                 let prev = reference.f32(&format!("ar.s{i}.prev_tokens"))?;
+                let n_prev = m.scales[i - 1] * m.scales[i - 1];
+                expect_shape(&format!("ar.s{i}.prev_tokens"), &prev, &[rows, n_prev, c])?;
                 let up = next_scale_tokens(
                     prev.as_f32().expect("f32"),
                     rows,
@@ -239,6 +266,11 @@ pub fn run(
                     side,
                 );
                 let want = reference.f32(&format!("ar.s{i}.upsampled"))?;
+                expect_shape(
+                    &format!("ar.s{i}.upsampled"),
+                    &want,
+                    &[rows, side * side, c],
+                )?;
                 results.push(compare(
                     &format!("ar.s{i}.upsampled"),
                     &up,
@@ -260,9 +292,22 @@ pub fn run(
     // VAE decode.
     if reference.has("vae.tokens") {
         let tokens = reference.f32("vae.tokens")?;
-        let b = tokens.shape[0];
+        let b = tokens.shape.first().copied().unwrap_or(0);
+        let g = m.final_grid();
+        expect_shape("vae.tokens", &tokens, &[b, m.latent_channels, g, g])?;
         let img = model.decode(&tokens)?;
-        let (h, w) = (img.shape[2], img.shape[3]);
+        let (h, w) = match img.shape[..] {
+            [_, 3, h, w] => (h, w),
+            _ => {
+                return Err(Error::Model {
+                    path: model.dir.join(&m.graphs.vae_decoder.file),
+                    reason: format!(
+                        "decoded image has shape {:?}, expected [batch, 3, H, W]",
+                        img.shape
+                    ),
+                })
+            }
+        };
         results.push(compare(
             "vae.image",
             img.as_f32().expect("f32"),

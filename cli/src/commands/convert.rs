@@ -3,10 +3,36 @@
 use std::path::PathBuf;
 
 use flowar_exporter::checkpoint::Checkpoint;
-use flowar_exporter::convert::{convert, ConvertReport, ConvertRequest, ModelMeta};
+use flowar_exporter::convert::{convert_as, ConvertReport, ConvertRequest, ModelMeta, Precision};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
+use flowar_exporter::weights::WeightSource;
+use flowar_exporter::ExportError;
 
 use super::{CliError, CliResult};
+
+/// A weight source that fails once Ctrl-C was pressed, so a conversion stops at the next
+/// tensor it reads (between and within graphs) and the exporter removes its staging folder.
+struct Cancellable<'a>(&'a dyn WeightSource);
+
+impl WeightSource for Cancellable<'_> {
+    fn origin(&self) -> String {
+        self.0.origin()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.0.keys()
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.0.shape(key)
+    }
+    fn load_f32(&self, key: &str) -> flowar_exporter::Result<Vec<f32>> {
+        if crate::interrupted() {
+            return Err(ExportError::BadArgument(
+                "conversion interrupted by Ctrl-C".into(),
+            ));
+        }
+        self.0.load_f32(key)
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -37,6 +63,10 @@ pub struct Args {
     /// Convert even if weights hold NaN or Inf.
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Graph precision: f32, or f16 (weights and activations in float16; norm statistics,
+    /// softmax and the time embedding stay float32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub dtype: String,
 }
 
 pub fn print_report(r: &ConvertReport) {
@@ -76,6 +106,7 @@ pub fn print_report(r: &ConvertReport) {
 }
 
 pub fn run(a: Args) -> CliResult {
+    let precision: Precision = a.dtype.parse()?;
     let meta = match &a.meta {
         Some(p) => ModelMeta::load(p)?,
         None => ModelMeta::default(),
@@ -97,17 +128,20 @@ pub fn run(a: Args) -> CliResult {
         meta.name.get_or_insert_with(|| {
             format!("{} (random weights, seed {})", preset.name(), a.random_init)
         });
-        convert(&ConvertRequest {
-            flowar: &f,
-            vae: &v,
-            source_files: vec![],
-            out: a.out.clone(),
-            latent_scale: a.latent_scale,
-            meta,
-            force: a.force,
-            allow_nonfinite: a.allow_nonfinite,
-            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-        })?
+        convert_as(
+            &ConvertRequest {
+                flowar: &Cancellable(&f),
+                vae: &Cancellable(&v),
+                source_files: vec![],
+                out: a.out.clone(),
+                latent_scale: a.latent_scale,
+                meta,
+                force: a.force,
+                allow_nonfinite: a.allow_nonfinite,
+                external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+            },
+            precision,
+        )?
     } else {
         let (fp, vp) = match (&a.flowar, &a.vae) {
             (Some(f), Some(v)) => (f, v),
@@ -119,20 +153,23 @@ pub fn run(a: Args) -> CliResult {
         };
         let f = Checkpoint::open(fp)?;
         let v = Checkpoint::open(vp)?;
-        convert(&ConvertRequest {
-            flowar: &f,
-            vae: &v,
-            source_files: vec![
-                ("flowar".into(), fp.clone(), f.format().into()),
-                ("vae".into(), vp.clone(), v.format().into()),
-            ],
-            out: a.out.clone(),
-            latent_scale: a.latent_scale,
-            meta,
-            force: a.force,
-            allow_nonfinite: a.allow_nonfinite,
-            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-        })?
+        convert_as(
+            &ConvertRequest {
+                flowar: &Cancellable(&f),
+                vae: &Cancellable(&v),
+                source_files: vec![
+                    ("flowar".into(), fp.clone(), f.format().into()),
+                    ("vae".into(), vp.clone(), v.format().into()),
+                ],
+                out: a.out.clone(),
+                latent_scale: a.latent_scale,
+                meta,
+                force: a.force,
+                allow_nonfinite: a.allow_nonfinite,
+                external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+            },
+            precision,
+        )?
     };
     print_report(&report);
     println!(

@@ -256,7 +256,9 @@ pub fn run(a: Args) -> CliResult {
                 p.step,
                 p.steps
             ));
-            true
+            // Ctrl-C: stop at the next step (Error::Cancelled); PNGs already written are
+            // complete, and run.json and the grid are not written.
+            !crate::interrupted()
         })?;
         times.add(&out.times);
         for (&k, img) in chunk.iter().zip(out.images) {

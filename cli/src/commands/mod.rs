@@ -1,4 +1,5 @@
 //! One module per subcommand, plus the CLI's error type.
+pub mod bench;
 pub mod convert;
 pub mod generate;
 pub mod inspect;

@@ -16,12 +16,13 @@ pub struct Args {
     pub reference: PathBuf,
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// Max abs error for flow head, AR and upsampling cases.
-    #[arg(long, default_value_t = 1e-4)]
-    pub tol: f32,
-    /// Max abs error for the VAE float image.
-    #[arg(long, default_value_t = 1e-3)]
-    pub vae_tol: f32,
+    /// Max abs error for flow head, AR and upsampling cases (default: the manifest's bound,
+    /// 1e-4 for float32 graphs).
+    #[arg(long)]
+    pub tol: Option<f32>,
+    /// Max abs error for the VAE float image (default: the manifest's, 1e-3 for float32).
+    #[arg(long)]
+    pub vae_tol: Option<f32>,
     /// Max abs error for pipe.tokens (default: 4x the reference's own float64-vs-float32
     /// difference from config.json beside the reference, and at least 1e-3).
     #[arg(long)]
@@ -76,9 +77,10 @@ pub fn run(a: Args) -> CliResult {
             .map(|d| (4.0 * d as f32).max(1e-3))
             .unwrap_or(1e-3)
     });
+    let bounds = flowar_runtime::manifest::Manifest::load(&a.model)?.verify;
     let tol = Tolerances {
-        graph: a.tol,
-        vae: a.vae_tol,
+        graph: a.tol.unwrap_or(bounds.graph),
+        vae: a.vae_tol.unwrap_or(bounds.vae),
         vae_u8_levels: 1,
         pipe_tokens: pipe_tol,
         pipe_identical: a.pipe_identical,

@@ -44,8 +44,9 @@ fn block(
         let parts = nn::split_heads(g, &qkv, 3, a.heads, a.head_dim);
         let q = rope.apply(g, &parts[0]);
         let k = rope.apply(g, &parts[1]);
-        let k_all = g.concat(&[past.0, &k], 2);
-        let v_all = g.concat(&[past.1, &parts[2]], 2);
+        let (pk, pv) = (g.to_act(past.0), g.to_act(past.1));
+        let k_all = g.concat(&[&pk, &k], 2);
+        let v_all = g.concat(&[&pv, &parts[2]], 2);
         (
             nn::attend(g, &q, &k_all, &v_all, a.head_dim, d),
             k_all,
@@ -91,10 +92,10 @@ fn add_positions(
     }))
 }
 
-pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
+pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<BuiltGraph> {
     let a = &dims.ar;
     let (d, c, hd) = (a.width, dims.latent_channels, a.head_dim);
-    let mut g = Graph::new("flowar_ar_step");
+    let mut g = Graph::with_precision("flowar_ar_step", act);
     let cache_dims = |tok: &'static str| {
         vec![
             Dim::Sym(ROWS),
@@ -168,7 +169,10 @@ pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
         (c, s)
     });
     drop(ce);
-    let projected = nn::linear(&mut g, &vb.pp("z_proj"), "tokens", c, d, true)?;
+    let projected = {
+        let tokens = g.to_act("tokens");
+        nn::linear(&mut g, &vb.pp("z_proj"), &tokens, c, d, true)?
+    };
     let x = g.scoped("z_proj", |g| {
         let c3 = g.unsqueeze(&class_c, &[1]);
         g.node("Where", &["first_scale", &c3, &projected], vec![])
@@ -243,12 +247,15 @@ pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
         dims,
     )?;
 
+    let z = g.to_f32(&z);
     g.output(&z, "z", Elem::F32, &outputs[0].dims);
     for (i, (ka, va)) in presents.iter().enumerate() {
         let ko = &outputs[1 + 2 * i];
-        g.output(ka, &ko.name, ko.elem, &ko.dims);
+        let ka = g.to_f32(ka);
+        g.output(&ka, &ko.name, ko.elem, &ko.dims);
         let vo = &outputs[2 + 2 * i];
-        g.output(va, &vo.name, vo.elem, &vo.dims);
+        let va = g.to_f32(va);
+        g.output(&va, &vo.name, vo.elem, &vo.dims);
     }
     let parameters = g.param_count();
     Ok(BuiltGraph {

@@ -34,6 +34,8 @@ fn time_embed(g: &mut Graph, vb: &Vb, w: usize) -> Result<Val> {
         let sin = g.unary("Sin", &args);
         g.concat(&[&cos, &sin], 1)
     });
+    // The sinusoid stays float32 (its arguments reach 1000); the MLP runs in the activation type.
+    let e = g.scoped(vb.prefix(), |g| g.to_act(&e));
     let h = nn::linear(g, &vb.pp("mlp.0"), &e, 2 * HALF, w, true)?;
     let h = g.scoped(vb.prefix(), |g| g.silu(&h));
     let te = nn::linear(g, &vb.pp("mlp.2"), &h, w, w, true)?;
@@ -106,11 +108,11 @@ where
     }))
 }
 
-pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
+pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<BuiltGraph> {
     let f = &dims.flow;
     let (w, c, d) = (f.width, dims.latent_channels, dims.ar.width);
     let vb = vb.pp("flownet");
-    let mut g = Graph::new("flowar_flow_head");
+    let mut g = Graph::with_precision("flowar_flow_head", act);
     let inputs = vec![
         Io::new(
             "x",
@@ -145,8 +147,10 @@ pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
     let rope = RopeTables::new(&mut g, "rope_cos".into(), "rope_sin".into(), f.head_dim);
 
     let te = time_embed(&mut g, &vb.pp("time_embed"), w)?;
-    let mut h = nn::linear(&mut g, &vb.pp("input_proj"), "x", c, w, true)?;
-    let cond = nn::linear(&mut g, &vb.pp("cond_embed"), "z", d, w, true)?;
+    let x_in = g.to_act("x");
+    let z_in = g.to_act("z");
+    let mut h = nn::linear(&mut g, &vb.pp("input_proj"), &x_in, c, w, true)?;
+    let cond = nn::linear(&mut g, &vb.pp("cond_embed"), &z_in, d, w, true)?;
     // silu(c + te) feeds every spatial adaLN, the cross head's MLP adaLN and the final layer.
     let silu_ct = g.scoped("flownet", |g| {
         let s = g.add(&cond, &te);
@@ -180,7 +184,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
                     self_attention(g, &avb, x, w, f.heads, &rope)
                 })?;
                 let qn = nn::rms_norm_weighted(&mut g, &bvb.pp("norm2_1"), &h, w)?;
-                let kvn = nn::rms_norm_weighted(&mut g, &bvb.pp("norm2_2"), "z", d)?;
+                let kvn = nn::rms_norm_weighted(&mut g, &bvb.pp("norm2_2"), &z_in, d)?;
                 let ca = cross_attention(&mut g, &bvb.pp("crossattn"), &qn, &kvn, dims, &rope)?;
                 h = g.scoped(&scope, |g| g.add(&h, &ca));
                 let mvb = bvb.pp("mlp");
@@ -206,6 +210,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, version: &str) -> Result<BuiltGraph> {
         nn::modulate(g, &n, &m[1], &m[0])
     });
     let v = nn::linear(&mut g, &fvb.pp("linear"), &x, w, c, true)?;
+    let v = g.to_f32(&v);
     g.output(&v, "v", Elem::F32, &outputs[0].dims);
     let parameters = g.param_count();
     Ok(BuiltGraph {

@@ -45,9 +45,11 @@ fn attn_block(g: &mut Graph, vb: &Vb, x: &str, ch: usize, hw: usize) -> Result<V
         let q = g.transpose(&q, &[0, 2, 1]);
         let k = g.reshape(&k, &[0, ch as i64, n]);
         let s = g.matmul(&q, &k);
+        let s = g.to_f32(&s);
         let scale = g.scalar_f32((ch as f32).powf(-0.5));
         let s = g.mul(&s, &scale);
         let p = g.softmax(&s, 2);
+        let p = g.to_act(&p);
         let v = g.reshape(&v, &[0, ch as i64, n]);
         let pt = g.transpose(&p, &[0, 2, 1]);
         let o = g.matmul(&v, &pt);
@@ -62,13 +64,14 @@ pub fn build(
     dims: &VaeDims,
     grid: usize,
     latent_scale: f64,
+    act: Elem,
     version: &str,
 ) -> Result<BuiltGraph> {
     let a = &dims.arch;
     let c = dims.latent_channels;
     let levels = dims.level_channels.len();
     let image = grid * a.stride;
-    let mut g = Graph::new("flowar_vae_decoder");
+    let mut g = Graph::with_precision("flowar_vae_decoder", act);
     let inputs = vec![Io::new(
         "latent",
         Elem::F32,
@@ -94,7 +97,8 @@ pub fn build(
     }
     let x = g.scoped("latent_scale", |g| {
         let s = g.scalar_f32(latent_scale as f32);
-        g.div("latent", &s)
+        let x = g.div("latent", &s);
+        g.to_act(&x)
     });
     let x = nn::conv2d(&mut g, &vb.pp("post_quant_conv"), &x, c, a.z_channels, 1)?;
     let dvb = vb.pp("decoder");
@@ -125,6 +129,7 @@ pub fn build(
     h = nn::group_norm(&mut g, &dvb.pp("norm_out"), &h, ch, hw, hw)?;
     h = g.scoped("decoder.norm_out", |g| g.silu(&h));
     let img = nn::conv2d(&mut g, &dvb.pp("conv_out"), &h, ch, 3, 3)?;
+    let img = g.to_f32(&img);
     g.output(&img, "image", Elem::F32, &outputs[0].dims);
     let parameters = g.param_count();
     Ok(BuiltGraph {

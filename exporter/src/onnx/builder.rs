@@ -19,7 +19,7 @@ pub enum Elem {
 }
 
 impl Elem {
-    fn onnx(self) -> i32 {
+    pub fn onnx(self) -> i32 {
         match self {
             Elem::F32 => data_type::FLOAT,
             Elem::F16 => data_type::FLOAT16,
@@ -47,6 +47,9 @@ pub struct Graph {
     counters: HashMap<String, usize>,
     consts: HashMap<String, Val>,
     param_count: usize,
+    /// Element type of activations and weights; norm statistics, softmax and the time
+    /// embedding always stay float32.
+    act: Elem,
 }
 
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
@@ -116,7 +119,61 @@ impl Graph {
             counters: HashMap::new(),
             consts: HashMap::new(),
             param_count: 0,
+            act: Elem::F32,
         }
+    }
+
+    /// A graph whose activations and weights are `act` (F32 or F16).
+    pub fn with_precision(name: &str, act: Elem) -> Self {
+        Graph {
+            act,
+            ..Graph::new(name)
+        }
+    }
+
+    /// The activation element type.
+    pub fn act(&self) -> Elem {
+        self.act
+    }
+
+    /// Casts `x` to float32 (no node when activations already are).
+    pub fn to_f32(&mut self, x: &str) -> Val {
+        if self.act == Elem::F32 {
+            return x.to_string();
+        }
+        self.node("Cast", &[x], vec![attr_int("to", Elem::F32.onnx() as i64)])
+    }
+
+    /// Casts a float32 `x` to the activation type (no node when that is float32).
+    pub fn to_act(&mut self, x: &str) -> Val {
+        if self.act == Elem::F32 {
+            return x.to_string();
+        }
+        let to = self.act.onnx() as i64;
+        self.node("Cast", &[x], vec![attr_int("to", to)])
+    }
+
+    /// A scalar constant in the activation type.
+    pub fn scalar(&mut self, x: f32) -> Val {
+        self.const_act(&[], &[x])
+    }
+
+    /// A constant in the activation type, deduplicated by content.
+    pub fn const_act(&mut self, dims: &[usize], data: &[f32]) -> Val {
+        if self.act == Elem::F32 {
+            return self.const_f32(dims, data);
+        }
+        let key = format!(
+            "f16{dims:?}{:?}",
+            data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        if let Some(v) = self.consts.get(&key) {
+            return v.clone();
+        }
+        let name = format!("const.f16.{}", self.consts.len());
+        self.add_initializer(&name, dims, data, "", Elem::F16);
+        self.consts.insert(key, name.clone());
+        name
     }
 
     /// Number of weight elements added with [`Graph::weight`].
@@ -155,20 +212,41 @@ impl Graph {
         self.outputs.push(value_info(name, elem, dims));
     }
 
-    /// Adds a weight initializer named by its checkpoint key.
+    /// Adds a weight initializer named by its checkpoint key, in the activation type.
     pub fn weight(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
         self.param_count += data.len();
-        self.add_f32_initializer(name, dims, data, doc)
+        let act = self.act;
+        self.add_initializer(name, dims, data, doc, act)
+    }
+
+    /// Adds a weight that stays float32 whatever the activation type (norm parameters).
+    pub fn weight_f32(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
+        self.param_count += data.len();
+        self.add_initializer(name, dims, data, doc, Elem::F32)
     }
 
     fn add_f32_initializer(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
-        let mut raw = Vec::with_capacity(data.len() * 4);
-        for x in data {
-            raw.extend_from_slice(&x.to_le_bytes());
-        }
+        self.add_initializer(name, dims, data, doc, Elem::F32)
+    }
+
+    fn add_initializer(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data: &[f32],
+        doc: &str,
+        elem: Elem,
+    ) -> Val {
+        let raw: Vec<u8> = match elem {
+            Elem::F16 => data
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
         self.initializers.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::FLOAT,
+            data_type: elem.onnx(),
             name: name.to_string(),
             doc_string: doc.to_string(),
             raw_data: raw,
@@ -285,9 +363,9 @@ impl Graph {
     }
     /// Exact (erf) GELU: `0.5 x (1 + erf(x / sqrt 2))`.
     pub fn gelu(&mut self, x: &str) -> Val {
-        let inv_sqrt2 = self.scalar_f32(std::f32::consts::FRAC_1_SQRT_2);
-        let one = self.scalar_f32(1.0);
-        let half = self.scalar_f32(0.5);
+        let inv_sqrt2 = self.scalar(std::f32::consts::FRAC_1_SQRT_2);
+        let one = self.scalar(1.0);
+        let half = self.scalar(0.5);
         let xs = self.mul(x, &inv_sqrt2);
         let e = self.unary("Erf", &xs);
         let e1 = self.add(&e, &one);

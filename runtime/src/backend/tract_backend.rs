@@ -4,14 +4,16 @@
 //! optimized once, and the resulting plan serves every symbolic size: tract re-resolves the
 //! symbols from the input shapes on each run.
 //!
-//! Threads: tract 0.23 runs single-threaded unless `tract-linalg` is built with its
-//! `multithread-mm` feature, which this workspace does not enable, so
-//! [`BackendOptions::threads`] is ignored here.
+//! Threads: `tract-linalg` is built with its `multithread-mm` feature, and every plan gets
+//! its own rayon pool of [`BackendOptions::threads`] threads (default: the number of cores)
+//! that splits the large matrix products. `threads = 1` keeps tract single-threaded.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{BackendOptions, Session};
@@ -40,8 +42,8 @@ impl std::fmt::Debug for TractSession {
 }
 
 impl TractSession {
-    /// Loads, types and optimizes `graph`. `options.threads` has no effect (see the module docs).
-    pub fn open(graph: &Path, _options: &BackendOptions) -> Result<TractSession> {
+    /// Loads, types and optimizes `graph`, planned to run on `options.threads` threads.
+    pub fn open(graph: &Path, options: &BackendOptions) -> Result<TractSession> {
         if !graph.exists() {
             return Err(Error::Model {
                 path: graph.to_path_buf(),
@@ -104,8 +106,17 @@ impl TractSession {
                     .unwrap_or_else(|| typed.node(o.node).name.clone())
             })
             .collect();
+        let threads = options.threads.filter(|&t| t > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        let run_options = RunOptions {
+            executor: (threads > 1).then(|| executor(threads)),
+            ..RunOptions::default()
+        };
         let plan = typed
-            .into_runnable()
+            .into_runnable_with_options(&run_options)
             .map_err(|e| model_err("plan the graph", e))?;
         let graph_name = graph
             .file_name()
@@ -137,6 +148,21 @@ impl TractSession {
             reason: reason.into(),
         }
     }
+}
+
+/// One rayon pool per thread count, shared by every plan of the process.
+fn executor(threads: usize) -> Executor {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static POOLS: OnceLock<Mutex<HashMap<usize, Executor>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    pools
+        .entry(threads)
+        .or_insert_with(|| Executor::multithread_with_name(threads, "flowar-tract"))
+        .clone()
 }
 
 fn to_tract(t: &HostTensor) -> TractResult<TValue> {

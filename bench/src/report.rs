@@ -1,0 +1,293 @@
+//! The benchmark's results: the JSON layout, statistics and the Markdown table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::calibrate::Calibration;
+
+/// Minimum, median and maximum of a measurement over the timed runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    /// Statistics of `xs` (at least one value).
+    pub fn of(xs: &[f64]) -> Stat {
+        assert!(!xs.is_empty(), "no measurements");
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
+        Stat {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        }
+    }
+
+    pub fn scaled(self, k: f64) -> Stat {
+        Stat {
+            min: self.min * k,
+            median: self.median * k,
+            max: self.max * k,
+        }
+    }
+}
+
+/// Everything one `flowar bench` run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    /// UTC date of the run, `YYYY-MM-DD`.
+    pub date: String,
+    pub machine: Machine,
+    pub model: ModelInfo,
+    pub settings: Settings,
+    /// One entry per provider asked for, in the order asked, available or not.
+    pub providers: Vec<ProviderReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub os: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    /// The model folder, or `preset X (random weights)`.
+    pub source: String,
+    pub model_hash: String,
+    pub parameters: usize,
+    pub scales: Vec<usize>,
+    pub ar_width: usize,
+    pub ar_depth: usize,
+    pub flow_kind: String,
+    pub flow_width: usize,
+    pub flow_depth: usize,
+    pub image_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub steps: usize,
+    pub cfg: f64,
+    pub guidance: f64,
+    pub solver: String,
+    pub seed: u64,
+    pub warmup: usize,
+    pub runs: usize,
+    pub batches: Vec<usize>,
+    /// Threads asked for (`null`: every core).
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderReport {
+    pub provider: String,
+    pub available: bool,
+    /// Why it is not available (or why its run failed); `null` when it ran.
+    pub reason: Option<String>,
+    /// Seconds to open the three graphs (sessions created, optimized).
+    pub load_s: Option<f64>,
+    pub batches: Vec<BatchReport>,
+}
+
+/// FLOPs of one generation of the batch, from [`crate::flops`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Flops {
+    pub ar: f64,
+    pub ar_per_scale: Vec<f64>,
+    pub flow: f64,
+    pub flow_per_scale: Vec<f64>,
+    pub flow_calls: usize,
+    pub guided_flow_calls: usize,
+    pub vae: f64,
+    pub total: f64,
+    pub per_image: f64,
+}
+
+/// One provider at one batch size. Times are seconds for the whole batch unless named
+/// otherwise; every [`Stat`] is over the timed runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchReport {
+    pub batch: usize,
+    pub runs: usize,
+    pub ar_s: Stat,
+    pub ar_per_scale_s: Vec<Stat>,
+    pub flow_s: Stat,
+    pub flow_calls: usize,
+    pub flow_per_call_ms: Stat,
+    pub upsample_s: Stat,
+    pub vae_s: Stat,
+    /// End to end minus the four stages: noise, CFG combination, solver updates, copies.
+    pub other_s: Stat,
+    pub total_s: Stat,
+    pub seconds_per_image: Stat,
+    pub images_per_second: Stat,
+    /// Peak resident memory of the process while this batch ran (model included).
+    pub peak_rss_bytes: Option<u64>,
+    /// GPU memory in use after the runs (GPU providers with `nvidia-smi` only).
+    pub gpu_memory_bytes: Option<u64>,
+    pub flops: Flops,
+    pub gflops: Stat,
+    pub calibration: Calibration,
+    /// `gflops / calibration.best_gflops`.
+    pub efficiency: Stat,
+}
+
+fn ms(s: f64) -> String {
+    if s >= 10.0 {
+        format!("{:.0}", s * 1e3)
+    } else {
+        format!("{:.1}", s * 1e3)
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s >= 100.0 {
+        format!("{s:.0}")
+    } else if s >= 1.0 {
+        format!("{s:.2}")
+    } else {
+        format!("{s:.3}")
+    }
+}
+
+/// Share of the end-to-end median, as a percentage.
+fn pct(part: f64, total: f64) -> String {
+    format!("{:.0}%", 100.0 * part / total.max(f64::MIN_POSITIVE))
+}
+
+impl Report {
+    /// The results as Markdown: settings, the main table, stage shares and AR per scale.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.model;
+        let s = &self.settings;
+        out.push_str(&format!(
+            "{} ({:.1}M parameters, scales {:?}), {}; batch {:?}, {} steps ({}), cfg {}, guidance {}; {} warm-up + {} timed runs; {} ({} cores), {}.\n\n",
+            m.name,
+            m.parameters as f64 / 1e6,
+            m.scales,
+            m.source,
+            s.batches,
+            s.steps,
+            s.solver,
+            s.cfg,
+            s.guidance,
+            s.warmup,
+            s.runs,
+            self.machine.cpu,
+            self.machine.cores,
+            self.date
+        ));
+        out.push_str("Medians over the timed runs; s/image and img/s give min–max too. \"efficiency\" is the achieved GFLOP/s (analytic FLOPs / end-to-end time) over the best matmul GFLOP/s the same provider reached at the model's shapes in this run.\n\n");
+        out.push_str("| provider | batch | load s | AR s | flow s (calls × ms) | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for p in &self.providers {
+            if !p.available {
+                out.push_str(&format!(
+                    "| {} | – | not available: {} | | | | | | | | | | | |\n",
+                    p.provider,
+                    p.reason
+                        .as_deref()
+                        .unwrap_or("unknown")
+                        .replace('|', "/")
+                        .replace('\n', " ")
+                ));
+                continue;
+            }
+            for b in &p.batches {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} ({} × {}) | {} | {} | {} | {} ({}–{}) | {:.3} ({:.3}–{:.3}) | {} | {:.1} | {:.1} | {:.0}% |\n",
+                    p.provider,
+                    b.batch,
+                    p.load_s.map(secs).unwrap_or_else(|| "–".into()),
+                    secs(b.ar_s.median),
+                    secs(b.flow_s.median),
+                    b.flow_calls,
+                    ms(b.flow_per_call_ms.median / 1e3),
+                    ms(b.upsample_s.median),
+                    secs(b.vae_s.median),
+                    ms(b.other_s.median),
+                    secs(b.seconds_per_image.median),
+                    secs(b.seconds_per_image.min),
+                    secs(b.seconds_per_image.max),
+                    b.images_per_second.median,
+                    b.images_per_second.min,
+                    b.images_per_second.max,
+                    b.peak_rss_bytes
+                        .map(|x| format!("{:.0}", x as f64 / (1 << 20) as f64))
+                        .unwrap_or_else(|| "–".into()),
+                    b.gflops.median,
+                    b.calibration.best_gflops,
+                    100.0 * b.efficiency.median,
+                ));
+            }
+        }
+        out.push_str("\nShare of end-to-end time (medians):\n\n| provider | batch | AR | flow | upsample | VAE | other | AR per scale ms |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+        for p in self.providers.iter().filter(|p| p.available) {
+            for b in &p.batches {
+                let t = b.total_s.median;
+                let per_scale: Vec<String> = b
+                    .ar_per_scale_s
+                    .iter()
+                    .zip(&self.model.scales)
+                    .map(|(x, side)| format!("{side}²: {}", ms(x.median)))
+                    .collect();
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    p.provider,
+                    b.batch,
+                    pct(b.ar_s.median, t),
+                    pct(b.flow_s.median, t),
+                    pct(b.upsample_s.median, t),
+                    pct(b.vae_s.median, t),
+                    pct(b.other_s.median, t),
+                    per_scale.join(", ")
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) for seconds since the Unix epoch.
+pub fn civil_date(unix_secs: u64) -> String {
+    // Days to a proleptic Gregorian date (the era-based algorithm).
+    let z = (unix_secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_and_dates() {
+        let s = Stat::of(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.5, 10.0));
+        assert_eq!(Stat::of(&[4.0]).median, 4.0);
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(951_782_400), "2000-02-29");
+        assert_eq!(civil_date(1_767_225_600), "2026-01-01");
+    }
+}

@@ -1,0 +1,124 @@
+//! Pipeline options, set by name so that new options never change the ABI.
+
+use std::ffi::c_char;
+
+use flowar_runtime::backend::BackendOptions;
+use flowar_runtime::{Error, PipelineOptions};
+
+use crate::{bad, c_str, guard, out_handle, put, FlowarStatus, Value};
+
+/// How to load a pipeline. Create with `flowar_options_create`, set with
+/// `flowar_options_set` / `flowar_options_set_int`, free with `flowar_options_destroy`.
+pub struct FlowarOptions {
+    pub(crate) inner: PipelineOptions,
+}
+
+impl FlowarOptions {
+    fn set(&mut self, name: &str, value: Value) -> Result<(), Error> {
+        match name {
+            "provider" => self.inner.provider = value.str(name)?.parse()?,
+            "threads" => {
+                self.inner.backend.threads = match value {
+                    Value::Str("auto") => None,
+                    v => match v.uint(name)? {
+                        0 => None,
+                        n => Some(usize::try_from(n).map_err(|_| bad("`threads` is too large"))?),
+                    },
+                }
+            }
+            "device_id" => {
+                let id = value.int(name)?;
+                self.inner.backend.device_id = i32::try_from(id)
+                    .ok()
+                    .filter(|&d| d >= 0)
+                    .ok_or_else(|| bad(format!("`device_id` must be within 0..2^31, got {id}")))?;
+            }
+            "ort_lib" => {
+                let path = value.str(name)?;
+                self.inner.backend.ort_lib = (!path.is_empty()).then(|| path.into());
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{name}` (known: provider, threads, device_id, ort_lib)"
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates options with the defaults: provider "auto", threads = all cores, device 0,
+/// onnxruntime found by the documented search. `*out` is NULL on error.
+///
+/// # Safety
+/// `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn flowar_options_create(out: *mut *mut FlowarOptions) -> *mut FlowarStatus {
+    guard("flowar_options_create", || {
+        out_handle(out, "out")?;
+        put(
+            out,
+            FlowarOptions {
+                inner: PipelineOptions {
+                    provider: Default::default(),
+                    backend: BackendOptions::default(),
+                },
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Frees `*options` and sets `*options` to NULL. Accepts NULL and a pointer to NULL.
+///
+/// # Safety
+/// `options` is NULL, or points to NULL or to live options from this library.
+#[no_mangle]
+pub unsafe extern "C" fn flowar_options_destroy(options: *mut *mut FlowarOptions) {
+    crate::destroy(options)
+}
+
+/// Sets an option by name from a string. Names and values:
+/// - "provider": "auto" (default: TensorRT, then CUDA, then onnxruntime CPU, then tract),
+///   "ort-cpu", "cuda", "tensorrt" or "tract". A provider named explicitly that cannot be
+///   used fails `flowar_pipeline_create` with `FLOWAR_CODE_PROVIDER_UNAVAILABLE`.
+/// - "threads": onnxruntime intra-op threads, a positive integer, or "0" / "auto" for
+///   all cores.
+/// - "device_id": the GPU ordinal for "cuda" / "tensorrt" (default "0").
+/// - "ort_lib": path to libonnxruntime.so ("" restores the default search).
+///
+/// An unknown name or a malformed value is `FLOWAR_CODE_BAD_ARGUMENT` and leaves the
+/// options unchanged.
+///
+/// # Safety
+/// `options` is NULL or live; `name` and `value` are NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn flowar_options_set(
+    options: *mut FlowarOptions,
+    name: *const c_char,
+    value: *const c_char,
+) -> *mut FlowarStatus {
+    guard("flowar_options_set", || {
+        let o = options.as_mut().ok_or_else(|| bad("`options` is NULL"))?;
+        let name = c_str(name, "name")?;
+        let value = c_str(value, "value")?;
+        o.set(name, Value::Str(value))
+    })
+}
+
+/// Sets an integer option ("threads", "device_id") by name.
+///
+/// # Safety
+/// `options` is NULL or live; `name` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn flowar_options_set_int(
+    options: *mut FlowarOptions,
+    name: *const c_char,
+    value: i64,
+) -> *mut FlowarStatus {
+    guard("flowar_options_set_int", || {
+        let o = options.as_mut().ok_or_else(|| bad("`options` is NULL"))?;
+        let name = c_str(name, "name")?;
+        o.set(name, Value::Int(value))
+    })
+}

@@ -1,0 +1,316 @@
+//! The C ABI from C: the checked-in header is current, the C example builds and writes
+//! images, the C error-path program passes (natively and under valgrind), the static
+//! library links, and the C++ wrapper compiles.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The folder holding `libflowar.so` / `libflowar.a`: this test binary's own folder,
+/// `target/<profile>/deps/`. The library's rlib is a dependency of this test, and rustc
+/// emits the cdylib and staticlib beside it in the same invocation, so they are always
+/// current there. (`target/<profile>/libflowar.so` is only refreshed by `cargo build`,
+/// not by `cargo test`, so it can be stale.)
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    for f in ["libflowar.so", "libflowar.a"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: the rlib, cdylib and staticlib of flowar-capi are built together",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// The spatial fixture converted once per test process.
+fn model() -> &'static Path {
+    static MODEL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &MODEL
+        .get_or_init(|| flowar_tests::convert_fixture("spatial"))
+        .1
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", show(&out));
+    out
+}
+
+/// Compiles C sources against the header and the shared library, into `out`.
+fn cc_shared(sources: &[PathBuf], out: &Path, extra: &[&str]) {
+    let lib = lib_dir();
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .args(sources)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(["-lflowar", "-lpthread"])
+        .args(extra)
+        .arg("-o")
+        .arg(out);
+    run(&mut cmd);
+}
+
+#[test]
+fn header_is_current() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("config");
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(crate_dir.join("src/lib.rs"))
+        .generate()
+        .expect("cbindgen");
+    let mut text = Vec::new();
+    bindings.write(&mut text);
+    let text = String::from_utf8(text).expect("utf-8 header");
+    let path = root().join("include/flowar.h");
+    if std::env::var_os("FLOWAR_BLESS").is_some() {
+        std::fs::write(&path, &text).expect("write header");
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        current == text,
+        "{} is stale: regenerate it with `FLOWAR_BLESS=1 cargo test -p flowar-capi --test c_api header` \
+         and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn c_example_writes_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("generate");
+    cc_shared(&[root().join("examples/c/generate.c")], &exe, &[]);
+    let images = tmp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let out = run(Command::new(&exe)
+        .arg(model())
+        .arg(&images)
+        .args(["--provider", "tract", "--steps", "4", "--seed", "5"])
+        .args(["--classes", "3,917,12"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("provider tract"), "{}", show(&out));
+    assert!(
+        stderr.contains("scale 1/5"),
+        "no progress shown: {}",
+        show(&out)
+    );
+    for class in [3, 917, 12] {
+        let bytes = std::fs::read(images.join(format!("class-{class}.ppm")))
+            .unwrap_or_else(|e| panic!("class-{class}.ppm: {e}\n{}", show(&out)));
+        let header = b"P6\n256 256\n255\n";
+        assert_eq!(&bytes[..header.len()], header);
+        let pixels = &bytes[header.len()..];
+        assert_eq!(pixels.len(), 256 * 256 * 3);
+        assert!(pixels.iter().any(|&p| p != pixels[0]), "constant image");
+    }
+    // Bad input is reported with the library's message and a nonzero exit.
+    let bad = Command::new(&exe)
+        .arg(tmp.path().join("no-model"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("[code 3]") && stderr.contains("no-model"),
+        "{}",
+        show(&bad)
+    );
+}
+
+/// Builds `capi/tests/c/test_errors.c`.
+fn build_error_test(dir: &Path) -> PathBuf {
+    let exe = dir.join("test_errors");
+    cc_shared(
+        &[root().join("capi/tests/c/test_errors.c")],
+        &exe,
+        &["-pthread"],
+    );
+    exe
+}
+
+#[test]
+fn c_error_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_error_test(tmp.path());
+    let out = run(Command::new(&exe).arg(model()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(" passed, 0 failed"), "{}", show(&out));
+    eprintln!("{stdout}");
+}
+
+#[test]
+fn c_error_paths_under_valgrind() {
+    let have = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var_os("FLOWAR_REQUIRE_VALGRIND").is_none(),
+            "valgrind is required (FLOWAR_REQUIRE_VALGRIND is set) but not installed"
+        );
+        eprintln!("SKIPPING the valgrind run of test_errors: valgrind is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = build_error_test(tmp.path());
+    let supp = root().join("capi/tests/c/valgrind.supp");
+    let out = Command::new("valgrind")
+        .args([
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--error-exitcode=1",
+        ])
+        .arg(format!("--suppressions={}", supp.display()))
+        .arg(&exe)
+        .arg(model())
+        // No VAE decode under valgrind (it alone takes minutes there); see test_errors.c.
+        .arg("--light")
+        .output()
+        .expect("run valgrind");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            l.contains("ERROR SUMMARY") || l.contains("definitely lost") || l.contains("All heap")
+        })
+        .collect();
+    eprintln!("valgrind:\n{}", summary.join("\n"));
+    assert!(out.status.success(), "valgrind run failed: {}", show(&out));
+    assert!(
+        stderr.contains("ERROR SUMMARY: 0 errors"),
+        "valgrind reported errors: {}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" passed, 0 failed"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn static_library_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("static.c");
+    std::fs::write(
+        &src,
+        r#"#include <stdio.h>
+#include <string.h>
+#include "flowar.h"
+int main(void) {
+  FlowarPipeline *p = NULL;
+  FlowarStatus *st = flowar_pipeline_create("/nonexistent", NULL, &p);
+  int ok = st != NULL && flowar_status_code(st) != FLOWAR_CODE_OK && p == NULL;
+  printf("libflowar %s: %s\n", flowar_version(), flowar_status_message(st));
+  flowar_status_destroy(&st);
+  return ok && st == NULL ? 0 : 1;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("static");
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cmd.args(["-std=c11", "-Wall", "-Werror"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&src)
+        .arg(lib_dir().join("libflowar.a"))
+        .args(["-lpthread", "-ldl", "-lm"])
+        .arg("-o")
+        .arg(&exe);
+    run(&mut cmd);
+    let out = run(&mut Command::new(&exe));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(env!("CARGO_PKG_VERSION")) && stdout.contains("/nonexistent"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn cpp_wrapper_compiles_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("wrapper.cpp");
+    std::fs::write(
+        &src,
+        r#"#include <cstdio>
+#include <cstring>
+#include "flowar.hpp"
+int main(int argc, char** argv) {
+  if (argc != 2) return 2;
+  try {
+    flowar::Pipeline bad("/nonexistent", flowar::Options().set("provider", "tract"));
+    return 1;
+  } catch (const flowar::Error& e) {
+    if (e.code() != FLOWAR_CODE_MODEL || std::strstr(e.what(), "/nonexistent") == nullptr) return 1;
+  }
+  flowar::Pipeline pipe(argv[1], flowar::Options().set("provider", "tract"));
+  flowar::Request req;
+  req.classes({3, 5}).set("steps", "2").set("cfg", 1.0).set("seed", int64_t{9});
+  int calls = 0;
+  std::vector<uint8_t> rgb = pipe.generate(req, [&](int, int, int) { ++calls; return true; });
+  if (rgb.size() != 2 * pipe.width() * pipe.height() * pipe.channels() || calls == 0) return 1;
+  try {
+    pipe.generate(req, [](int, int, int) { return false; });
+    return 1;
+  } catch (const flowar::Error& e) {
+    if (e.code() != FLOWAR_CODE_CANCELLED) return 1;
+  }
+  std::printf("ok %zux%zu, %zu classes, %d progress calls\n", pipe.width(), pipe.height(),
+              pipe.num_classes(), calls);
+  return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe = tmp.path().join("wrapper");
+    let lib = lib_dir();
+    let mut cmd = Command::new(std::env::var("CXX").unwrap_or_else(|_| "c++".into()));
+    cmd.args(["-std=c++17", "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&src)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lflowar")
+        .arg("-o")
+        .arg(&exe);
+    run(&mut cmd);
+    let out = run(Command::new(&exe).arg(model()));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ok 256x256"),
+        "{}",
+        show(&out)
+    );
+}
