@@ -148,6 +148,11 @@ void flowar_options_destroy(struct FlowarOptions **options);
 //   all cores.
 // - "device_id": the GPU ordinal for "cuda" / "tensorrt" (default "0").
 // - "ort_lib": path to libonnxruntime.so ("" restores the default search).
+// - CUDA / TensorRT: "mem_limit" (bytes, or "8GiB"), "cudnn_conv_algo_search"
+//   ("exhaustive", "heuristic", "default"), "tf32" ("0"/"1", default 0), "trt_fp16"
+//   (default 1), "trt_cache_dir" (engine and timing caches; default
+//   `$XDG_CACHE_HOME/flowar`), "trt_max_batch" (largest `count` per generate call the
+//   TensorRT engines are built for, default 1), "trt_workspace" (bytes).
 //
 // An unknown name or a malformed value is `FLOWAR_CODE_BAD_ARGUMENT` and leaves the
 // options unchanged.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use flowar_exporter::checkpoint::Checkpoint;
-use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta};
+use flowar_exporter::convert::{convert_as, ConvertRequest, ModelMeta, Precision};
 use flowar_runtime::backend::BackendOptions;
 use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
 
@@ -34,47 +34,60 @@ pub fn convert_files(
         meta,
         latent_scale,
         flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+        Precision::F32,
     )
 }
 
-/// As [`convert_files`], with weights moved to external data above `threshold` bytes.
+/// As [`convert_files`], with weights moved to external data above `threshold` bytes and
+/// graphs of the given precision.
 pub fn convert_files_with(
     flowar: &Path,
     vae: &Path,
     meta: ModelMeta,
     latent_scale: Option<f64>,
     threshold: usize,
+    precision: Precision,
 ) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("model");
     let f = Checkpoint::open(flowar).expect("open flowar checkpoint");
     let v = Checkpoint::open(vae).expect("open vae checkpoint");
-    convert(&ConvertRequest {
-        flowar: &f,
-        vae: &v,
-        source_files: vec![
-            ("flowar".into(), flowar.into(), f.format().into()),
-            ("vae".into(), vae.into(), v.format().into()),
-        ],
-        out: out.clone(),
-        latent_scale,
-        meta,
-        force: false,
-        allow_nonfinite: false,
-        external_data_threshold: threshold,
-    })
+    convert_as(
+        &ConvertRequest {
+            flowar: &f,
+            vae: &v,
+            source_files: vec![
+                ("flowar".into(), flowar.into(), f.format().into()),
+                ("vae".into(), vae.into(), v.format().into()),
+            ],
+            out: out.clone(),
+            latent_scale,
+            meta,
+            force: false,
+            allow_nonfinite: false,
+            external_data_threshold: threshold,
+        },
+        precision,
+    )
     .expect("convert");
     (tmp, out)
 }
 
 /// Converts a fixture from its `.pth` / `.ckpt` files.
 pub fn convert_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
+    convert_fixture_as(name, Precision::F32)
+}
+
+/// Converts a fixture with graphs of the given precision.
+pub fn convert_fixture_as(name: &str, precision: Precision) -> (tempfile::TempDir, PathBuf) {
     let d = fixture(name);
-    convert_files(
+    convert_files_with(
         &d.join("flowar.pth"),
         &d.join("vae.ckpt"),
         ModelMeta::default(),
         None,
+        flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+        precision,
     )
 }
 

@@ -142,7 +142,63 @@ fn external_data_graphs_match_too() {
         Default::default(),
         None,
         0,
+        flowar_exporter::convert::Precision::F32,
     );
     assert!(dir.join("ar_step.onnx.data").is_file());
     check_model("spatial", &dir);
+}
+
+/// float16 graphs (`convert --dtype f16`) hold half-size weights and pass every per-graph
+/// case within the bounds their manifest states, on every CPU backend. The end-to-end
+/// `pipe.*` cases are not compared for them (see `VerifyBounds::pipeline`).
+#[test]
+fn f16_graphs_match_within_their_manifest_bounds() {
+    use flowar_exporter::convert::Precision;
+    use flowar_runtime::manifest::Manifest;
+    for name in ["spatial", "cross"] {
+        let (_t32, dir32) = convert_fixture(name);
+        let (_t16, dir) = convert_fixture_as(name, Precision::F16);
+        let m = Manifest::load(&dir).unwrap();
+        assert_eq!(m.dtype, "float16");
+        assert!(!m.verify.pipeline);
+        let size = |d: &std::path::Path| std::fs::metadata(d.join("flow_head.onnx")).unwrap().len();
+        assert!(
+            (size(&dir) as f64) < 0.6 * size(&dir32) as f64,
+            "{name}: f16 flow head {} bytes vs f32 {}",
+            size(&dir),
+            size(&dir32)
+        );
+        let tol = Tolerances {
+            graph: m.verify.graph,
+            vae: m.verify.vae,
+            vae_u8_levels: m.verify.vae_u8_levels(),
+            pipeline: m.verify.pipeline,
+            ..Tolerances::default()
+        };
+        let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
+        for p in cpu_providers() {
+            let mut pipe = load(&dir, p);
+            let results = verify::run(&mut pipe, &reference, &tol, None).unwrap();
+            assert_eq!(results.len(), 16, "{name} on {}", p.name());
+            for r in &results {
+                eprintln!(
+                    "f16 {name} {} {}: max_abs {:.3e} (bound {:.1e})",
+                    p.name(),
+                    r.name,
+                    r.max_abs,
+                    r.bound
+                );
+            }
+            let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();
+            assert!(failed.is_empty(), "f16 {name} on {}: {failed:#?}", p.name());
+            // The graphs really compute in float16: the flow head is off by far more than
+            // float32 rounding (1e-5), which a silently-f32 export would not be.
+            let flow_err = results
+                .iter()
+                .filter(|r| r.name.starts_with("flow."))
+                .map(|r| r.max_abs)
+                .fold(0.0, f64::max);
+            assert!(flow_err > 1e-4, "f16 {name}: flow error {flow_err:.2e}");
+        }
+    }
 }

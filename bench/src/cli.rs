@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta, EXTERNAL_DATA_THRESHOLD};
+use flowar_exporter::convert::{
+    convert_as, ConvertRequest, ModelMeta, Precision, EXTERNAL_DATA_THRESHOLD,
+};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
+use flowar_runtime::backend::gpu::GpuOptions;
 use flowar_runtime::backend::{BackendOptions, Provider};
 use flowar_runtime::manifest::{FlowKind, Manifest};
 use flowar_runtime::{Pipeline, PipelineOptions, ProviderChoice, Request, Solver, StageTimes};
@@ -65,6 +68,13 @@ pub struct Args {
     /// GPU ordinal for cuda / tensorrt.
     #[arg(long, default_value_t = 0)]
     pub device_id: i32,
+    /// CUDA / TensorRT option NAME=VALUE, repeatable (as `flowar generate --gpu`);
+    /// trt_max_batch defaults to the largest `--batch`.
+    #[arg(long = "gpu", value_name = "NAME=VALUE")]
+    pub gpu: Vec<String>,
+    /// Graph precision of a `--preset` conversion: f32 or f16.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    pub dtype: String,
     /// Seconds of matmul calibration per shape.
     #[arg(long, default_value_t = 1.0)]
     pub calibration_s: f64,
@@ -121,26 +131,40 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
 }
 
 /// Converts `preset` with seed-0 random weights into `cache/flowar-bench-<p>`, once.
-pub fn preset_model(preset: &str, cache: &Path) -> Result<PathBuf, BenchError> {
+pub fn preset_model(
+    preset: &str,
+    precision: Precision,
+    cache: &Path,
+) -> Result<PathBuf, BenchError> {
     let p: Preset = preset.parse()?;
-    let dir = cache.join(format!("flowar-bench-{}", preset.to_ascii_lowercase()));
+    let suffix = match precision {
+        Precision::F32 => "",
+        Precision::F16 => "-f16",
+    };
+    let dir = cache.join(format!(
+        "flowar-bench-{}{suffix}",
+        preset.to_ascii_lowercase()
+    ));
     if Manifest::load(&dir).is_ok() {
         return Ok(dir);
     }
     std::fs::create_dir_all(cache).map_err(io_err(cache))?;
     let f = RandomWeights::new(format!("preset {preset}"), 0, flowar_keys(&p.flowar()));
     let v = RandomWeights::new("preset kl16".into(), 0, vae_keys(&Preset::vae()));
-    convert(&ConvertRequest {
-        flowar: &f,
-        vae: &v,
-        source_files: vec![],
-        out: dir.clone(),
-        latent_scale: None,
-        meta: ModelMeta::default(),
-        force: dir.exists(),
-        allow_nonfinite: false,
-        external_data_threshold: EXTERNAL_DATA_THRESHOLD,
-    })?;
+    convert_as(
+        &ConvertRequest {
+            flowar: &f,
+            vae: &v,
+            source_files: vec![],
+            out: dir.clone(),
+            latent_scale: None,
+            meta: ModelMeta::default(),
+            force: dir.exists(),
+            allow_nonfinite: false,
+            external_data_threshold: EXTERNAL_DATA_THRESHOLD,
+        },
+        precision,
+    )?;
     Ok(dir)
 }
 
@@ -254,7 +278,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
                 ),
             );
             (
-                preset_model(p, &cache)?,
+                preset_model(p, args.dtype.parse()?, &cache)?,
                 format!("preset {} (random weights)", p.to_ascii_lowercase()),
             )
         }
@@ -268,10 +292,16 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     let steps = args.steps.unwrap_or(m.sampler.steps);
     let cfg = args.cfg.unwrap_or(m.sampler.cfg);
     let guidance = args.guidance.unwrap_or(m.sampler.guidance);
+    let mut gpu = GpuOptions {
+        trt_max_batch: args.batch.iter().copied().max().unwrap_or(1),
+        ..GpuOptions::default()
+    };
+    gpu.apply_pairs(&args.gpu)?;
     let backend = BackendOptions {
         threads: args.threads,
         ort_lib: args.ort_lib.clone(),
         device_id: args.device_id,
+        gpu,
     };
     let g = &m.graphs;
     let a = &m.architecture;
@@ -291,6 +321,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         flow_width: a.flow.width,
         flow_depth: a.flow.depth,
         image_size: m.image_size,
+        dtype: m.dtype.clone(),
     };
     let settings = Settings {
         steps,

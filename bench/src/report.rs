@@ -75,6 +75,13 @@ pub struct ModelInfo {
     pub flow_width: usize,
     pub flow_depth: usize,
     pub image_size: usize,
+    /// Graph precision from the manifest ("float32" or "float16").
+    #[serde(default = "float32")]
+    pub dtype: String,
+}
+
+fn float32() -> String {
+    "float32".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::ffi::c_char;
 
-use flowar_runtime::backend::BackendOptions;
+use flowar_runtime::backend::{gpu, BackendOptions};
 use flowar_runtime::{Error, PipelineOptions};
 
 use crate::{bad, c_str, guard, out_handle, put, FlowarStatus, Value};
@@ -37,9 +37,18 @@ impl FlowarOptions {
                 let path = value.str(name)?;
                 self.inner.backend.ort_lib = (!path.is_empty()).then(|| path.into());
             }
+            n if gpu::GPU_OPTION_NAMES.contains(&n) => {
+                let text = match value {
+                    Value::Str(s) => s.to_string(),
+                    Value::Int(i) => i.to_string(),
+                    Value::Float(f) => f.to_string(),
+                };
+                self.inner.backend.gpu.set(n, &text)?
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown option `{name}` (known: provider, threads, device_id, ort_lib)"
+                    "unknown option `{name}` (known: provider, threads, device_id, ort_lib, {})",
+                    gpu::GPU_OPTION_NAMES.join(", ")
                 )))
             }
         }
@@ -86,6 +95,11 @@ pub unsafe extern "C" fn flowar_options_destroy(options: *mut *mut FlowarOptions
 ///   all cores.
 /// - "device_id": the GPU ordinal for "cuda" / "tensorrt" (default "0").
 /// - "ort_lib": path to libonnxruntime.so ("" restores the default search).
+/// - CUDA / TensorRT: "mem_limit" (bytes, or "8GiB"), "cudnn_conv_algo_search"
+///   ("exhaustive", "heuristic", "default"), "tf32" ("0"/"1", default 0), "trt_fp16"
+///   (default 1), "trt_cache_dir" (engine and timing caches; default
+///   `$XDG_CACHE_HOME/flowar`), "trt_max_batch" (largest `count` per generate call the
+///   TensorRT engines are built for, default 1), "trt_workspace" (bytes).
 ///
 /// An unknown name or a malformed value is `FLOWAR_CODE_BAD_ARGUMENT` and leaves the
 /// options unchanged.

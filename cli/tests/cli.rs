@@ -1,50 +1,10 @@
 //! The `flowar` command as a user runs it: hostile inputs fail cleanly and leave nothing
 //! behind; generate writes what it promises.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn flowar(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flowar"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run flowar")
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures")
-        .join(name)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Converts the spatial fixture into `dir/m`, asserting success.
-fn convert_spatial(dir: &Path) -> PathBuf {
-    let f = fixture("spatial");
-    let model = dir.join("m");
-    let o = flowar(
-        &[
-            "convert",
-            "--flowar",
-            f.join("flowar.pth").to_str().unwrap(),
-            "--vae",
-            f.join("vae.ckpt").to_str().unwrap(),
-            "--out",
-            model.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    model
-}
 
 /// Runs `convert`, expecting a clean failure that names `needle` and leaves no output.
 fn convert_fails(flowar_ckpt: &Path, vae: &Path, needle: &str) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::{open_session, BackendOptions, Provider, Session};
+use crate::backend::{gpu, open_session_with, BackendOptions, Provider, Session, TrtSetup};
 use crate::error::{Error, Result};
 use crate::manifest::{GraphSpec, Manifest};
 use crate::rope;
@@ -73,6 +73,7 @@ fn open_graph(
     spec: &GraphSpec,
     provider: Provider,
     opts: &BackendOptions,
+    trt: Option<&TrtSetup>,
 ) -> Result<Box<dyn Session>> {
     let path = dir.join(&spec.file);
     let hash = sha256_file(&path)?;
@@ -85,7 +86,36 @@ fn open_graph(
             ),
         });
     }
-    open_session(provider, &path, opts)
+    open_session_with(provider, &path, opts, trt)
+}
+
+/// The TensorRT engine-cache folder for this model, created, with a notice on stderr when
+/// no engine is there yet (building them takes minutes).
+fn trt_cache(manifest: &Manifest, opts: &BackendOptions) -> Result<std::path::PathBuf> {
+    let extra: Vec<_> = crate::backend::ort_backend::tensorrt_libs_dir(opts)
+        .into_iter()
+        .collect();
+    let version = gpu::tensorrt_version(&extra).map_err(|reason| Error::ProviderUnavailable {
+        provider: Provider::TensorRt.name().into(),
+        reason,
+    })?;
+    let root = opts
+        .gpu
+        .trt_cache_dir
+        .clone()
+        .unwrap_or_else(gpu::cache_root);
+    let dir = gpu::trt_cache_dir(&root, manifest, &version, &opts.gpu);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    if !gpu::has_engines(&dir) {
+        eprintln!(
+            "flowar: building TensorRT {version} engines for this model (first run for this \
+             model, TensorRT version, precision and max batch {}); this takes minutes and is \
+             cached in {}",
+            opts.gpu.trt_max_batch,
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 impl Model {
@@ -93,9 +123,36 @@ impl Model {
         let start = Instant::now();
         let manifest = Manifest::load(dir)?;
         let g = &manifest.graphs;
-        let ar = open_graph(dir, &g.ar_step, provider, opts)?;
-        let flow = open_graph(dir, &g.flow_head, provider, opts)?;
-        let vae = open_graph(dir, &g.vae_decoder, provider, opts)?;
+        let cache = match provider {
+            Provider::TensorRt => Some(trt_cache(&manifest, opts)?),
+            _ => None,
+        };
+        let setup = |spec: &GraphSpec| -> Result<Option<TrtSetup>> {
+            cache
+                .as_ref()
+                .map(|dir| {
+                    Ok(TrtSetup {
+                        cache_dir: dir.clone(),
+                        profile: gpu::trt_profile(&manifest, spec, opts.gpu.trt_max_batch)?,
+                    })
+                })
+                .transpose()
+        };
+        let ar = open_graph(dir, &g.ar_step, provider, opts, setup(&g.ar_step)?.as_ref())?;
+        let flow = open_graph(
+            dir,
+            &g.flow_head,
+            provider,
+            opts,
+            setup(&g.flow_head)?.as_ref(),
+        )?;
+        let vae = open_graph(
+            dir,
+            &g.vae_decoder,
+            provider,
+            opts,
+            setup(&g.vae_decoder)?.as_ref(),
+        )?;
         let mut start_tok = 0usize;
         let tables = manifest
             .scales

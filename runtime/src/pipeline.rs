@@ -121,6 +121,8 @@ pub struct Output {
 pub struct Pipeline {
     model: Model,
     resolved: Resolved,
+    /// Largest batch the TensorRT profiles were built for (`None` on other providers).
+    trt_max_batch: Option<usize>,
 }
 
 /// Rows `[x[0..b]; x[0..b]]` of a `[rows, n]` f64 state, as f32.
@@ -136,7 +138,13 @@ impl Pipeline {
     pub fn load(dir: &Path, options: &PipelineOptions) -> Result<Pipeline> {
         let resolved = resolve(options.provider, &options.backend)?;
         let model = Model::load(dir, resolved.provider, &options.backend)?;
-        Ok(Pipeline { model, resolved })
+        let trt_max_batch = (resolved.provider == crate::backend::Provider::TensorRt)
+            .then_some(options.backend.gpu.trt_max_batch);
+        Ok(Pipeline {
+            model,
+            resolved,
+            trt_max_batch,
+        })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -175,6 +183,14 @@ impl Pipeline {
             return Err(Error::BadArgument(format!(
                 "class id {c} is out of range: this model has classes 0..{}",
                 m.num_classes - 1
+            )));
+        }
+        if let Some(max) = self.trt_max_batch.filter(|&m| req.classes.len() > m) {
+            return Err(Error::BadArgument(format!(
+                "a batch of {} images exceeds the TensorRT profile's maximum of {max}; load \
+                 the pipeline with the GPU option trt_max_batch={} (engines are built per maximum)",
+                req.classes.len(),
+                req.classes.len()
             )));
         }
         if req.steps == 0 {

@@ -23,6 +23,8 @@ pub struct Tolerances {
     /// Pipeline u8 images: share of identical pixels and largest difference.
     pub pipe_identical: f64,
     pub pipe_u8_levels: u8,
+    /// Whether `pipe.*` cases are run at all (see `VerifyBounds::pipeline`).
+    pub pipeline: bool,
 }
 
 impl Default for Tolerances {
@@ -34,6 +36,7 @@ impl Default for Tolerances {
             pipe_tokens: 1e-3,
             pipe_identical: 0.99,
             pipe_u8_levels: 2,
+            pipeline: true,
         }
     }
 }
@@ -325,7 +328,7 @@ pub fn run(
         ));
     }
     // Full pipeline from recorded noise.
-    if reference.has("pipe.tokens") {
+    if tol.pipeline && reference.has("pipe.tokens") {
         let s = settings.ok_or_else(|| {
             Error::BadArgument("the reference has pipe.* cases: give --cfg, --guidance and --steps (or a config.json beside it)".into())
         })?;

@@ -108,9 +108,36 @@ fn model_dir(a: &Args) -> CliResult<PathBuf> {
     Ok(demo.converted)
 }
 
-/// Fails early if `dir` cannot be written.
-fn ensure_writable(dir: &Path) -> CliResult {
+/// Folders this run created, removed again (only while empty) when the run fails, so a
+/// failed or interrupted `generate` leaves no output path behind.
+#[derive(Default)]
+struct CreatedDirs(Vec<PathBuf>);
+
+impl CreatedDirs {
+    /// The run succeeded: keep everything.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CreatedDirs {
+    fn drop(&mut self) {
+        // Deepest first; `remove_dir` refuses a folder that holds anything.
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Fails early if `dir` cannot be written; records the folders it had to create.
+fn ensure_writable(dir: &Path, created: &mut CreatedDirs) -> CliResult {
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(dir).map_err(|e| flowar_runtime::Error::io(dir, e))?;
+    created.0.extend(missing.into_iter().rev());
     let probe = dir.join(format!(".flowar-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| flowar_runtime::Error::io(dir, e))?;
     let _ = std::fs::remove_file(probe);
@@ -127,22 +154,23 @@ pub fn run(a: Args) -> CliResult {
     }
     let shard = a.shard.as_deref().map(parse_shard).transpose()?;
     let solver: Solver = a.solver.parse()?;
-    let options = a.backend.options()?;
+    let options = a.backend.options_for(Some(a.batch_size))?;
     let model_path = model_dir(&a)?;
     let grid_path = match (&a.grid, &a.out) {
         (Some(g), _) => Some(g.clone()),
         (None, None) => Some(PathBuf::from("flowar-grid.png")),
         (None, Some(_)) => None,
     };
+    let mut created = CreatedDirs::default();
     if let Some(out) = &a.out {
-        ensure_writable(out)?;
+        ensure_writable(out, &mut created)?;
     }
     if let Some(g) = &grid_path {
         let parent = g
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        ensure_writable(parent)?;
+        ensure_writable(parent, &mut created)?;
     }
 
     let mut pipe = Pipeline::load(&model_path, &options)?;
@@ -343,5 +371,6 @@ pub fn run(a: Args) -> CliResult {
         )?;
         println!("wrote {n} image(s) and run.json to {}", dir.display());
     }
+    created.keep();
     Ok(())
 }

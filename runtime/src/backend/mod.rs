@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 use std::path::Path;
 
+pub mod gpu;
 pub mod ort_backend;
 pub mod tract_backend;
 
@@ -58,6 +59,16 @@ pub struct BackendOptions {
     pub ort_lib: Option<std::path::PathBuf>,
     /// GPU ordinal for CUDA / TensorRT.
     pub device_id: i32,
+    /// CUDA and TensorRT settings (ignored by the CPU providers).
+    pub gpu: gpu::GpuOptions,
+}
+
+/// What a TensorRT session needs beyond [`BackendOptions`], derived from the manifest.
+#[derive(Debug, Clone)]
+pub struct TrtSetup {
+    /// Engine and timing cache folder ([`gpu::trt_cache_dir`]).
+    pub cache_dir: std::path::PathBuf,
+    pub profile: gpu::TrtProfile,
 }
 
 /// One loaded graph, ready to run repeatedly with inputs of any symbolic size.
@@ -72,10 +83,20 @@ pub fn open_session(
     graph: &Path,
     options: &BackendOptions,
 ) -> Result<Box<dyn Session>> {
+    open_session_with(provider, graph, options, None)
+}
+
+/// [`open_session`] with the TensorRT profile and cache (used with `Provider::TensorRt`).
+pub fn open_session_with(
+    provider: Provider,
+    graph: &Path,
+    options: &BackendOptions,
+    trt: Option<&TrtSetup>,
+) -> Result<Box<dyn Session>> {
     match provider {
         Provider::Tract => Ok(Box::new(tract_backend::TractSession::open(graph, options)?)),
-        _ => Ok(Box::new(ort_backend::OrtSession::open(
-            provider, graph, options,
+        _ => Ok(Box::new(ort_backend::OrtSession::open_with(
+            provider, graph, options, trt,
         )?)),
     }
 }

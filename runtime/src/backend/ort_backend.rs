@@ -24,7 +24,8 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session as OrtRawSession, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::{BackendOptions, Provider, Session};
+use super::gpu::ConvSearch;
+use super::{BackendOptions, Provider, Session, TrtSetup};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorData};
 
@@ -258,18 +259,31 @@ pub fn provider_available_with(
         Provider::Cuda | Provider::TensorRt => {
             let rt = runtime(options)?;
             let mut builder = OrtRawSession::builder(&rt.env).map_err(|e| e.to_string())?;
-            register_gpu(provider, &mut builder, rt, options.device_id)
+            register_gpu(provider, &mut builder, rt, options, None)
         }
     }
 }
 
+/// The folder of the pip `tensorrt` wheel's libraries, when it sits beside the loaded
+/// onnxruntime package (`site-packages/tensorrt_libs`).
+pub fn tensorrt_libs_dir(options: &BackendOptions) -> Option<PathBuf> {
+    let lib = runtime(options).ok()?.lib.clone();
+    // .../site-packages/onnxruntime/capi/libonnxruntime.so.X
+    let site = lib.parent()?.parent()?.parent()?;
+    Some(site.join("tensorrt_libs")).filter(|d| d.is_dir())
+}
+
 /// Registers the GPU execution provider(s) for `provider`; any failure is an error.
+/// `trt` adds the optimization profile and the engine / timing caches.
 fn register_gpu(
     provider: Provider,
     builder: &mut SessionBuilder,
     rt: &OrtRuntime,
-    device_id: i32,
+    options: &BackendOptions,
+    trt: Option<&TrtSetup>,
 ) -> std::result::Result<(), String> {
+    let device_id = options.device_id;
+    let g = &options.gpu;
     let missing = |ep: &str, what: &str| {
         format!(
             "the loaded onnxruntime ({}) has no {what} execution provider ({ep}); pip install onnxruntime-gpu \
@@ -284,7 +298,20 @@ fn register_gpu(
             "could not query the {what} execution provider: {e}"
         )),
     };
-    let cuda = || ort::ep::CUDA::default().with_device_id(device_id);
+    let cuda = || {
+        let mut c = ort::ep::CUDA::default()
+            .with_device_id(device_id)
+            .with_tf32(g.tf32)
+            .with_conv_algorithm_search(match g.conv_search {
+                ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                ConvSearch::Heuristic => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
+                ConvSearch::Default => ort::ep::cuda::ConvAlgorithmSearch::Default,
+            });
+        if let Some(limit) = g.memory_limit {
+            c = c.with_memory_limit(limit as usize);
+        }
+        c
+    };
     match provider {
         Provider::Cuda => {
             check(ort::ep::CUDA::is_available(), ort::ep::CUDA::NAME, "CUDA")?;
@@ -299,10 +326,28 @@ fn register_gpu(
                 "TensorRT",
             )?;
             check(ort::ep::CUDA::is_available(), ort::ep::CUDA::NAME, "CUDA")?;
-            ort::ep::TensorRT::default()
+            let mut t = ort::ep::TensorRT::default()
                 .with_device_id(device_id)
-                .register(builder)
-                .map_err(|e| format!("registering the TensorRT execution provider (device {device_id}) failed: {e}"))?;
+                .with_fp16(g.trt_fp16);
+            if let Some(w) = g.trt_workspace {
+                t = t.with_max_workspace_size(w as usize);
+            }
+            if let Some(s) = trt {
+                let dir = s.cache_dir.display().to_string();
+                t = t
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(&dir)
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(&dir)
+                    .with_profile_min_shapes(&s.profile.min)
+                    .with_profile_opt_shapes(&s.profile.opt)
+                    .with_profile_max_shapes(&s.profile.max);
+            }
+            t.register(builder).map_err(|e| {
+                format!(
+                    "registering the TensorRT execution provider (device {device_id}) failed: {e}"
+                )
+            })?;
             // CUDA after TensorRT: it runs the nodes TensorRT does not support.
             cuda().register(builder).map_err(|e| {
                 format!("registering the CUDA execution provider (device {device_id}) failed: {e}")
@@ -340,6 +385,16 @@ fn graph_name(graph: &Path) -> String {
 impl OrtSession {
     /// Loads `graph` for `provider` (`OrtCpu`, `Cuda` or `TensorRt`).
     pub fn open(provider: Provider, graph: &Path, options: &BackendOptions) -> Result<OrtSession> {
+        Self::open_with(provider, graph, options, None)
+    }
+
+    /// [`OrtSession::open`] with TensorRT's profile and caches.
+    pub fn open_with(
+        provider: Provider,
+        graph: &Path,
+        options: &BackendOptions,
+        trt: Option<&TrtSetup>,
+    ) -> Result<OrtSession> {
         if provider == Provider::Tract {
             return Err(Error::BadArgument(
                 "OrtSession cannot run the tract provider".into(),
@@ -378,7 +433,7 @@ impl OrtSession {
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
             .and_then(|b| Ok(b.with_intra_threads(threads)?))
             .map_err(|e| backend_err(format!("configuring the session failed: {e}")))?;
-        register_gpu(provider, &mut builder, rt, options.device_id).map_err(unavailable)?;
+        register_gpu(provider, &mut builder, rt, options, trt).map_err(unavailable)?;
 
         let session = builder.commit_from_file(graph).map_err(|e| {
             use ort::ErrorCode as C;

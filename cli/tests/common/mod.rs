@@ -1,0 +1,79 @@
+//! Helpers shared by the CLI test files: run the built `flowar`, fixtures, conversion.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn flowar(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowar"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run flowar")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Converts the spatial fixture into `dir/m`, asserting success.
+pub fn convert_spatial(dir: &Path) -> PathBuf {
+    convert_spatial_with(dir, "m", &[])
+}
+
+/// Converts the spatial fixture into `dir/<name>` with `extra` convert arguments.
+pub fn convert_spatial_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let f = fixture("spatial");
+    let model = dir.join(name);
+    let (fp, vp) = (f.join("flowar.pth"), f.join("vae.ckpt"));
+    let mut args = vec![
+        "convert",
+        "--flowar",
+        fp.to_str().unwrap(),
+        "--vae",
+        vp.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = flowar(&args, dir);
+    assert!(o.status.success(), "{}", text(&o));
+    model
+}
+
+/// Whether onnxruntime can be loaded here; when `FLOWAR_REQUIRE_ORT` is set (CI) its
+/// absence fails the test, elsewhere it skips, saying so.
+pub fn ort_here(test: &str) -> bool {
+    match flowar_runtime::backend::ort_backend::ort_available(&Default::default()) {
+        Ok(_) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("FLOWAR_REQUIRE_ORT").is_none(),
+                "onnxruntime is required: {why}"
+            );
+            eprintln!("SKIPPING {test}: onnxruntime is not available ({why})");
+            false
+        }
+    }
+}
+
+/// Whether the loaded onnxruntime is a GPU build (then the CPU-only checks skip).
+pub fn ort_is_gpu_build() -> bool {
+    flowar_runtime::backend::ort_backend::ort_available(&Default::default())
+        .ok()
+        .and_then(|lib| {
+            lib.parent()
+                .map(|d| d.join("libonnxruntime_providers_cuda.so").exists())
+        })
+        .unwrap_or(false)
+}
