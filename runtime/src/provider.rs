@@ -35,7 +35,14 @@ pub fn check(p: Provider, opts: &BackendOptions) -> std::result::Result<(), Stri
     match p {
         Provider::Tract => Ok(()),
         Provider::OrtCpu => ort_backend::ort_available(opts).map(|_| ()),
-        Provider::Cuda | Provider::TensorRt => ort_backend::provider_available_with(p, opts),
+        Provider::Cuda => ort_backend::provider_available_with(p, opts),
+        // Registration succeeds without TensorRT's own library; the engine cache needs its
+        // version anyway, so a missing libnvinfer is found here and `auto` moves on.
+        Provider::TensorRt => {
+            ort_backend::provider_available_with(p, opts)?;
+            let extra: Vec<_> = ort_backend::tensorrt_libs_dir(opts).into_iter().collect();
+            crate::backend::gpu::tensorrt_version(&extra).map(|_| ())
+        }
     }
 }
 
