@@ -8,7 +8,6 @@ use flowar_exporter::convert::{
     convert_as, ConvertRequest, ModelMeta, Precision, EXTERNAL_DATA_THRESHOLD,
 };
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
-use flowar_runtime::backend::gpu::GpuOptions;
 use flowar_runtime::backend::{BackendOptions, Provider};
 use flowar_runtime::manifest::{FlowKind, Manifest};
 use flowar_runtime::{Pipeline, PipelineOptions, ProviderChoice, Request, Solver, StageTimes};
@@ -59,19 +58,9 @@ pub struct Args {
     /// Noise seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Intra-op threads for every provider (default: the number of cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else the pip-installed onnxruntime).
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
-    /// GPU ordinal for cuda / tensorrt.
-    #[arg(long, default_value_t = 0)]
-    pub device_id: i32,
-    /// CUDA / TensorRT option NAME=VALUE, repeatable (as `flowar generate --gpu`);
-    /// trt_max_batch defaults to the largest `--batch`.
-    #[arg(long = "gpu", value_name = "NAME=VALUE")]
-    pub gpu: Vec<String>,
+    /// Threads, onnxruntime library, GPU device and options, for every provider.
+    #[command(flatten)]
+    pub engine: flowar_runtime::cli_args::EngineArgs,
     /// Graph precision of a `--preset` conversion: f32 or f16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
@@ -254,9 +243,6 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
             "--batch needs positive batch sizes".into(),
         ));
     }
-    if args.threads == Some(0) {
-        return Err(BenchError::Usage("--threads must be at least 1".into()));
-    }
     let providers: Vec<Provider> = args
         .providers
         .iter()
@@ -292,17 +278,9 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     let steps = args.steps.unwrap_or(m.sampler.steps);
     let cfg = args.cfg.unwrap_or(m.sampler.cfg);
     let guidance = args.guidance.unwrap_or(m.sampler.guidance);
-    let mut gpu = GpuOptions {
-        trt_max_batch: args.batch.iter().copied().max().unwrap_or(1),
-        ..GpuOptions::default()
-    };
-    gpu.apply_pairs(&args.gpu)?;
-    let backend = BackendOptions {
-        threads: args.threads,
-        ort_lib: args.ort_lib.clone(),
-        device_id: args.device_id,
-        gpu,
-    };
+    let backend = args
+        .engine
+        .backend_options(args.batch.iter().copied().max())?;
     let g = &m.graphs;
     let a = &m.architecture;
     let model = ModelInfo {
@@ -332,7 +310,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         warmup: args.warmup,
         runs: args.runs,
         batches: args.batch.clone(),
-        threads: args.threads,
+        threads: args.engine.threads,
     };
     let mut reports = Vec::new();
     for &p in &providers {

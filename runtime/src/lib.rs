@@ -19,6 +19,8 @@
 //! # Ok::<(), flowar_runtime::Error>(())
 //! ```
 pub mod backend;
+#[cfg(feature = "clap")]
+pub mod cli_args;
 pub mod error;
 pub mod image;
 pub mod manifest;

@@ -107,12 +107,19 @@ pub fn print_report(r: &ConvertReport) {
 
 pub fn run(a: Args) -> CliResult {
     let precision: Precision = a.dtype.parse()?;
-    let meta = match &a.meta {
+    let mut meta = match &a.meta {
         Some(p) => ModelMeta::load(p)?,
         None => ModelMeta::default(),
     };
     let t = std::time::Instant::now();
-    let report = if let Some(p) = &a.preset {
+    // The weight sources and what to record of them: seeded random weights for a preset,
+    // else the two checkpoint files.
+    type Sources = (
+        Box<dyn WeightSource>,
+        Box<dyn WeightSource>,
+        Vec<(String, PathBuf, String)>,
+    );
+    let (f, v, source_files): Sources = if let Some(p) = &a.preset {
         let preset: Preset = p.parse()?;
         let f = RandomWeights::new(
             format!("preset {p} (seed {})", a.random_init),
@@ -124,24 +131,10 @@ pub fn run(a: Args) -> CliResult {
             a.random_init,
             vae_keys(&Preset::vae()),
         );
-        let mut meta = meta;
         meta.name.get_or_insert_with(|| {
             format!("{} (random weights, seed {})", preset.name(), a.random_init)
         });
-        convert_as(
-            &ConvertRequest {
-                flowar: &Cancellable(&f),
-                vae: &Cancellable(&v),
-                source_files: vec![],
-                out: a.out.clone(),
-                latent_scale: a.latent_scale,
-                meta,
-                force: a.force,
-                allow_nonfinite: a.allow_nonfinite,
-                external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-            },
-            precision,
-        )?
+        (Box::new(f), Box::new(v), vec![])
     } else {
         let (fp, vp) = match (&a.flowar, &a.vae) {
             (Some(f), Some(v)) => (f, v),
@@ -153,24 +146,26 @@ pub fn run(a: Args) -> CliResult {
         };
         let f = Checkpoint::open(fp)?;
         let v = Checkpoint::open(vp)?;
-        convert_as(
-            &ConvertRequest {
-                flowar: &Cancellable(&f),
-                vae: &Cancellable(&v),
-                source_files: vec![
-                    ("flowar".into(), fp.clone(), f.format().into()),
-                    ("vae".into(), vp.clone(), v.format().into()),
-                ],
-                out: a.out.clone(),
-                latent_scale: a.latent_scale,
-                meta,
-                force: a.force,
-                allow_nonfinite: a.allow_nonfinite,
-                external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-            },
-            precision,
-        )?
+        let sources = vec![
+            ("flowar".into(), fp.clone(), f.format().into()),
+            ("vae".into(), vp.clone(), v.format().into()),
+        ];
+        (Box::new(f), Box::new(v), sources)
     };
+    let report = convert_as(
+        &ConvertRequest {
+            flowar: &Cancellable(f.as_ref()),
+            vae: &Cancellable(v.as_ref()),
+            source_files,
+            out: a.out.clone(),
+            latent_scale: a.latent_scale,
+            meta,
+            force: a.force,
+            allow_nonfinite: a.allow_nonfinite,
+            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+        },
+        precision,
+    )?;
     print_report(&report);
     println!(
         "wrote {} in {:.1}s",

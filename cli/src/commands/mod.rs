@@ -61,59 +61,26 @@ pub fn demo_model() -> Option<DemoModel> {
         })
 }
 
-/// Provider and thread options shared by generate, verify and bench.
+/// Provider and engine options shared by generate and verify.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackendArgs {
     /// auto, ort-cpu, cuda, tensorrt or tract.
     #[arg(long, default_value = "auto")]
     pub provider: String,
-    /// Intra-op threads (default: the number of cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else the pip-installed onnxruntime).
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
-    /// GPU ordinal for cuda / tensorrt.
-    #[arg(long, default_value_t = 0)]
-    pub device_id: i32,
-    /// CUDA / TensorRT option NAME=VALUE, repeatable: mem_limit=8GiB,
-    /// cudnn_conv_algo_search=exhaustive|heuristic|default, tf32=false, trt_fp16=true,
-    /// trt_cache_dir=DIR, trt_max_batch=N (default: the batch size), trt_workspace=4GiB.
-    #[arg(long = "gpu", value_name = "NAME=VALUE")]
-    pub gpu: Vec<String>,
+    #[command(flatten)]
+    pub engine: flowar_runtime::cli_args::EngineArgs,
 }
 
 impl BackendArgs {
-    /// The `--gpu` options; `batch` (the run's batch size) is the default `trt_max_batch`.
-    pub fn gpu_options(
-        &self,
-        batch: Option<usize>,
-    ) -> CliResult<flowar_runtime::backend::gpu::GpuOptions> {
-        let mut g = flowar_runtime::backend::gpu::GpuOptions::default();
-        if let Some(b) = batch {
-            g.trt_max_batch = b.max(1);
-        }
-        g.apply_pairs(&self.gpu)?;
-        Ok(g)
-    }
-
     pub fn options(&self) -> CliResult<flowar_runtime::PipelineOptions> {
         self.options_for(None)
     }
 
     /// Options for runs of `batch` images per call (sizes the TensorRT profiles).
     pub fn options_for(&self, batch: Option<usize>) -> CliResult<flowar_runtime::PipelineOptions> {
-        if self.threads == Some(0) {
-            return Err(CliError::Usage("--threads must be at least 1".into()));
-        }
         Ok(flowar_runtime::PipelineOptions {
             provider: self.provider.parse()?,
-            backend: flowar_runtime::backend::BackendOptions {
-                threads: self.threads,
-                ort_lib: self.ort_lib.clone(),
-                device_id: self.device_id,
-                gpu: self.gpu_options(batch)?,
-            },
+            backend: self.engine.backend_options(batch)?,
         })
     }
 }
