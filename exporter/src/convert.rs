@@ -285,6 +285,14 @@ impl Precision {
         }
     }
 
+    /// The ONNX element type of activations and weights.
+    pub fn elem(self) -> crate::onnx::Elem {
+        match self {
+            Precision::F32 => crate::onnx::Elem::F32,
+            Precision::F16 => crate::onnx::Elem::F16,
+        }
+    }
+
     /// Verification bounds: the fixture README's for float32; float16 rounding (about
     /// 1e-3 relative per op, over every block) needs wider ones, measured on the fixtures.
     pub fn verify_bounds(self) -> VerifyBounds {
@@ -324,10 +332,7 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
 
 /// Converts with graphs of the given precision.
 pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertReport> {
-    let act = match precision {
-        Precision::F32 => crate::onnx::Elem::F32,
-        Precision::F16 => crate::onnx::Elem::F16,
-    };
+    let act = precision.elem();
     if req.out.exists() && !req.force {
         return Err(ExportError::OutputExists(req.out.clone()));
     }

@@ -92,12 +92,11 @@ fn open_graph(
 /// The TensorRT engine-cache folder for this model, created, with a notice on stderr when
 /// no engine is there yet (building them takes minutes).
 fn trt_cache(manifest: &Manifest, opts: &BackendOptions) -> Result<std::path::PathBuf> {
-    let extra: Vec<_> = crate::backend::ort_backend::tensorrt_libs_dir(opts)
-        .into_iter()
-        .collect();
-    let version = gpu::tensorrt_version(&extra).map_err(|reason| Error::ProviderUnavailable {
-        provider: Provider::TensorRt.name().into(),
-        reason,
+    let version = crate::backend::ort_backend::tensorrt_version(opts).map_err(|reason| {
+        Error::ProviderUnavailable {
+            provider: Provider::TensorRt.name().into(),
+            reason,
+        }
     })?;
     let root = opts
         .gpu

@@ -40,8 +40,7 @@ pub fn check(p: Provider, opts: &BackendOptions) -> std::result::Result<(), Stri
         // version anyway, so a missing libnvinfer is found here and `auto` moves on.
         Provider::TensorRt => {
             ort_backend::provider_available_with(p, opts)?;
-            let extra: Vec<_> = ort_backend::tensorrt_libs_dir(opts).into_iter().collect();
-            crate::backend::gpu::tensorrt_version(&extra).map(|_| ())
+            ort_backend::tensorrt_version(opts).map(|_| ())
         }
     }
 }

@@ -29,10 +29,11 @@ pub struct Tolerances {
 
 impl Default for Tolerances {
     fn default() -> Self {
+        let b = crate::manifest::VerifyBounds::default();
         Tolerances {
-            graph: 1e-4,
-            vae: 1e-3,
-            vae_u8_levels: 1,
+            graph: b.graph,
+            vae: b.vae,
+            vae_u8_levels: b.vae_u8_levels(),
             pipe_tokens: 1e-3,
             pipe_identical: 0.99,
             pipe_u8_levels: 2,

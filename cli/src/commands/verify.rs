@@ -77,19 +77,19 @@ pub fn run(a: Args) -> CliResult {
             .map(|d| (4.0 * d as f32).max(1e-3))
             .unwrap_or(1e-3)
     });
-    let bounds = flowar_runtime::manifest::Manifest::load(&a.model)?.verify;
-    use flowar_runtime::manifest::VerifyBounds;
+    let mut pipe = Pipeline::load(&a.model, &a.backend.options()?)?;
+    // Bounds default to the ones the manifest states for its graphs' precision.
+    let bounds = pipe.manifest().verify;
     let vae = a.vae_tol.unwrap_or(bounds.vae);
     let tol = Tolerances {
         graph: a.tol.unwrap_or(bounds.graph),
         vae,
-        vae_u8_levels: VerifyBounds { vae, ..bounds }.vae_u8_levels(),
+        vae_u8_levels: flowar_runtime::manifest::VerifyBounds { vae, ..bounds }.vae_u8_levels(),
         pipe_tokens: pipe_tol,
         pipe_identical: a.pipe_identical,
         pipe_u8_levels: a.pipe_levels,
         pipeline: bounds.pipeline,
     };
-    let mut pipe = Pipeline::load(&a.model, &a.backend.options()?)?;
     println!(
         "provider: {} ({})",
         pipe.provider().provider.name(),

@@ -138,19 +138,21 @@ impl Graph {
 
     /// Casts `x` to float32 (no node when activations already are).
     pub fn to_f32(&mut self, x: &str) -> Val {
-        if self.act == Elem::F32 {
-            return x.to_string();
-        }
-        self.node("Cast", &[x], vec![attr_int("to", Elem::F32.onnx() as i64)])
+        self.cast_between_precisions(x, Elem::F32)
     }
 
     /// Casts a float32 `x` to the activation type (no node when that is float32).
     pub fn to_act(&mut self, x: &str) -> Val {
+        self.cast_between_precisions(x, self.act)
+    }
+
+    /// A Cast to `to`, only in graphs whose activations are not float32 (in a float32
+    /// graph both sides of every precision boundary already agree).
+    fn cast_between_precisions(&mut self, x: &str, to: Elem) -> Val {
         if self.act == Elem::F32 {
             return x.to_string();
         }
-        let to = self.act.onnx() as i64;
-        self.node("Cast", &[x], vec![attr_int("to", to)])
+        self.node("Cast", &[x], vec![attr_int("to", to.onnx() as i64)])
     }
 
     /// A scalar constant in the activation type.

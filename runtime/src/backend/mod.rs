@@ -63,6 +63,17 @@ pub struct BackendOptions {
     pub gpu: gpu::GpuOptions,
 }
 
+impl BackendOptions {
+    /// The intra-op thread count to use: [`BackendOptions::threads`], else the cores.
+    pub fn threads_or_cores(&self) -> usize {
+        self.threads.filter(|&t| t > 0).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
 /// What a TensorRT session needs beyond [`BackendOptions`], derived from the manifest.
 #[derive(Debug, Clone)]
 pub struct TrtSetup {

@@ -273,6 +273,19 @@ pub fn tensorrt_libs_dir(options: &BackendOptions) -> Option<PathBuf> {
     Some(site.join("tensorrt_libs")).filter(|d| d.is_dir())
 }
 
+/// The TensorRT version onnxruntime's TensorRT provider will load ([`gpu::tensorrt_version`],
+/// also searching [`tensorrt_libs_dir`]). Looked up once per process: like the onnxruntime
+/// library it sits beside, it cannot change while the process runs.
+pub fn tensorrt_version(options: &BackendOptions) -> std::result::Result<String, String> {
+    static VERSION: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let extra: Vec<PathBuf> = tensorrt_libs_dir(options).into_iter().collect();
+            super::gpu::tensorrt_version(&extra)
+        })
+        .clone()
+}
+
 /// Registers the GPU execution provider(s) for `provider`; any failure is an error.
 /// `trt` adds the optimization profile and the engine / timing caches.
 fn register_gpu(
@@ -424,11 +437,7 @@ impl OrtSession {
             reason,
         };
 
-        let threads = options.threads.filter(|&t| t > 0).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let threads = options.threads_or_cores();
         let mut builder = OrtRawSession::builder(&rt.env)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::All)?))
             .and_then(|b| Ok(b.with_intra_threads(threads)?))

@@ -127,11 +127,7 @@ impl TractSession {
                     .unwrap_or_else(|| typed.node(o.node).name.clone())
             })
             .collect();
-        let threads = options.threads.filter(|&t| t > 0).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
+        let threads = options.threads_or_cores();
         let run_options = RunOptions {
             executor: (threads > 1).then(|| executor(threads)),
             ..RunOptions::default()
