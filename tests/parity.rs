@@ -60,6 +60,14 @@ fn cross_fixture_matches_reference() {
     check_fixture("cross");
 }
 
+/// Every graph file a model folder holds.
+const GRAPHS: [&str; 4] = [
+    "ar_step.onnx",
+    "flow_head.onnx",
+    "vae_decoder.onnx",
+    "solver_step.onnx",
+];
+
 #[test]
 fn safetensors_and_pth_give_identical_graphs() {
     let d = fixture("spatial");
@@ -70,7 +78,7 @@ fn safetensors_and_pth_give_identical_graphs() {
         Default::default(),
         None,
     );
-    for g in ["ar_step.onnx", "flow_head.onnx", "vae_decoder.onnx"] {
+    for g in GRAPHS {
         assert!(
             std::fs::read(pth.join(g)).unwrap() == std::fs::read(st.join(g)).unwrap(),
             "{g} differs"
@@ -82,12 +90,7 @@ fn safetensors_and_pth_give_identical_graphs() {
 fn conversion_is_deterministic() {
     let (_a, one) = convert_fixture("cross");
     let (_b, two) = convert_fixture("cross");
-    for g in [
-        "ar_step.onnx",
-        "flow_head.onnx",
-        "vae_decoder.onnx",
-        "manifest.json",
-    ] {
+    for g in GRAPHS.iter().chain(&["manifest.json"]) {
         assert!(
             std::fs::read(one.join(g)).unwrap() == std::fs::read(two.join(g)).unwrap(),
             "{g} differs between runs"
@@ -113,7 +116,15 @@ fn graphs_pass_the_onnx_checker() {
     }
     for name in ["spatial", "cross"] {
         let (_t, dir) = convert_fixture(name);
-        for g in ["ar_step.onnx", "flow_head.onnx", "vae_decoder.onnx"] {
+        let m = flowar_runtime::manifest::Manifest::load(&dir).unwrap();
+        let files: Vec<&str> = m
+            .graphs
+            .all()
+            .iter()
+            .map(|(_, g)| g.file.as_str())
+            .collect();
+        assert_eq!(files, GRAPHS, "the manifest lists every graph file");
+        for g in files {
             let path = dir.join(g);
             let script = format!(
                 "import onnx; m = onnx.load(r'{}'); onnx.checker.check_model(m, full_check=True); assert m.opset_import[0].version == 17",

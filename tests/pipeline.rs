@@ -210,3 +210,61 @@ fn recorded_noise_replays_exactly() {
         .unwrap();
     assert_eq!(seeded.tokens, replay.tokens);
 }
+
+/// The solver-step graph against the host formula it replaces, on every CPU backend:
+/// guided (`[cond; null]` rows), unguided (one row block: `g = v` exactly), and the
+/// non-finite count. The state stays float64 (the reference's precision).
+#[test]
+fn solver_step_graph_matches_the_host_update() {
+    use flowar_runtime::backend::Resident;
+    use flowar_runtime::tensor::Tensor;
+    let (_t, dir) = convert_fixture("spatial");
+    for p in cpu_providers() {
+        let mut pipe = load(&dir, p);
+        let c = pipe.manifest().latent_channels;
+        let model = pipe.model_mut();
+        let (b, n) = (2usize, 4usize);
+        let len = b * n * c;
+        let x: Vec<f64> = (0..len)
+            .map(|i| (i as f64 * 0.37).sin() / 3.0 + 1e-9)
+            .collect();
+        let vc: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+        let vu: Vec<f32> = (0..len).map(|i| (i as f32 * 0.23).sin() * 0.5).collect();
+        let (w, dt) = (4.3f32, -0.041666666666666664f64);
+        let xr = model
+            .upload(&Tensor::f64(vec![b, n, c], x.clone()))
+            .unwrap();
+
+        let both: Vec<f32> = vc.iter().chain(&vu).copied().collect();
+        let v = model.upload(&Tensor::f32(vec![2 * b, n, c], both)).unwrap();
+        let out = model.solver_step(&xr, &v, w, dt).unwrap();
+        assert_eq!(out.nonfinite, 0);
+        let got = out.x.to_host().unwrap().into_f64().unwrap();
+        let want: Vec<f64> = (0..len)
+            .map(|j| x[j] + dt * (vu[j] + w * (vc[j] - vu[j])) as f64)
+            .collect();
+        assert_eq!(got, want, "{}: guided update", p.name());
+        let x_in = out.x_in.to_host().unwrap();
+        assert_eq!(x_in.shape, vec![b, n, c]);
+        let as_f32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        assert_eq!(x_in.as_f32().unwrap(), &as_f32[..]);
+        let pair = out.x_in_pair.to_host().unwrap();
+        assert_eq!(pair.shape, vec![2 * b, n, c]);
+        assert_eq!(&pair.as_f32().unwrap()[..len], &as_f32[..]);
+        assert_eq!(&pair.as_f32().unwrap()[len..], &as_f32[..]);
+
+        let v = Resident::Host(Tensor::f32(vec![b, n, c], vc.clone()));
+        let out = model.solver_step(&xr, &v, w, dt).unwrap();
+        let got = out.x.to_host().unwrap().into_f64().unwrap();
+        let want: Vec<f64> = (0..len).map(|j| x[j] + dt * vc[j] as f64).collect();
+        assert_eq!(got, want, "{}: unguided update ignores w", p.name());
+
+        let mut bad = vc.clone();
+        bad[3] = f32::NAN;
+        bad[7] = f32::INFINITY;
+        bad[8] = f32::NEG_INFINITY;
+        let v = Resident::Host(Tensor::f32(vec![b, n, c], bad));
+        let out = model.solver_step(&xr, &v, w, dt).unwrap();
+        assert_eq!(out.nonfinite, 3, "{}: non-finite count", p.name());
+    }
+}

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use flowar_runtime::backend::BackendOptions;
+use flowar_runtime::backend::{BackendOptions, Resident};
 use flowar_runtime::model::{KvCache, Model};
 use flowar_runtime::provider::check;
 use flowar_runtime::tensor::Tensor;
@@ -35,7 +35,7 @@ fn fill_cache(model: &mut Model, labels: &[i64], upto: usize) -> KvCache {
     let c = m.latent_channels;
     let mut cache = KvCache::empty(&m, ROWS);
     for (i, &side) in m.scales.iter().enumerate().take(upto) {
-        let tokens = tensor(vec![ROWS, side * side, c], i);
+        let tokens = Resident::Host(tensor(vec![ROWS, side * side, c], i));
         model.ar_step(i, labels, &tokens, &mut cache).expect("ar");
     }
     cache
@@ -63,9 +63,9 @@ fn hot_paths(cr: &mut Criterion) {
         let mut g = cr.benchmark_group(format!("flow_head/{}", p.name()));
         for (i, &side) in m.scales.iter().enumerate() {
             let n = side * side;
-            let x = tensor(vec![ROWS, n, c], 1);
-            let t = Tensor::f32(vec![ROWS], vec![0.5; ROWS]);
-            let z = tensor(vec![ROWS, n, d], 2);
+            let x = model.upload(&tensor(vec![ROWS, n, c], 1)).expect("upload");
+            let t = Resident::Host(Tensor::f32(vec![ROWS], vec![0.5; ROWS]));
+            let z = model.upload(&tensor(vec![ROWS, n, d], 2)).expect("upload");
             g.bench_with_input(BenchmarkId::new("tokens", n), &i, |bch, &i| {
                 bch.iter(|| black_box(model.flow(i, &x, &t, &z).expect("flow")))
             });
@@ -76,15 +76,28 @@ fn hot_paths(cr: &mut Criterion) {
         for (i, &side) in m.scales.iter().enumerate() {
             let n = side * side;
             let base = fill_cache(&mut model, &labels, i);
-            let tokens = tensor(vec![ROWS, n, c], 3);
+            let tokens = Resident::Host(tensor(vec![ROWS, n, c], 3));
             g.bench_with_input(BenchmarkId::new("tokens", n), &i, |bch, &i| {
                 bch.iter_batched(
-                    || KvCache {
-                        layers: base.layers.clone(),
-                    },
+                    || base.try_clone().expect("clone cache"),
                     |mut cache| black_box(model.ar_step(i, &labels, &tokens, &mut cache)),
                     criterion::BatchSize::LargeInput,
                 )
+            });
+        }
+        g.finish();
+
+        // The solver-step graph (CFG combination and the float64 update) per scale size,
+        // guided rows, as the sampler runs it between flow-head calls.
+        let mut g = cr.benchmark_group(format!("solver_step/{}", p.name()));
+        for &side in &m.scales {
+            let n = side * side;
+            let b = ROWS / 2;
+            let x = Tensor::f64(vec![b, n, c], vec![0.25; b * n * c]);
+            let x = model.upload(&x).expect("upload");
+            let v = model.upload(&tensor(vec![ROWS, n, c], 6)).expect("upload");
+            g.bench_with_input(BenchmarkId::new("tokens", n), &n, |bch, _| {
+                bch.iter(|| black_box(model.solver_step(&x, &v, 4.3, -0.04).expect("step")))
             });
         }
         g.finish();
@@ -114,40 +127,6 @@ fn hot_paths(cr: &mut Criterion) {
             });
         }
     }
-    g.finish();
-
-    // The solver updates as `Pipeline::generate` does them, on a FlowAR-S final scale
-    // (one image, 256 tokens x 16 channels, guided rows), f64 state and f32 velocity.
-    let len = ROWS * 256 * 16;
-    let x0: Vec<f64> = (0..len).map(|i| (i % 19) as f64 / 19.0).collect();
-    let v1: Vec<f32> = (0..len).map(|i| (i % 7) as f32 / 7.0).collect();
-    let v2: Vec<f32> = (0..len).map(|i| (i % 5) as f32 / 5.0).collect();
-    let dt = -0.04f64;
-    let mut g = cr.benchmark_group("solver_update");
-    g.bench_function("euler", |bch| {
-        let mut x = x0.clone();
-        bch.iter(|| {
-            for (xi, vi) in x.iter_mut().zip(&v1) {
-                *xi += dt * *vi as f64;
-            }
-            black_box(&x);
-        })
-    });
-    g.bench_function("heun", |bch| {
-        let mut x = x0.clone();
-        bch.iter(|| {
-            let pred: Vec<f64> = x
-                .iter()
-                .zip(&v1)
-                .map(|(xi, vi)| xi + dt * *vi as f64)
-                .collect();
-            black_box(&pred);
-            for ((xi, a), b) in x.iter_mut().zip(&v1).zip(&v2) {
-                *xi += dt * 0.5 * (*a as f64 + *b as f64);
-            }
-            black_box(&x);
-        })
-    });
     g.finish();
 }
 

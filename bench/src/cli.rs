@@ -426,9 +426,12 @@ fn bench_provider(
             flow_per_call_ms: stat(&|st, _| {
                 1e3 * st.flow.as_secs_f64() / st.flow_calls.max(1) as f64
             }),
+            solver_s: stat(&|st, _| st.solver.as_secs_f64()),
             upsample_s: stat(&|st, _| st.upsample.as_secs_f64()),
             vae_s: stat(&|st, _| st.vae.as_secs_f64()),
-            other_s: stat(&|st, t| t - (st.ar + st.flow + st.upsample + st.vae).as_secs_f64()),
+            other_s: stat(&|st, t| {
+                t - (st.ar + st.flow + st.solver + st.upsample + st.vae).as_secs_f64()
+            }),
             total_s: stat(&|_, t| t),
             seconds_per_image: stat(&|_, t| t / b as f64),
             images_per_second: stat(&|_, t| b as f64 / t),

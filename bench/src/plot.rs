@@ -12,9 +12,10 @@ use crate::report::Report;
 
 const W: u32 = 960;
 const H: u32 = 540;
-const STAGES: [(&str, RGBColor); 5] = [
+const STAGES: [(&str, RGBColor); 6] = [
     ("AR", RGBColor(0x4e, 0x79, 0xa7)),
     ("flow head", RGBColor(0xf2, 0x8e, 0x2b)),
+    ("solver step", RGBColor(0x76, 0xb7, 0xb2)),
     ("upsample", RGBColor(0x59, 0xa1, 0x4f)),
     ("VAE decode", RGBColor(0xe1, 0x57, 0x59)),
     ("other", RGBColor(0xba, 0xb0, 0xac)),
@@ -61,7 +62,7 @@ fn tick_step(max: f64) -> f64 {
 /// Renders the chart to `path` (PNG).
 pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
     // One bar per provider and batch that ran; values are median seconds per image.
-    let mut bars: Vec<(String, [f64; 5])> = Vec::new();
+    let mut bars: Vec<(String, [f64; STAGES.len()])> = Vec::new();
     let mut missing = Vec::new();
     for p in &report.providers {
         if !p.available {
@@ -75,6 +76,7 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
                 [
                     b.ar_s.median * per,
                     b.flow_s.median * per,
+                    b.solver_s.median * per,
                     b.upsample_s.median * per,
                     b.vae_s.median * per,
                     b.other_s.median.max(0.0) * per,

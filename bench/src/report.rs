@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::calibrate::Calibration;
 
 /// Minimum, median and maximum of a measurement over the timed runs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stat {
     pub min: f64,
     pub median: f64,
@@ -104,7 +104,7 @@ pub struct ProviderReport {
     pub available: bool,
     /// Why it is not available (or why its run failed); `null` when it ran.
     pub reason: Option<String>,
-    /// Seconds to open the three graphs (sessions created, optimized).
+    /// Seconds to open the four graphs (sessions created, optimized).
     pub load_s: Option<f64>,
     pub batches: Vec<BatchReport>,
 }
@@ -134,9 +134,13 @@ pub struct BatchReport {
     pub flow_s: Stat,
     pub flow_calls: usize,
     pub flow_per_call_ms: Stat,
+    /// The solver-step graph (CFG combination and state update); absent from reports made
+    /// before it existed, when that work was host code inside "other".
+    #[serde(default)]
+    pub solver_s: Stat,
     pub upsample_s: Stat,
     pub vae_s: Stat,
-    /// End to end minus the four stages: noise, CFG combination, solver updates, copies.
+    /// End to end minus the stages: noise, labels, the latent transpose, pixel conversion.
     pub other_s: Stat,
     pub total_s: Stat,
     pub seconds_per_image: Stat,
@@ -199,12 +203,14 @@ impl Report {
             self.date
         ));
         out.push_str("Medians over the timed runs; s/image and img/s give min–max too. \"efficiency\" is the achieved GFLOP/s (analytic FLOPs / end-to-end time) over the best matmul GFLOP/s the same provider reached at the model's shapes in this run.\n\n");
-        out.push_str("| provider | batch | load s | AR s | flow s (calls × ms) | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("| provider | batch | load s | AR s | flow s (calls × ms) | solver ms | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
+        out.push_str(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
         for p in &self.providers {
             if !p.available {
                 out.push_str(&format!(
-                    "| {} | – | not available: {} | | | | | | | | | | | |\n",
+                    "| {} | – | not available: {} | | | | | | | | | | | | |\n",
                     p.provider,
                     p.reason
                         .as_deref()
@@ -216,7 +222,7 @@ impl Report {
             }
             for b in &p.batches {
                 out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} ({} × {}) | {} | {} | {} | {} ({}–{}) | {:.3} ({:.3}–{:.3}) | {} | {:.1} | {:.1} | {:.0}% |\n",
+                    "| {} | {} | {} | {} | {} ({} × {}) | {} | {} | {} | {} | {} ({}–{}) | {:.3} ({:.3}–{:.3}) | {} | {:.1} | {:.1} | {:.0}% |\n",
                     p.provider,
                     b.batch,
                     p.load_s.map(secs).unwrap_or_else(|| "–".into()),
@@ -224,6 +230,7 @@ impl Report {
                     secs(b.flow_s.median),
                     b.flow_calls,
                     ms(b.flow_per_call_ms.median / 1e3),
+                    ms(b.solver_s.median),
                     ms(b.upsample_s.median),
                     secs(b.vae_s.median),
                     ms(b.other_s.median),
@@ -242,7 +249,7 @@ impl Report {
                 ));
             }
         }
-        out.push_str("\nShare of end-to-end time (medians):\n\n| provider | batch | AR | flow | upsample | VAE | other | AR per scale ms |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+        out.push_str("\nShare of end-to-end time (medians):\n\n| provider | batch | AR | flow | solver | upsample | VAE | other | AR per scale ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for p in self.providers.iter().filter(|p| p.available) {
             for b in &p.batches {
                 let t = b.total_s.median;
@@ -253,11 +260,12 @@ impl Report {
                     .map(|(x, side)| format!("{side}²: {}", ms(x.median)))
                     .collect();
                 out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                     p.provider,
                     b.batch,
                     pct(b.ar_s.median, t),
                     pct(b.flow_s.median, t),
+                    pct(b.solver_s.median, t),
                     pct(b.upsample_s.median, t),
                     pct(b.vae_s.median, t),
                     pct(b.other_s.median, t),

@@ -11,10 +11,11 @@ struct Cmd {
     args: flowar_bench::cli::Args,
 }
 
-const STAT_FIELDS: [&str; 9] = [
+const STAT_FIELDS: [&str; 10] = [
     "ar_s",
     "flow_s",
     "flow_per_call_ms",
+    "solver_s",
     "upsample_s",
     "vae_s",
     "other_s",

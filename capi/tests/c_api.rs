@@ -67,6 +67,9 @@ fn cc_shared(sources: &[PathBuf], out: &Path, extra: &[&str]) {
         .args(sources)
         .arg("-L")
         .arg(&lib)
+        // RPATH, not RUNPATH: `cargo test` sets LD_LIBRARY_PATH to include target/<profile>/,
+        // whose libflowar.so only `cargo build` refreshes; RUNPATH would lose to it.
+        .arg("-Wl,--disable-new-dtags")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .args(["-lflowar", "-lpthread"])
         .args(extra)
@@ -302,6 +305,9 @@ int main(int argc, char** argv) {
         .arg(&src)
         .arg("-L")
         .arg(&lib)
+        // RPATH, not RUNPATH: `cargo test` sets LD_LIBRARY_PATH to include target/<profile>/,
+        // whose libflowar.so only `cargo build` refreshes; RUNPATH would lose to it.
+        .arg("-Wl,--disable-new-dtags")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .arg("-lflowar")
         .arg("-o")

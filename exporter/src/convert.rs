@@ -1,4 +1,4 @@
-//! Checkpoints in, model folder out: three ONNX graphs and `manifest.json`, written to a
+//! Checkpoints in, model folder out: four ONNX graphs and `manifest.json`, written to a
 //! temporary folder and renamed into place only when everything succeeded.
 
 use std::cell::RefCell;
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::arch::{self, FlowArDims, VaeDims};
 use crate::error::{ExportError, Result};
-use crate::graphs::{ar_step, flow_head, vae_decoder, BuiltGraph};
+use crate::graphs::{ar_step, flow_head, solver_step, vae_decoder, BuiltGraph};
 use crate::weights::{check_unused, NonFinitePolicy, Vb, WeightSource};
 
 pub const EXPORTER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -386,6 +386,12 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         req.external_data_threshold,
     )?;
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
+    let step = write_graph(
+        &staging.path,
+        "solver_step.onnx",
+        solver_step::build(fd.latent_channels, EXPORTER_VERSION),
+        req.external_data_threshold,
+    )?;
 
     let mut sources = Vec::new();
     for (role, path, format) in &req.source_files {
@@ -414,7 +420,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     }
     if sources.is_empty() {
         // Presets: hash the graphs themselves.
-        for g in [&ar, &flow, &vae] {
+        for g in [&ar, &flow, &vae, &step] {
             h.update(g.sha256.as_bytes());
         }
     }
@@ -448,6 +454,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
             ar_step: ar,
             flow_head: flow,
             vae_decoder: vae,
+            solver_step: step,
         },
         dtype: precision.name().into(),
         verify: precision.verify_bounds(),

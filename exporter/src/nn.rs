@@ -1,4 +1,4 @@
-//! Building blocks shared by the three graphs. Each takes the [`Vb`] of its module, so
+//! Building blocks shared by the three weighted graphs. Each takes the [`Vb`] of its module, so
 //! the ONNX node names and initializer names are the module's checkpoint key path.
 
 use crate::error::Result;

@@ -308,11 +308,7 @@ impl Target {
                 let _ = m.class_id("0");
                 let _ = m.class_id("no-such-class");
                 let _ = m.class_id(&m.num_classes.to_string());
-                for g in [
-                    &m.graphs.ar_step,
-                    &m.graphs.flow_head,
-                    &m.graphs.vae_decoder,
-                ] {
+                for (_, g) in m.graphs.all() {
                     let _ = m.graph_path(self.dir.path(), g);
                 }
                 Ok(())

@@ -26,6 +26,7 @@ pub mod image;
 pub mod manifest;
 pub mod model;
 pub mod noise;
+pub mod ode;
 pub mod pipeline;
 pub mod provider;
 pub mod rope;

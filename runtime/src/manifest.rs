@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Manifest format this build reads and writes. A newer one is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Manifest format this build reads and writes. Any other one is refused with what to do.
+pub const FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Largest latent grid side a manifest may declare (2048-pixel images with kl16; the
@@ -168,6 +168,20 @@ pub struct Graphs {
     pub ar_step: GraphSpec,
     pub flow_head: GraphSpec,
     pub vae_decoder: GraphSpec,
+    /// CFG combination and the float64 state update (no weights; `format_version` 2).
+    pub solver_step: GraphSpec,
+}
+
+impl Graphs {
+    /// Every graph, in manifest order.
+    pub fn all(&self) -> [(&'static str, &GraphSpec); 4] {
+        [
+            ("ar_step", &self.ar_step),
+            ("flow_head", &self.flow_head),
+            ("vae_decoder", &self.vae_decoder),
+            ("solver_step", &self.solver_step),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -222,6 +236,14 @@ impl Manifest {
         match version {
             None => {
                 return Err(Error::Model { path: path.to_path_buf(), reason: "missing `format_version`".into() })
+            }
+            Some(v) if v < FORMAT_VERSION as u64 => {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "format_version {v} was written by an older flowar (this one reads {FORMAT_VERSION}: it adds the solver_step graph); re-run `flowar convert` on the checkpoint"
+                    ),
+                })
             }
             Some(v) if v > FORMAT_VERSION as u64 => {
                 return Err(Error::Model {

@@ -6,40 +6,66 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::{gpu, open_session_with, BackendOptions, Provider, Session, TrtSetup};
+use crate::backend::{
+    gpu, open_session_with, BackendOptions, Provider, Resident, Session, TrtSetup,
+};
 use crate::error::{Error, Result};
 use crate::manifest::{GraphSpec, Manifest};
 use crate::rope;
 use crate::tensor::Tensor;
 
-/// Per-layer key/value tensors `[rows, heads, past, hd]` carried from scale to scale.
+/// Per-layer key/value tensors `[rows, heads, past, hd]` carried from scale to scale, kept
+/// where the AR step computes them.
 pub struct KvCache {
     /// `(key, value)` per cache layer, in manifest order.
-    pub layers: Vec<(Tensor, Tensor)>,
+    pub layers: Vec<(Resident, Resident)>,
 }
 
 impl KvCache {
     /// An empty cache (`past = 0`) for `rows` rows.
     pub fn empty(m: &Manifest, rows: usize) -> KvCache {
         let a = &m.architecture.ar;
-        let e = || Tensor::f32(vec![rows, a.heads, 0, a.head_dim], vec![]);
+        let e = || Resident::Host(Tensor::f32(vec![rows, a.heads, 0, a.head_dim], vec![]));
         KvCache {
             layers: a.cache_layers.iter().map(|_| (e(), e())).collect(),
         }
     }
     pub fn tokens(&self) -> usize {
-        self.layers.first().map(|l| l.0.shape[2]).unwrap_or(0)
+        self.layers
+            .first()
+            .and_then(|l| l.0.shape().get(2).copied())
+            .unwrap_or(0)
+    }
+    /// A copy on the same device (for benchmarks that replay one scale).
+    pub fn try_clone(&self) -> Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| Ok((k.try_clone()?, v.try_clone()?)))
+            .collect::<Result<_>>()?;
+        Ok(KvCache { layers })
     }
 }
 
-/// Per-scale tables that do not change between solver steps.
+/// Per-scale tables that do not change between solver steps, uploaded once at load.
 pub struct ScaleTables {
     pub side: usize,
-    pub ar_cos: Tensor,
-    pub ar_sin: Tensor,
-    pub flow_cos: Tensor,
-    pub flow_sin: Tensor,
-    pub positions: Tensor,
+    pub ar_cos: Resident,
+    pub ar_sin: Resident,
+    pub flow_cos: Resident,
+    pub flow_sin: Resident,
+    pub positions: Resident,
+}
+
+/// What one [`Model::solver_step`] returns, all left on the device but `nonfinite`.
+pub struct SolverStep {
+    /// The float64 state after the update, `[batch, tokens, C]`.
+    pub x: Resident,
+    /// The state as the flow head's float32 `x`: `[batch, ..]` and `[2 batch, ..]`.
+    pub x_in: Resident,
+    pub x_in_pair: Resident,
+    /// How many velocity elements were NaN or infinite.
+    pub nonfinite: usize,
 }
 
 pub struct Model {
@@ -49,6 +75,7 @@ pub struct Model {
     ar: Box<dyn Session>,
     flow: Box<dyn Session>,
     vae: Box<dyn Session>,
+    step: Box<dyn Session>,
     tables: Vec<ScaleTables>,
     pub load_time: Duration,
 }
@@ -152,30 +179,34 @@ impl Model {
             opts,
             setup(&g.vae_decoder)?.as_ref(),
         )?;
+        // TensorRT has no float64: the solver step (a handful of elementwise nodes) runs on
+        // the CUDA provider, on the same device.
+        let step_provider = match provider {
+            Provider::TensorRt => Provider::Cuda,
+            p => p,
+        };
+        let step = open_graph(dir, &g.solver_step, step_provider, opts, None)?;
         let mut start_tok = 0usize;
-        let tables = manifest
-            .scales
-            .iter()
-            .map(|&side| {
-                let n = side * side;
-                let r = &manifest.rope;
-                let (ac, asn) = rope::tables(side, r.ar_head_dim, r.theta, r.grid_constant);
-                let (fc, fs) = rope::tables(side, r.flow_head_dim, r.theta, r.grid_constant);
-                let positions = Tensor::i64(
-                    vec![n],
-                    (start_tok as i64..(start_tok + n) as i64).collect(),
-                );
-                start_tok += n;
-                ScaleTables {
-                    side,
-                    ar_cos: Tensor::f32(vec![n, r.ar_head_dim], ac),
-                    ar_sin: Tensor::f32(vec![n, r.ar_head_dim], asn),
-                    flow_cos: Tensor::f32(vec![n, r.flow_head_dim], fc),
-                    flow_sin: Tensor::f32(vec![n, r.flow_head_dim], fs),
-                    positions,
-                }
-            })
-            .collect();
+        let mut tables = Vec::with_capacity(manifest.scales.len());
+        for &side in &manifest.scales {
+            let n = side * side;
+            let r = &manifest.rope;
+            let (ac, asn) = rope::tables(side, r.ar_head_dim, r.theta, r.grid_constant);
+            let (fc, fs) = rope::tables(side, r.flow_head_dim, r.theta, r.grid_constant);
+            let positions = Tensor::i64(
+                vec![n],
+                (start_tok as i64..(start_tok + n) as i64).collect(),
+            );
+            start_tok += n;
+            tables.push(ScaleTables {
+                side,
+                ar_cos: ar.upload(&Tensor::f32(vec![n, r.ar_head_dim], ac))?,
+                ar_sin: ar.upload(&Tensor::f32(vec![n, r.ar_head_dim], asn))?,
+                flow_cos: flow.upload(&Tensor::f32(vec![n, r.flow_head_dim], fc))?,
+                flow_sin: flow.upload(&Tensor::f32(vec![n, r.flow_head_dim], fs))?,
+                positions: ar.upload(&positions)?,
+            });
+        }
         Ok(Model {
             dir: dir.to_path_buf(),
             manifest,
@@ -183,6 +214,7 @@ impl Model {
             ar,
             flow,
             vae,
+            step,
             tables,
             load_time: start.elapsed(),
         })
@@ -192,19 +224,24 @@ impl Model {
         &self.tables[scale]
     }
 
+    /// Copies a host tensor to where the graphs compute (the GPU on CUDA and TensorRT).
+    pub fn upload(&self, t: &Tensor) -> Result<Resident> {
+        self.flow.upload(t)
+    }
+
     /// One AR step at `scale`: `labels [rows]`, `tokens [rows, N, C]` (ignored at scale 0).
     /// Returns `z [rows, N, D]` and extends `cache` by this scale's keys and values.
     pub fn ar_step(
         &mut self,
         scale: usize,
         labels: &[i64],
-        tokens: &Tensor,
+        tokens: &Resident,
         cache: &mut KvCache,
-    ) -> Result<Tensor> {
+    ) -> Result<Resident> {
         let m = &self.manifest;
         let t = &self.tables[scale];
-        let labels = Tensor::i64(vec![labels.len()], labels.to_vec());
-        let first = Tensor::bool_scalar(scale == 0);
+        let labels = Resident::Host(Tensor::i64(vec![labels.len()], labels.to_vec()));
+        let first = Resident::Host(Tensor::bool_scalar(scale == 0));
         let names: Vec<(String, String)> = m
             .architecture
             .ar
@@ -212,7 +249,7 @@ impl Model {
             .iter()
             .map(|l| (format!("past_key.{l}"), format!("past_value.{l}")))
             .collect();
-        let mut inputs: Vec<(&str, &Tensor)> = vec![
+        let mut inputs: Vec<(&str, &Resident)> = vec![
             ("labels", &labels),
             ("tokens", tokens),
             ("first_scale", &first),
@@ -224,10 +261,20 @@ impl Model {
             inputs.push((kn, k));
             inputs.push((vn, v));
         }
-        let mut out = self.ar.run(&inputs)?.into_iter();
+        let mut out = self.ar.run_resident(&inputs)?.into_iter();
         let z = out
             .next()
             .ok_or_else(|| self.missing_output("ar_step", "z"))?;
+        let shape = z.shape();
+        if shape.get(2) != Some(&m.architecture.ar.width) {
+            return Err(Error::Model {
+                path: self.dir.join(&m.graphs.ar_step.file),
+                reason: format!(
+                    "`z` came out with shape {shape:?} but the manifest gives the AR width as {} (manifest and graphs disagree; re-run `flowar convert`)",
+                    m.architecture.ar.width
+                ),
+            });
+        }
         for layer in cache.layers.iter_mut() {
             let k = out
                 .next()
@@ -241,7 +288,13 @@ impl Model {
     }
 
     /// One flow-head call: `x [rows, N, C]`, `t [rows]`, `z [rows, N, D]` -> `v [rows, N, C]`.
-    pub fn flow(&mut self, scale: usize, x: &Tensor, t: &Tensor, z: &Tensor) -> Result<Tensor> {
+    pub fn flow(
+        &mut self,
+        scale: usize,
+        x: &Resident,
+        t: &Resident,
+        z: &Resident,
+    ) -> Result<Resident> {
         let tb = &self.tables[scale];
         let inputs = [
             ("x", x),
@@ -251,10 +304,44 @@ impl Model {
             ("rope_sin", &tb.flow_sin),
         ];
         self.flow
-            .run(&inputs)?
+            .run_resident(&inputs)?
             .into_iter()
             .next()
             .ok_or_else(|| self.missing_output("flow_head", "v"))
+    }
+
+    /// One solver update: guidance on `v` with weight `w`, then `x + dt * g` (see the
+    /// exporter's `solver_step` graph). Only the non-finite count comes back to the host.
+    pub fn solver_step(
+        &mut self,
+        x: &Resident,
+        v: &Resident,
+        w: f32,
+        dt: f64,
+    ) -> Result<SolverStep> {
+        let w = Resident::Host(Tensor::f32_scalar(w));
+        let dt = Resident::Host(Tensor::f64_scalar(dt));
+        let inputs = [("x", x), ("v", v), ("w", &w), ("dt", &dt)];
+        let mut out = self.step.run_resident(&inputs)?.into_iter();
+        let mut next = |name: &str| {
+            out.next()
+                .ok_or_else(|| self.missing_output("solver_step", name))
+        };
+        let x = next("x_next")?;
+        let x_in = next("x_in")?;
+        let x_in_pair = next("x_in_pair")?;
+        let count = next("nonfinite")?.to_host()?;
+        let nonfinite = count
+            .as_f32()
+            .and_then(|c| c.first())
+            .map(|&c| c as usize)
+            .ok_or_else(|| self.missing_output("solver_step", "nonfinite (float32 scalar)"))?;
+        Ok(SolverStep {
+            x,
+            x_in,
+            x_in_pair,
+            nonfinite,
+        })
     }
 
     /// VAE decode of `latent [batch, C, G, G]` (not yet divided by the latent scale).

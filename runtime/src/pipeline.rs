@@ -4,14 +4,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::backend::BackendOptions;
+use crate::backend::{BackendOptions, Resident};
 use crate::error::{Error, Result};
 use crate::image::{to_rgb8, RgbImage};
 use crate::manifest::Manifest;
 use crate::model::{KvCache, Model};
 use crate::noise;
+use crate::ode::ScaleOde;
 use crate::provider::{resolve, ProviderChoice, Resolved};
-use crate::schedule::{cfg_at_scale, guided, time_grid};
+use crate::schedule::{cfg_at_scale, time_grid};
 use crate::tensor::Tensor;
 use crate::upsample::next_scale_tokens;
 
@@ -85,8 +86,12 @@ pub struct StageTimes {
     pub ar: Duration,
     /// AR time per scale, coarse to fine (sums to `ar`).
     pub ar_per_scale: Vec<Duration>,
+    /// Flow-head calls.
     pub flow: Duration,
     pub flow_calls: usize,
+    /// The solver-step graph: CFG combination, state update, the non-finite check.
+    pub solver: Duration,
+    /// Reading each scale's tokens back, upsampling them and sending them to the next scale.
     pub upsample: Duration,
     pub vae: Duration,
 }
@@ -103,6 +108,7 @@ impl StageTimes {
         }
         self.flow += o.flow;
         self.flow_calls += o.flow_calls;
+        self.solver += o.solver;
         self.upsample += o.upsample;
         self.vae += o.vae;
     }
@@ -123,14 +129,6 @@ pub struct Pipeline {
     resolved: Resolved,
     /// Largest batch the TensorRT profiles were built for (`None` on other providers).
     trt_max_batch: Option<usize>,
-}
-
-/// Rows `[x[0..b]; x[0..b]]` of a `[rows, n]` f64 state, as f32.
-fn duplicated_cond_rows(x: &[f64], b: usize, n: usize) -> Vec<f32> {
-    let cond: Vec<f32> = x[..b * n].iter().map(|&v| v as f32).collect();
-    let mut out = cond.clone();
-    out.extend_from_slice(&cond);
-    out
 }
 
 impl Pipeline {
@@ -264,7 +262,7 @@ impl Pipeline {
         let n_steps = times.len() - 1;
         let mut st = StageTimes::default();
         let mut cache = KvCache::empty(&m, rows);
-        let mut tokens_in = Tensor::f32(vec![rows, 1, c], vec![0.0; rows * c]);
+        let mut tokens_in = Resident::Host(Tensor::f32(vec![rows, 1, c], vec![0.0; rows * c]));
         let mut cond = Vec::new();
 
         for (i, &side) in m.scales.iter().enumerate() {
@@ -274,83 +272,12 @@ impl Pipeline {
             let ar_time = t0.elapsed();
             st.ar += ar_time;
             st.ar_per_scale.push(ar_time);
-            let z_cond = Tensor::f32(
-                vec![b, n, m.architecture.ar.width],
-                z.as_f32().expect("f32 z")[..b * n * m.architecture.ar.width].to_vec(),
-            );
             let w = cfg_at_scale(req.cfg, i, n_scales);
-            let mut x: Vec<f64> = noise[i].iter().map(|&v| v as f64).collect();
-            let row_len = n * c;
-
-            // Velocity at (state, t): guided rows see the conditional half twice.
-            let velocity = |model: &mut Model,
-                            x: &[f64],
-                            t: f64,
-                            st: &mut StageTimes,
-                            step: usize|
-             -> Result<Vec<f32>> {
-                let g = cfg_on && guided(w, t, req.guidance);
-                let t1 = Instant::now();
-                let v = if g {
-                    let xin = Tensor::f32(vec![rows, n, c], duplicated_cond_rows(x, b, row_len));
-                    let tin = Tensor::f32(vec![rows], vec![t as f32; rows]);
-                    let v = model.flow(i, &xin, &tin, &z)?.into_f32().expect("f32 v");
-                    let wf = w as f32;
-                    let mut out = vec![0f32; rows * row_len];
-                    for j in 0..b * row_len {
-                        let (vc, vu) = (v[j], v[b * row_len + j]);
-                        let g = vu + wf * (vc - vu);
-                        out[j] = g;
-                        out[b * row_len + j] = g;
-                    }
-                    out
-                } else {
-                    // Unguided: rows evolve apart, and only the conditional rows are ever
-                    // read again, so only they are computed (null rows keep zero velocity).
-                    let xin = Tensor::f32(
-                        vec![b, n, c],
-                        x[..b * row_len].iter().map(|&v| v as f32).collect(),
-                    );
-                    let tin = Tensor::f32(vec![b], vec![t as f32; b]);
-                    let zin = if cfg_on { &z_cond } else { &z };
-                    let mut v = model.flow(i, &xin, &tin, zin)?.into_f32().expect("f32 v");
-                    v.resize(rows * row_len, 0.0);
-                    v
-                };
-                st.flow += t1.elapsed();
-                st.flow_calls += 1;
-                if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(Error::NonFinite {
-                        scale: i,
-                        step,
-                        what: format!("velocity element {bad}"),
-                    });
-                }
-                Ok(v)
-            };
-
+            let mut ode = ScaleOde::new(i, b, cfg_on, w, req.guidance, &z);
+            let mut state = ode.initial_state(&self.model, &noise[i], n, c)?;
             for step in 0..n_steps {
-                let (t, tn) = (times[step], times[step + 1]);
-                let dt = tn - t;
-                let v = velocity(&mut self.model, &x, t, &mut st, step)?;
-                match req.solver {
-                    Solver::Euler => {
-                        for (xi, vi) in x.iter_mut().zip(&v) {
-                            *xi += dt * *vi as f64;
-                        }
-                    }
-                    Solver::Heun => {
-                        let pred: Vec<f64> = x
-                            .iter()
-                            .zip(&v)
-                            .map(|(xi, vi)| xi + dt * *vi as f64)
-                            .collect();
-                        let v2 = velocity(&mut self.model, &pred, tn, &mut st, step)?;
-                        for ((xi, a), b2) in x.iter_mut().zip(&v).zip(&v2) {
-                            *xi += dt * 0.5 * (*a as f64 + *b2 as f64);
-                        }
-                    }
-                }
+                let span = (times[step], times[step + 1]);
+                state = ode.step(&mut self.model, state, req.solver, span, step, &mut st)?;
                 if !progress(&Progress {
                     scale: i,
                     scales: n_scales,
@@ -360,21 +287,25 @@ impl Pipeline {
                     return Err(Error::Cancelled);
                 }
             }
-            cond = x[..b * row_len]
-                .iter()
-                .map(|&v| v as f32)
-                .collect::<Vec<f32>>();
+            // The one read back per scale: the tokens, for upsampling and the VAE.
+            let t2 = Instant::now();
+            let x = state.x.to_host()?.into_f64().ok_or_else(|| Error::Model {
+                path: self.model.dir.clone(),
+                reason: "the solver step's `x_next` is not float64".into(),
+            })?;
+            cond = x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
             if i + 1 < n_scales {
-                let t2 = Instant::now();
                 let next = m.scales[i + 1];
                 let up = next_scale_tokens(&cond, b, c, side, grid, next);
                 let mut data = up.clone();
                 if cfg_on {
                     data.extend_from_slice(&up);
                 }
-                tokens_in = Tensor::f32(vec![rows, next * next, c], data);
-                st.upsample += t2.elapsed();
+                tokens_in = self
+                    .model
+                    .upload(&Tensor::f32(vec![rows, next * next, c], data))?;
             }
+            st.upsample += t2.elapsed();
         }
 
         // [b, N, C] tokens -> [b, C, G, G] latents.

@@ -4,6 +4,8 @@
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     F32(Vec<f32>),
+    /// The solver state only (kept in float64, as the reference does).
+    F64(Vec<f64>),
     I64(Vec<i64>),
     Bool(Vec<bool>),
 }
@@ -22,6 +24,19 @@ impl Tensor {
             shape,
             data: TensorData::F32(data),
         }
+    }
+    pub fn f64(shape: Vec<usize>, data: Vec<f64>) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor {
+            shape,
+            data: TensorData::F64(data),
+        }
+    }
+    pub fn f32_scalar(v: f32) -> Tensor {
+        Tensor::f32(vec![], vec![v])
+    }
+    pub fn f64_scalar(v: f64) -> Tensor {
+        Tensor::f64(vec![], vec![v])
     }
     pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
@@ -55,9 +70,25 @@ impl Tensor {
             _ => None,
         }
     }
+    pub fn into_f64(self) -> Option<Vec<f64>> {
+        match self.data {
+            TensorData::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// Number of stored values (may disagree with the shape in a malformed tensor).
+    pub fn stored_len(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+            TensorData::Bool(v) => v.len(),
+        }
+    }
     pub fn dtype_name(&self) -> &'static str {
         match self.data {
             TensorData::F32(_) => "float32",
+            TensorData::F64(_) => "float64",
             TensorData::I64(_) => "int64",
             TensorData::Bool(_) => "bool",
         }

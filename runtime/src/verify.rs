@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::backend::Resident;
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Model};
 use crate::pipeline::{Pipeline, Request, Solver};
@@ -227,7 +228,14 @@ pub fn run(
             &cond,
             &[rows, n, m.architecture.ar.width],
         )?;
-        let v = model.flow(i, &x, &t, &cond)?;
+        let v = model
+            .flow(
+                i,
+                &Resident::Host(x),
+                &Resident::Host(t),
+                &Resident::Host(cond),
+            )?
+            .to_host()?;
         results.push(compare(
             &format!("{key}.v"),
             v.as_f32().expect("f32"),
@@ -284,7 +292,9 @@ pub fn run(
                 // Feed the reference's own upsampled tokens so each case isolates one graph.
                 want
             };
-            let z = model.ar_step(i, &all, &tokens, &mut cache)?;
+            let z = model
+                .ar_step(i, &all, &Resident::Host(tokens), &mut cache)?
+                .to_host()?;
             results.push(compare(
                 &format!("ar.s{i}.z"),
                 z.as_f32().expect("f32"),

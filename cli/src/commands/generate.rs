@@ -77,9 +77,18 @@ fn model_dir(a: &Args) -> CliResult<PathBuf> {
     let demo = demo_model().ok_or_else(|| {
         CliError::Usage("no --model given and the bundled demo (models/shapes10) was not found; run from the repository".into())
     })?;
-    if !demo.converted.join("manifest.json").is_file() {
+    // The conversion is this tool's own cache: redo it on first use, and when a cached
+    // conversion no longer loads (an older flowar wrote it), saying why.
+    let reason = if !demo.converted.join("manifest.json").is_file() {
+        Some("first use".to_string())
+    } else {
+        flowar_runtime::manifest::Manifest::load(&demo.converted)
+            .err()
+            .map(|e| format!("the cached conversion is unusable: {e}"))
+    };
+    if let Some(reason) = reason {
         eprintln!(
-            "converting the bundled demo model {} (first use, cached in {}) ...",
+            "converting the bundled demo model {} ({reason}; cached in {}) ...",
             demo.dir.display(),
             demo.converted.display()
         );
@@ -302,13 +311,14 @@ pub fn run(a: Args) -> CliResult {
     let total = started.elapsed();
     let n = indices.len();
     eprintln!(
-        "generated {n} image(s) in {:.2}s ({:.3}s/image) on {}: AR {:.2}s, flow head {:.2}s ({} calls), upsample {:.3}s, VAE {:.2}s",
+        "generated {n} image(s) in {:.2}s ({:.3}s/image) on {}: AR {:.2}s, flow head {:.2}s ({} calls), solver steps {:.3}s, upsample {:.3}s, VAE {:.2}s",
         secs(total),
         secs(total) / n.max(1) as f64,
         pipe.provider().provider.name(),
         secs(times.ar),
         secs(times.flow),
         times.flow_calls,
+        secs(times.solver),
         secs(times.upsample),
         secs(times.vae)
     );
@@ -361,6 +371,7 @@ pub fn run(a: Args) -> CliResult {
                 "ar": secs(times.ar),
                 "flow_head": secs(times.flow),
                 "flow_head_calls": times.flow_calls,
+                "solver_step": secs(times.solver),
                 "upsample": secs(times.upsample),
                 "vae": secs(times.vae),
             },

@@ -2,6 +2,7 @@
 //! are recorded in the manifest.
 pub mod ar_step;
 pub mod flow_head;
+pub mod solver_step;
 pub mod vae_decoder;
 
 use crate::onnx::builder::{Dim, Elem};
@@ -13,6 +14,8 @@ pub const TOKENS: &str = "tokens";
 pub const PAST: &str = "past_tokens";
 pub const TOTAL: &str = "total_tokens";
 pub const BATCH: &str = "batch";
+/// Rows of a velocity: `batch` (unguided) or `2 * batch` (conditional then null rows).
+pub const VELOCITY_ROWS: &str = "velocity_rows";
 
 /// A graph input or output: its name, element type and dims, for both the ONNX
 /// declaration and the manifest.
@@ -36,6 +39,7 @@ impl Io {
             dtype: match self.elem {
                 Elem::F32 => "float32",
                 Elem::F16 => "float16",
+                Elem::F64 => "float64",
                 Elem::I64 => "int64",
                 Elem::Bool => "bool",
             }

@@ -14,6 +14,8 @@ pub type Val = String;
 pub enum Elem {
     F32,
     F16,
+    /// Only the solver state (the reference keeps it in float64).
+    F64,
     I64,
     Bool,
 }
@@ -23,6 +25,7 @@ impl Elem {
         match self {
             Elem::F32 => data_type::FLOAT,
             Elem::F16 => data_type::FLOAT16,
+            Elem::F64 => data_type::DOUBLE,
             Elem::I64 => data_type::INT64,
             Elem::Bool => data_type::BOOL,
         }
@@ -243,6 +246,10 @@ impl Graph {
             Elem::F16 => data
                 .iter()
                 .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            Elem::F64 => data
+                .iter()
+                .flat_map(|x| (*x as f64).to_le_bytes())
                 .collect(),
             _ => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         };

@@ -84,8 +84,56 @@ pub struct TrtSetup {
 
 /// One loaded graph, ready to run repeatedly with inputs of any symbolic size.
 pub trait Session: Send {
-    /// Runs the graph. `inputs` are matched by name; outputs come back in the graph's order.
+    /// Runs the graph on host tensors. `inputs` are matched by name; outputs come back in
+    /// the graph's order.
     fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>>;
+
+    /// Copies `t` to where this session computes, once, for inputs reused across runs.
+    fn upload(&self, t: &Tensor) -> Result<Resident>;
+
+    /// Runs the graph with outputs left where it computed them (device memory on CUDA and
+    /// TensorRT), so that one graph's output feeds the next without a host round trip.
+    fn run_resident(&mut self, inputs: &[(&str, &Resident)]) -> Result<Vec<Resident>>;
+}
+
+/// A tensor kept where its session computes: GPU memory on CUDA and TensorRT, onnxruntime's
+/// own host buffers on its CPU provider, a plain host tensor on tract. The sampler passes
+/// latents, the KV cache and conditions between graphs as these.
+#[derive(Debug)]
+pub enum Resident {
+    Host(Tensor),
+    Ort(ort::value::DynValue),
+}
+
+impl From<Tensor> for Resident {
+    fn from(t: Tensor) -> Resident {
+        Resident::Host(t)
+    }
+}
+
+impl Resident {
+    /// Copies the tensor to the host (a device-to-host transfer for GPU values).
+    pub fn to_host(&self) -> Result<Tensor> {
+        match self {
+            Resident::Host(t) => Ok(t.clone()),
+            Resident::Ort(v) => ort_backend::value_to_host(v),
+        }
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Resident::Host(t) => t.shape.clone(),
+            Resident::Ort(v) => ort_backend::value_shape(v),
+        }
+    }
+
+    /// A copy on the same device.
+    pub fn try_clone(&self) -> Result<Resident> {
+        match self {
+            Resident::Host(t) => Ok(Resident::Host(t.clone())),
+            Resident::Ort(v) => ort_backend::value_clone(v).map(Resident::Ort),
+        }
+    }
 }
 
 /// Opens a session for `graph` on `provider`. Errors name the file and what is missing.

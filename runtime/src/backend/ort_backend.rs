@@ -20,12 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::ep::ExecutionProvider;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session as OrtRawSession, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use super::gpu::ConvSearch;
-use super::{BackendOptions, Provider, Session, TrtSetup};
+use super::{BackendOptions, Provider, Resident, Session, TrtSetup};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorData};
 
@@ -376,6 +377,11 @@ pub struct OrtSession {
     graph: String,
     input_names: Vec<String>,
     output_names: Vec<String>,
+    /// Which outputs are scalars: [`Session::run_resident`] returns those in host memory,
+    /// copied within the run, since they are what the host reads (the non-finite count).
+    scalar_outputs: Vec<bool>,
+    /// The CUDA device resident values live on (`None`: host memory).
+    device: Option<i32>,
 }
 
 impl std::fmt::Debug for OrtSession {
@@ -478,11 +484,18 @@ impl OrtSession {
             .iter()
             .map(|o| o.name().to_string())
             .collect();
+        let scalar_outputs = session
+            .outputs()
+            .iter()
+            .map(|o| matches!(o.dtype(), ValueType::Tensor { shape, .. } if shape.is_empty()))
+            .collect();
         Ok(OrtSession {
             session,
             graph: name,
             input_names,
             output_names,
+            scalar_outputs,
+            device: (provider != Provider::OrtCpu).then_some(options.device_id),
         })
     }
 
@@ -505,50 +518,169 @@ impl OrtSession {
     }
 }
 
-/// Checks `inputs` against the graph's declared input names: no unknown, duplicate or missing name.
+/// Checks input names against the graph's declared ones: no unknown, duplicate or missing name.
 pub(crate) fn check_input_names(
     declared: &[String],
-    inputs: &[(&str, &Tensor)],
+    names: &[&str],
 ) -> std::result::Result<(), String> {
-    for (i, (name, _)) in inputs.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         if !declared.iter().any(|d| d == name) {
             return Err(format!(
                 "unknown input `{name}`; the graph's inputs are [{}]",
                 declared.join(", ")
             ));
         }
-        if inputs[..i].iter().any(|(n, _)| n == name) {
+        if names[..i].contains(name) {
             return Err(format!("input `{name}` was given twice"));
         }
     }
     let missing: Vec<&str> = declared
         .iter()
-        .filter(|d| !inputs.iter().any(|(n, _)| n == d))
+        .filter(|d| !names.contains(&d.as_str()))
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
         return Err(format!("missing input(s) [{}]", missing.join(", ")));
     }
+    Ok(())
+}
+
+/// [`check_input_names`], plus that every host tensor holds as many values as its shape says.
+pub(crate) fn check_host_inputs(
+    declared: &[String],
+    inputs: &[(&str, &Tensor)],
+) -> std::result::Result<(), String> {
+    let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+    check_input_names(declared, &names)?;
     for (name, t) in inputs {
-        let len = match &t.data {
-            TensorData::F32(v) => v.len(),
-            TensorData::I64(v) => v.len(),
-            TensorData::Bool(v) => v.len(),
-        };
-        if len != t.len() {
+        if t.stored_len() != t.len() {
             return Err(format!(
-                "input `{name}` has shape {:?} ({} elements) but {len} values",
+                "input `{name}` has shape {:?} ({} elements) but {} values",
                 t.shape,
-                t.len()
+                t.len(),
+                t.stored_len()
             ));
         }
     }
     Ok(())
 }
 
+/// A host tensor as an owned onnxruntime value in host memory.
+fn host_to_value(t: &Tensor) -> ort::Result<ort::value::DynValue> {
+    use ort::value::Tensor as OrtTensor;
+    let shape = t.shape.clone();
+    Ok(match &t.data {
+        TensorData::F32(v) => OrtTensor::from_array((shape, v.clone()))?.into_dyn(),
+        TensorData::F64(v) => OrtTensor::from_array((shape, v.clone()))?.into_dyn(),
+        TensorData::I64(v) => OrtTensor::from_array((shape, v.clone()))?.into_dyn(),
+        TensorData::Bool(v) => OrtTensor::from_array((shape, v.clone()))?.into_dyn(),
+    })
+}
+
+/// Reads an onnxruntime value into a host tensor, copying it off the device first if needed.
+pub(crate) fn value_to_host(value: &ort::value::DynValue) -> Result<Tensor> {
+    let err = |reason: String| Error::Backend {
+        backend: BACKEND.into(),
+        graph: "(resident value)".into(),
+        reason,
+    };
+    let tensor = value
+        .view()
+        .downcast::<ort::value::DynTensorValueType>()
+        .map_err(|e| err(format!("not a tensor: {e}")))?;
+    if tensor.memory_info().is_cpu_accessible() {
+        return extract_host(value).map_err(err);
+    }
+    let host = tensor
+        .to(AllocationDevice::CPU, 0)
+        .map_err(|e| err(format!("copying from the device failed: {e}")))?;
+    extract_host(&host.into_dyn()).map_err(err)
+}
+
+pub(crate) fn value_shape(value: &ort::value::DynValue) -> Vec<usize> {
+    match value.dtype() {
+        ValueType::Tensor { shape, .. } => dims(shape),
+        _ => vec![],
+    }
+}
+
+pub(crate) fn value_clone(value: &ort::value::DynValue) -> Result<ort::value::DynValue> {
+    let tensor = value
+        .view()
+        .downcast::<ort::value::DynTensorValueType>()
+        .map_err(|e| Error::Backend {
+            backend: BACKEND.into(),
+            graph: "(resident value)".into(),
+            reason: format!("not a tensor: {e}"),
+        })?;
+    Ok((*tensor).clone().into_dyn())
+}
+
+/// Copies a host-accessible value's elements into a [`Tensor`].
+fn extract_host(value: &ort::value::DynValue) -> std::result::Result<Tensor, String> {
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(format!("not a tensor ({})", value.dtype()));
+    };
+    let e = |e: ort::Error| e.to_string();
+    Ok(match ty {
+        TensorElementType::Float32 => {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(e)?;
+            Tensor {
+                shape: dims(shape),
+                data: TensorData::F32(data.to_vec()),
+            }
+        }
+        TensorElementType::Float64 => {
+            let (shape, data) = value.try_extract_tensor::<f64>().map_err(e)?;
+            Tensor {
+                shape: dims(shape),
+                data: TensorData::F64(data.to_vec()),
+            }
+        }
+        TensorElementType::Int64 => {
+            let (shape, data) = value.try_extract_tensor::<i64>().map_err(e)?;
+            Tensor {
+                shape: dims(shape),
+                data: TensorData::I64(data.to_vec()),
+            }
+        }
+        TensorElementType::Bool => {
+            let (shape, data) = value.try_extract_tensor::<bool>().map_err(e)?;
+            Tensor {
+                shape: dims(shape),
+                data: TensorData::Bool(data.to_vec()),
+            }
+        }
+        other => {
+            return Err(format!(
+                "element type {other}; only float32, float64, int64 and bool are supported"
+            ))
+        }
+    })
+}
+
+/// Where outputs of [`Session::run_resident`] are left: the GPU `device` for CUDA and
+/// TensorRT, else host memory.
+fn resident_memory(device: Option<i32>) -> ort::Result<MemoryInfo<'static>> {
+    match device {
+        Some(id) => MemoryInfo::new(
+            AllocationDevice::CUDA,
+            id,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+        None => MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        ),
+    }
+}
+
 impl Session for OrtSession {
     fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>> {
-        check_input_names(&self.input_names, inputs).map_err(|r| self.err(r))?;
+        check_host_inputs(&self.input_names, inputs).map_err(|r| self.err(r))?;
 
         // Borrowed views: no copy of the input data.
         let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
@@ -557,6 +689,9 @@ impl Session for OrtSession {
             let shape = t.shape.as_slice();
             let value: ort::Result<SessionInputValue<'_>> = match &t.data {
                 TensorData::F32(v) => {
+                    TensorRef::from_array_view((shape, v.as_slice())).map(Into::into)
+                }
+                TensorData::F64(v) => {
                     TensorRef::from_array_view((shape, v.as_slice())).map(Into::into)
                 }
                 TensorData::I64(v) => {
@@ -583,37 +718,95 @@ impl Session for OrtSession {
             reason,
         };
         let outputs = self.session.run(values).map_err(|e| err(e.to_string()))?;
-        let mut result = Vec::with_capacity(outputs.len());
-        for (name, value) in outputs.iter() {
-            let ValueType::Tensor { ty, .. } = value.dtype() else {
-                return Err(err(format!(
-                    "output `{name}` is not a tensor ({})",
-                    value.dtype()
-                )));
-            };
-            let extract_err = |e: ort::Error| err(format!("could not read output `{name}`: {e}"));
-            let tensor = match ty {
-                TensorElementType::Float32 => {
-                    let (shape, data) = value.try_extract_tensor::<f32>().map_err(extract_err)?;
-                    Tensor { shape: dims(shape), data: TensorData::F32(data.to_vec()) }
-                }
-                TensorElementType::Int64 => {
-                    let (shape, data) = value.try_extract_tensor::<i64>().map_err(extract_err)?;
-                    Tensor { shape: dims(shape), data: TensorData::I64(data.to_vec()) }
-                }
-                TensorElementType::Bool => {
-                    let (shape, data) = value.try_extract_tensor::<bool>().map_err(extract_err)?;
-                    Tensor { shape: dims(shape), data: TensorData::Bool(data.to_vec()) }
-                }
-                other => {
-                    return Err(err(format!(
-                        "output `{name}` has element type {other}; only float32, int64 and bool outputs are supported"
-                    )))
-                }
-            };
-            result.push(tensor);
+        outputs
+            .iter()
+            .map(|(name, value)| {
+                extract_host(&value).map_err(|e| err(format!("output `{name}`: {e}")))
+            })
+            .collect()
+    }
+
+    fn upload(&self, t: &Tensor) -> Result<Resident> {
+        let what = |e: ort::Error| {
+            self.err(format!(
+                "uploading a {} {:?} tensor failed: {e}",
+                t.dtype_name(),
+                t.shape
+            ))
+        };
+        let value = host_to_value(t).map_err(what)?;
+        match self.device {
+            // Empty tensors (the first scale's KV cache) have nothing to copy.
+            Some(id) if !t.is_empty() => {
+                let tensor = value
+                    .downcast::<ort::value::DynTensorValueType>()
+                    .map_err(what)?;
+                Ok(Resident::Ort(
+                    tensor
+                        .to(AllocationDevice::CUDA, id)
+                        .map_err(what)?
+                        .into_dyn(),
+                ))
+            }
+            _ => Ok(Resident::Ort(value)),
         }
-        Ok(result)
+    }
+
+    fn run_resident(&mut self, inputs: &[(&str, &Resident)]) -> Result<Vec<Resident>> {
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
+        check_input_names(&self.input_names, &names).map_err(|r| self.err(r))?;
+        let graph = self.graph.clone();
+        let err = |reason: String| Error::Backend {
+            backend: BACKEND.into(),
+            graph: graph.clone(),
+            reason,
+        };
+        // A fresh binding per run: onnxruntime reuses a binding's output buffers on the next
+        // run, which would overwrite values the sampler still holds.
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(|e| err(format!("creating an I/O binding failed: {e}")))?;
+        for (name, input) in inputs {
+            let bound = match input {
+                Resident::Ort(v) => binding.bind_input(*name, v),
+                Resident::Host(t) => {
+                    if t.stored_len() != t.len() {
+                        return Err(err(format!(
+                            "input `{name}` has shape {:?} but {} values",
+                            t.shape,
+                            t.stored_len()
+                        )));
+                    }
+                    host_to_value(t).and_then(|v| binding.bind_input(*name, &v))
+                }
+            };
+            bound.map_err(|e| err(format!("binding input `{name}` failed: {e}")))?;
+        }
+        let memory = |device| {
+            resident_memory(device)
+                .map_err(|e| err(format!("describing the output memory failed: {e}")))
+        };
+        let (on_device, on_host) = (memory(self.device)?, memory(None)?);
+        for (name, &scalar) in self.output_names.iter().zip(&self.scalar_outputs) {
+            let target = if scalar { &on_host } else { &on_device };
+            binding
+                .bind_output_to_device(name.as_str(), target)
+                .map_err(|e| err(format!("binding output `{name}` failed: {e}")))?;
+        }
+        let mut outputs = self
+            .session
+            .run_binding(&binding)
+            .map_err(|e| err(e.to_string()))?;
+        self.output_names
+            .iter()
+            .map(|name| {
+                outputs
+                    .remove(name.as_str())
+                    .map(Resident::Ort)
+                    .ok_or_else(|| err(format!("output `{name}` was not produced")))
+            })
+            .collect()
     }
 }
 

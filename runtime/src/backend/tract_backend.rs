@@ -17,7 +17,7 @@ use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{BackendOptions, Session};
+use super::{BackendOptions, Resident, Session};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor as HostTensor, TensorData};
 
@@ -185,6 +185,7 @@ fn executor(threads: usize) -> Executor {
 fn to_tract(t: &HostTensor) -> TractResult<TValue> {
     let tensor = match &t.data {
         TensorData::F32(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
+        TensorData::F64(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
         TensorData::I64(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
         TensorData::Bool(v) => tract_onnx::prelude::Tensor::from_shape(&t.shape, v)?,
     };
@@ -197,6 +198,11 @@ fn from_tract(t: &tract_onnx::prelude::Tensor) -> std::result::Result<HostTensor
     let data = match t.datum_type() {
         DatumType::F32 => TensorData::F32(
             view.as_slice::<f32>()
+                .map_err(|e| format!("{e:?}"))?
+                .to_vec(),
+        ),
+        DatumType::F64 => TensorData::F64(
+            view.as_slice::<f64>()
                 .map_err(|e| format!("{e:?}"))?
                 .to_vec(),
         ),
@@ -221,7 +227,7 @@ fn from_tract(t: &tract_onnx::prelude::Tensor) -> std::result::Result<HostTensor
         }
         other => {
             return Err(format!(
-                "element type {other:?} is not supported (only float32, int64 and bool)"
+                "element type {other:?} is not supported (only float32, float64, int64 and bool)"
             ))
         }
     };
@@ -231,6 +237,7 @@ fn from_tract(t: &tract_onnx::prelude::Tensor) -> std::result::Result<HostTensor
 fn datum_of(t: &HostTensor) -> DatumType {
     match t.data {
         TensorData::F32(_) => DatumType::F32,
+        TensorData::F64(_) => DatumType::F64,
         TensorData::I64(_) => DatumType::I64,
         TensorData::Bool(_) => DatumType::Bool,
     }
@@ -238,7 +245,7 @@ fn datum_of(t: &HostTensor) -> DatumType {
 
 impl Session for TractSession {
     fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<HostTensor>> {
-        super::ort_backend::check_input_names(&self.input_names, inputs)
+        super::ort_backend::check_host_inputs(&self.input_names, inputs)
             .map_err(|r| self.err(r))?;
         // tract takes its inputs by position: order them as the graph declares them.
         let mut ordered: TVec<TValue> = TVec::with_capacity(self.input_names.len());
@@ -274,6 +281,26 @@ impl Session for TractSession {
                 })
             })
             .collect()
+    }
+
+    /// tract computes in host memory: nothing to copy.
+    fn upload(&self, t: &HostTensor) -> Result<Resident> {
+        Ok(Resident::Host(t.clone()))
+    }
+
+    fn run_resident(&mut self, inputs: &[(&str, &Resident)]) -> Result<Vec<Resident>> {
+        let mut host = Vec::with_capacity(inputs.len());
+        for (name, r) in inputs {
+            match r {
+                Resident::Host(t) => host.push((*name, t)),
+                Resident::Ort(_) => {
+                    return Err(self.err(format!(
+                        "input `{name}` is an onnxruntime value; tract takes host tensors"
+                    )))
+                }
+            }
+        }
+        Ok(self.run(&host)?.into_iter().map(Resident::Host).collect())
     }
 }
 
