@@ -577,24 +577,32 @@ fn host_to_value(t: &Tensor) -> ort::Result<ort::value::DynValue> {
     })
 }
 
-/// Reads an onnxruntime value into a host tensor, copying it off the device first if needed.
-pub(crate) fn value_to_host(value: &ort::value::DynValue) -> Result<Tensor> {
-    let err = |reason: String| Error::Backend {
+fn resident_err(reason: String) -> Error {
+    Error::Backend {
         backend: BACKEND.into(),
         graph: "(resident value)".into(),
         reason,
-    };
-    let tensor = value
+    }
+}
+
+/// The value as a tensor view (every value the graphs produce is one).
+fn as_tensor(value: &ort::value::DynValue) -> Result<ort::value::DynTensorRef<'_>> {
+    value
         .view()
         .downcast::<ort::value::DynTensorValueType>()
-        .map_err(|e| err(format!("not a tensor: {e}")))?;
+        .map_err(|e| resident_err(format!("not a tensor: {e}")))
+}
+
+/// Reads an onnxruntime value into a host tensor, copying it off the device first if needed.
+pub(crate) fn value_to_host(value: &ort::value::DynValue) -> Result<Tensor> {
+    let tensor = as_tensor(value)?;
     if tensor.memory_info().is_cpu_accessible() {
-        return extract_host(value).map_err(err);
+        return extract_host(value).map_err(resident_err);
     }
     let host = tensor
         .to(AllocationDevice::CPU, 0)
-        .map_err(|e| err(format!("copying from the device failed: {e}")))?;
-    extract_host(&host.into_dyn()).map_err(err)
+        .map_err(|e| resident_err(format!("copying from the device failed: {e}")))?;
+    extract_host(&host.into_dyn()).map_err(resident_err)
 }
 
 pub(crate) fn value_shape(value: &ort::value::DynValue) -> Vec<usize> {
@@ -605,58 +613,33 @@ pub(crate) fn value_shape(value: &ort::value::DynValue) -> Vec<usize> {
 }
 
 pub(crate) fn value_clone(value: &ort::value::DynValue) -> Result<ort::value::DynValue> {
-    let tensor = value
-        .view()
-        .downcast::<ort::value::DynTensorValueType>()
-        .map_err(|e| Error::Backend {
-            backend: BACKEND.into(),
-            graph: "(resident value)".into(),
-            reason: format!("not a tensor: {e}"),
-        })?;
-    Ok((*tensor).clone().into_dyn())
+    Ok((*as_tensor(value)?).clone().into_dyn())
 }
 
 /// Copies a host-accessible value's elements into a [`Tensor`].
 fn extract_host(value: &ort::value::DynValue) -> std::result::Result<Tensor, String> {
+    fn copy<T: ort::value::PrimitiveTensorElementType + Clone>(
+        value: &ort::value::DynValue,
+        wrap: fn(Vec<T>) -> TensorData,
+    ) -> std::result::Result<Tensor, String> {
+        let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+        Ok(Tensor {
+            shape: dims(shape),
+            data: wrap(data.to_vec()),
+        })
+    }
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Err(format!("not a tensor ({})", value.dtype()));
     };
-    let e = |e: ort::Error| e.to_string();
-    Ok(match ty {
-        TensorElementType::Float32 => {
-            let (shape, data) = value.try_extract_tensor::<f32>().map_err(e)?;
-            Tensor {
-                shape: dims(shape),
-                data: TensorData::F32(data.to_vec()),
-            }
-        }
-        TensorElementType::Float64 => {
-            let (shape, data) = value.try_extract_tensor::<f64>().map_err(e)?;
-            Tensor {
-                shape: dims(shape),
-                data: TensorData::F64(data.to_vec()),
-            }
-        }
-        TensorElementType::Int64 => {
-            let (shape, data) = value.try_extract_tensor::<i64>().map_err(e)?;
-            Tensor {
-                shape: dims(shape),
-                data: TensorData::I64(data.to_vec()),
-            }
-        }
-        TensorElementType::Bool => {
-            let (shape, data) = value.try_extract_tensor::<bool>().map_err(e)?;
-            Tensor {
-                shape: dims(shape),
-                data: TensorData::Bool(data.to_vec()),
-            }
-        }
-        other => {
-            return Err(format!(
-                "element type {other}; only float32, float64, int64 and bool are supported"
-            ))
-        }
-    })
+    match ty {
+        TensorElementType::Float32 => copy(value, TensorData::F32),
+        TensorElementType::Float64 => copy(value, TensorData::F64),
+        TensorElementType::Int64 => copy(value, TensorData::I64),
+        TensorElementType::Bool => copy(value, TensorData::Bool),
+        other => Err(format!(
+            "element type {other}; only float32, float64, int64 and bool are supported"
+        )),
+    }
 }
 
 /// Where outputs of [`Session::run_resident`] are left: the GPU `device` for CUDA and
