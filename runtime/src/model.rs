@@ -164,21 +164,12 @@ impl Model {
                 })
                 .transpose()
         };
-        let ar = open_graph(dir, &g.ar_step, provider, opts, setup(&g.ar_step)?.as_ref())?;
-        let flow = open_graph(
-            dir,
-            &g.flow_head,
-            provider,
-            opts,
-            setup(&g.flow_head)?.as_ref(),
-        )?;
-        let vae = open_graph(
-            dir,
-            &g.vae_decoder,
-            provider,
-            opts,
-            setup(&g.vae_decoder)?.as_ref(),
-        )?;
+        let open = |spec: &GraphSpec| open_graph(dir, spec, provider, opts, setup(spec)?.as_ref());
+        let (ar, flow, vae) = (
+            open(&g.ar_step)?,
+            open(&g.flow_head)?,
+            open(&g.vae_decoder)?,
+        );
         // TensorRT has no float64: the solver step (a handful of elementwise nodes) runs on
         // the CUDA provider, on the same device.
         let step_provider = match provider {

@@ -85,22 +85,15 @@ impl<'a> ScaleOde<'a> {
         st: &mut StageTimes,
     ) -> Result<Resident> {
         let start = Instant::now();
-        let v = match &state.x_in_pair {
-            Some(pair) if guided(self.w, t, self.guidance) => {
-                let tin = Tensor::f32(vec![2 * self.batch], vec![t as f32; 2 * self.batch]);
-                model.flow(self.scale, pair, &Resident::Host(tin), self.z)?
-            }
-            _ => {
-                let (scale, batch) = (self.scale, self.batch);
-                let tin = Resident::Host(Tensor::f32(vec![batch], vec![t as f32; batch]));
-                let z = if self.cfg_on {
-                    self.conditional_z(model)?
-                } else {
-                    self.z
-                };
-                model.flow(scale, &state.x_in, &tin, z)?
-            }
+        let scale = self.scale;
+        let (x, z) = match &state.x_in_pair {
+            Some(pair) if guided(self.w, t, self.guidance) => (pair, self.z),
+            Some(_) => (&state.x_in, self.conditional_z(model)?),
+            None => (&state.x_in, self.z),
         };
+        let rows = x.shape()[0];
+        let tin = Resident::Host(Tensor::f32(vec![rows], vec![t as f32; rows]));
+        let v = model.flow(scale, x, &tin, z)?;
         st.flow += start.elapsed();
         st.flow_calls += 1;
         Ok(v)
@@ -110,13 +103,12 @@ impl<'a> ScaleOde<'a> {
     fn conditional_z(&mut self, model: &Model) -> Result<&Resident> {
         if self.z_cond.is_none() {
             let z = self.z.to_host()?;
-            let width = z.shape[2];
-            let keep = self.batch * z.shape[1] * width;
+            let shape = vec![self.batch, z.shape[1], z.shape[2]];
+            let keep = shape.iter().product();
             let data = z.into_f32().ok_or_else(|| Error::Model {
                 path: model.dir.clone(),
                 reason: "the AR step's `z` is not float32".into(),
             })?;
-            let shape = vec![self.batch, keep / (self.batch * width), width];
             self.z_cond = Some(model.upload(&Tensor::f32(shape, data[..keep].to_vec()))?);
         }
         Ok(self.z_cond.as_ref().expect("just set"))

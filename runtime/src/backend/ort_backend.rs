@@ -382,6 +382,10 @@ pub struct OrtSession {
     scalar_outputs: Vec<bool>,
     /// The CUDA device resident values live on (`None`: host memory).
     device: Option<i32>,
+    /// Where [`Session::run_resident`] leaves outputs: [`resident_memory`] of `device`, and
+    /// host memory for the scalars.
+    device_memory: MemoryInfo<'static>,
+    host_memory: MemoryInfo<'static>,
 }
 
 impl std::fmt::Debug for OrtSession {
@@ -489,13 +493,21 @@ impl OrtSession {
             .iter()
             .map(|o| matches!(o.dtype(), ValueType::Tensor { shape, .. } if shape.is_empty()))
             .collect();
+        let device = (provider != Provider::OrtCpu).then_some(options.device_id);
+        let memory = |device| {
+            resident_memory(device)
+                .map_err(|e| backend_err(format!("describing the output memory failed: {e}")))
+        };
+        let (device_memory, host_memory) = (memory(device)?, memory(None)?);
         Ok(OrtSession {
             session,
             graph: name,
             input_names,
             output_names,
             scalar_outputs,
-            device: (provider != Provider::OrtCpu).then_some(options.device_id),
+            device,
+            device_memory,
+            host_memory,
         })
     }
 
@@ -552,17 +564,22 @@ pub(crate) fn check_host_inputs(
 ) -> std::result::Result<(), String> {
     let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
     check_input_names(declared, &names)?;
-    for (name, t) in inputs {
-        if t.stored_len() != t.len() {
-            return Err(format!(
-                "input `{name}` has shape {:?} ({} elements) but {} values",
-                t.shape,
-                t.len(),
-                t.stored_len()
-            ));
-        }
+    inputs
+        .iter()
+        .try_for_each(|(name, t)| check_stored(name, t))
+}
+
+/// That a host tensor holds as many values as its shape says.
+fn check_stored(name: &str, t: &Tensor) -> std::result::Result<(), String> {
+    if t.stored_len() == t.len() {
+        return Ok(());
     }
-    Ok(())
+    Err(format!(
+        "input `{name}` has shape {:?} ({} elements) but {} values",
+        t.shape,
+        t.len(),
+        t.stored_len()
+    ))
 }
 
 /// A host tensor as an owned onnxruntime value in host memory.
@@ -754,25 +771,18 @@ impl Session for OrtSession {
             let bound = match input {
                 Resident::Ort(v) => binding.bind_input(*name, v),
                 Resident::Host(t) => {
-                    if t.stored_len() != t.len() {
-                        return Err(err(format!(
-                            "input `{name}` has shape {:?} but {} values",
-                            t.shape,
-                            t.stored_len()
-                        )));
-                    }
+                    check_stored(name, t).map_err(&err)?;
                     host_to_value(t).and_then(|v| binding.bind_input(*name, &v))
                 }
             };
             bound.map_err(|e| err(format!("binding input `{name}` failed: {e}")))?;
         }
-        let memory = |device| {
-            resident_memory(device)
-                .map_err(|e| err(format!("describing the output memory failed: {e}")))
-        };
-        let (on_device, on_host) = (memory(self.device)?, memory(None)?);
         for (name, &scalar) in self.output_names.iter().zip(&self.scalar_outputs) {
-            let target = if scalar { &on_host } else { &on_device };
+            let target = if scalar {
+                &self.host_memory
+            } else {
+                &self.device_memory
+            };
             binding
                 .bind_output_to_device(name.as_str(), target)
                 .map_err(|e| err(format!("binding output `{name}` failed: {e}")))?;
