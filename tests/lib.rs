@@ -53,20 +53,10 @@ pub fn convert_files_with(
     let f = Checkpoint::open(flowar).expect("open flowar checkpoint");
     let v = Checkpoint::open(vae).expect("open vae checkpoint");
     convert_as(
-        &ConvertRequest {
-            flowar: &f,
-            vae: &v,
-            source_files: vec![
-                ("flowar".into(), flowar.into(), f.format().into()),
-                ("vae".into(), vae.into(), v.format().into()),
-            ],
-            out: out.clone(),
-            latent_scale,
-            meta,
-            force: false,
-            allow_nonfinite: false,
-            external_data_threshold: threshold,
-        },
+        &ConvertRequest::from_checkpoints(&f, flowar, &v, vae, &out)
+            .latent_scale(latent_scale)
+            .meta(meta)
+            .external_data_threshold(threshold),
         precision,
     )
     .expect("convert");

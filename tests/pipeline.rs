@@ -147,7 +147,9 @@ fn missing_provider_is_an_error_and_auto_reports_its_pick() {
             backend: BackendOptions::default(),
         };
         match Pipeline::load(&dir, &opts) {
-            Err(Error::ProviderUnavailable { provider, reason }) => {
+            Err(Error::ProviderUnavailable {
+                provider, reason, ..
+            }) => {
                 assert_eq!(provider, p.name());
                 assert!(!reason.is_empty());
             }
@@ -198,7 +200,8 @@ fn recorded_noise_replays_exactly() {
     let m = pipe.manifest().clone();
     let req = request(&[1, 2], &[4, 9], 21);
     let seeded = pipe.generate(&req, &mut |_| true).unwrap();
-    let noise = flowar_runtime::noise::seeded(21, &[4, 9], &m.scales, m.latent_channels, true);
+    let noise =
+        flowar_runtime::sampler::noise::seeded(21, &[4, 9], &m.scales, m.latent_channels, true);
     let replay = pipe
         .generate(
             &Request {

@@ -3,7 +3,7 @@
 //! `cargo bench -p flowar-bench --bench convert [-- s|l|h]` (default s). Reports wall time,
 //! peak resident memory and its ratio to the f32 weight bytes, measured in one run.
 
-use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta, EXTERNAL_DATA_THRESHOLD};
+use flowar_exporter::convert::{convert, ConvertRequest};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
 
 fn main() {
@@ -17,18 +17,7 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let before = flowar_bench::peak_rss_bytes().unwrap_or(0);
     let t = std::time::Instant::now();
-    let report = convert(&ConvertRequest {
-        flowar: &f,
-        vae: &v,
-        source_files: vec![],
-        out: tmp.path().join("model"),
-        latent_scale: None,
-        meta: ModelMeta::default(),
-        force: false,
-        allow_nonfinite: false,
-        external_data_threshold: EXTERNAL_DATA_THRESHOLD,
-    })
-    .expect("convert");
+    let report = convert(&ConvertRequest::new(&f, &v, tmp.path().join("model"))).expect("convert");
     let secs = t.elapsed().as_secs_f64();
     let g = &report.manifest.graphs;
     let params = g.ar_step.parameters + g.flow_head.parameters + g.vae_decoder.parameters;

@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use flowar_runtime::backend::available;
 use flowar_runtime::backend::{BackendOptions, Resident};
 use flowar_runtime::model::{KvCache, Model};
-use flowar_runtime::provider::check;
+use flowar_runtime::sampler::upsample::next_scale_tokens;
 use flowar_runtime::tensor::Tensor;
-use flowar_runtime::upsample::next_scale_tokens;
 use flowar_runtime::Provider;
 
 /// Rows of a guided batch of one image (conditional + null).
@@ -46,7 +46,7 @@ fn hot_paths(cr: &mut Criterion) {
     let opts = BackendOptions::default();
     let providers: Vec<Provider> = [Provider::OrtCpu, Provider::Tract]
         .into_iter()
-        .filter(|&p| match check(p, &opts) {
+        .filter(|&p| match available(p, &opts) {
             Ok(()) => true,
             Err(e) => {
                 eprintln!("skipping {}: {e}", p.name());

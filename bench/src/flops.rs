@@ -9,7 +9,7 @@
 //! conservative.
 
 use flowar_runtime::manifest::{FlowKind, Manifest};
-use flowar_runtime::schedule::{cfg_at_scale, guided, time_grid};
+use flowar_runtime::sampler::schedule::{cfg_at_scale, guided, time_grid};
 use flowar_runtime::Solver;
 
 /// FLOPs of one generation of `batch` images, per stage.

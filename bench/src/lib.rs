@@ -1,16 +1,17 @@
-//! Benchmarks of the FlowAR exporter and runtime: the `flowar bench` command ([`cli`]), the
-//! analytic FLOP count it reports against ([`flops`]), the matmul calibration behind its
-//! efficiency figure ([`calibrate`]), its JSON / Markdown results ([`report`]) and chart
-//! ([`plot`]), and shared helpers for the criterion benchmarks in `benches/`.
+//! Benchmarks of the FlowAR exporter and runtime: the engine behind `flowar bench`
+//! ([`engine`]), the analytic FLOP count it reports against ([`flops`]), the matmul
+//! calibration behind its efficiency figure ([`calibrate`]), its JSON / Markdown results
+//! ([`report`]) and chart ([`plot`]), and shared helpers for the criterion benchmarks in
+//! `benches/`.
 
 pub mod calibrate;
-pub mod cli;
+pub mod engine;
 pub mod flops;
 pub mod plot;
 pub mod report;
 
 /// Peak resident memory of this process so far, in bytes (Linux `VmHWM`), if known.
-/// [`cli::reset_peak_rss`] restarts the count.
+/// [`engine::reset_peak_rss`] restarts the count.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -24,7 +25,7 @@ pub fn fixture_model(
     name: &str,
 ) -> Result<(tempfile::TempDir, std::path::PathBuf), flowar_exporter::ExportError> {
     use flowar_exporter::checkpoint::Checkpoint;
-    use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta, EXTERNAL_DATA_THRESHOLD};
+    use flowar_exporter::convert::{convert, ConvertRequest};
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
         .join(name);
@@ -32,16 +33,6 @@ pub fn fixture_model(
     let out = tmp.path().join("model");
     let f = Checkpoint::open(&src.join("flowar.pth"))?;
     let v = Checkpoint::open(&src.join("vae.ckpt"))?;
-    convert(&ConvertRequest {
-        flowar: &f,
-        vae: &v,
-        source_files: vec![],
-        out: out.clone(),
-        latent_scale: None,
-        meta: ModelMeta::default(),
-        force: false,
-        allow_nonfinite: false,
-        external_data_threshold: EXTERNAL_DATA_THRESHOLD,
-    })?;
+    convert(&ConvertRequest::new(&f, &v, &out))?;
     Ok((tmp, out))
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 #[derive(Parser)]
 struct Cmd {
     #[command(flatten)]
-    args: flowar_bench::cli::Args,
+    args: flowar_bench::engine::Args,
 }
 
 const STAT_FIELDS: [&str; 10] = [
@@ -65,7 +65,7 @@ fn json_has_every_field_per_provider() {
         "--plot",
         png.to_str().unwrap(),
     ]);
-    flowar_bench::cli::run(cmd.args).expect("bench runs");
+    flowar_bench::engine::run(cmd.args).expect("bench runs");
 
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     for k in ["tool", "version", "date", "machine", "model", "settings"] {

@@ -15,6 +15,9 @@
 //! - No Rust panic unwinds into C: each function catches it and reports
 //!   `FLOWAR_CODE_INTERNAL`.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -63,7 +66,9 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, 
     if p.is_null() {
         return Err(bad(format!("`{what}` is NULL")));
     }
-    CStr::from_ptr(p)
+    // SAFETY: `p` is not NULL (checked above), so it points to a NUL-terminated string that
+    // outlives `'a` (the caller's contract).
+    unsafe { CStr::from_ptr(p) }
         .to_str()
         .map_err(|e| bad(format!("`{what}` is not valid UTF-8 ({e})")))
 }
@@ -73,19 +78,24 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, 
 /// # Safety
 /// `handle` is NULL or points to NULL or to a pointer from `Box::into_raw` not yet freed.
 pub(crate) unsafe fn destroy<T>(handle: *mut *mut T) {
-    if handle.is_null() || (*handle).is_null() {
+    // SAFETY: `handle` is not NULL (checked first), so it is valid to read (the caller's contract).
+    if handle.is_null() || unsafe { (*handle).is_null() } {
         return;
     }
-    let p = std::mem::replace(&mut *handle, std::ptr::null_mut());
-    guard_value((), || drop(Box::from_raw(p)));
+    // SAFETY: `handle` is not NULL, so it is valid to write (the caller's contract).
+    let p = std::mem::replace(unsafe { &mut *handle }, std::ptr::null_mut());
+    // SAFETY: `p` is a non-NULL pointer from `Box::into_raw` not yet freed (the caller's
+    // contract); `*handle` is now NULL, so it cannot be freed twice through it.
+    guard_value((), || drop(unsafe { Box::from_raw(p) }));
 }
 
 /// Stores a new handle in `*out`, which must not be NULL.
 ///
 /// # Safety
-/// `out` is NULL or valid for a write.
+/// `out` is not NULL and valid for a write (callers check it with `out_handle` first).
 pub(crate) unsafe fn put<T>(out: *mut *mut T, value: T) {
-    *out = Box::into_raw(Box::new(value));
+    // SAFETY: `out` is not NULL and valid for a write (the caller's contract).
+    unsafe { *out = Box::into_raw(Box::new(value)) };
 }
 
 /// Checks an out-parameter and sets it to NULL so a failed call leaves no stale handle.
@@ -96,7 +106,8 @@ pub(crate) unsafe fn out_handle<T>(out: *mut *mut T, what: &str) -> Result<(), E
     if out.is_null() {
         return Err(bad(format!("`{what}` (the out-parameter) is NULL")));
     }
-    *out = std::ptr::null_mut();
+    // SAFETY: `out` is not NULL (checked above), so it is valid for a write (the contract).
+    unsafe { *out = std::ptr::null_mut() };
     Ok(())
 }
 
@@ -165,13 +176,21 @@ mod tests {
     use super::*;
     use std::ffi::CStr;
 
+    /// Reads and frees a status.
+    ///
+    /// # Safety
+    /// `st` is NULL or a live status from this library, not used after this call.
     unsafe fn take(st: *mut FlowarStatus) -> (FlowarCode, String) {
-        let code = flowar_status_code(st);
-        let msg = CStr::from_ptr(flowar_status_message(st))
+        // SAFETY: `st` is NULL or live (this function's contract).
+        let code = unsafe { flowar_status_code(st) };
+        // SAFETY: `st` is NULL or live; its message is a NUL-terminated string never NULL,
+        // valid until the destroy below.
+        let msg = unsafe { CStr::from_ptr(flowar_status_message(st)) }
             .to_string_lossy()
             .into_owned();
         let mut st = st;
-        flowar_status_destroy(&mut st);
+        // SAFETY: `st` is NULL or live and not used again (this function's contract).
+        unsafe { flowar_status_destroy(&mut st) };
         assert!(st.is_null());
         (code, msg)
     }
@@ -179,6 +198,7 @@ mod tests {
     #[test]
     fn a_panic_becomes_an_internal_error() {
         let st = guard("flowar_test", || panic!("boom {}", 42));
+        // SAFETY: `guard` returned a fresh status, used only here.
         let (code, msg) = unsafe { take(st) };
         assert_eq!(code, FlowarCode::Internal);
         assert!(msg.starts_with("flowar_test: internal error") && msg.ends_with("boom 42"));
@@ -204,6 +224,7 @@ mod tests {
                 Error::ProviderUnavailable {
                     provider: "cuda".into(),
                     reason: "x".into(),
+                    source: None,
                 },
                 FlowarCode::ProviderUnavailable,
             ),
@@ -213,6 +234,13 @@ mod tests {
                     backend: "b".into(),
                     graph: "g".into(),
                     reason: "x".into(),
+                    source: None,
+                },
+                FlowarCode::Internal,
+            ),
+            (
+                Error::Poisoned {
+                    what: "this pipeline".into(),
                 },
                 FlowarCode::Internal,
             ),
@@ -226,6 +254,7 @@ mod tests {
             ),
         ];
         for (e, want) in cases {
+            // SAFETY: `guard` returns a fresh status, used only here.
             let (code, msg) = unsafe { take(guard("f", || Err(e))) };
             assert_eq!(code, want, "{msg}");
             assert!(msg.starts_with("f: "), "{msg}");
@@ -235,6 +264,7 @@ mod tests {
     #[test]
     fn messages_with_nul_bytes_survive() {
         let st = guard("f", || Err(bad("a\0b")));
+        // SAFETY: `guard` returned a fresh status, used only here.
         let (_, msg) = unsafe { take(st) };
         assert_eq!(msg, "f: a\u{FFFD}b");
     }

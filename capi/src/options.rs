@@ -64,16 +64,16 @@ impl FlowarOptions {
 #[no_mangle]
 pub unsafe extern "C" fn flowar_options_create(out: *mut *mut FlowarOptions) -> *mut FlowarStatus {
     guard("flowar_options_create", || {
-        out_handle(out, "out")?;
-        put(
-            out,
-            FlowarOptions {
-                inner: PipelineOptions {
-                    provider: Default::default(),
-                    backend: BackendOptions::default(),
-                },
+        // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+        unsafe { out_handle(out, "out") }?;
+        let options = FlowarOptions {
+            inner: PipelineOptions {
+                provider: Default::default(),
+                backend: BackendOptions::default(),
             },
-        );
+        };
+        // SAFETY: `out_handle` rejected NULL, so `out` is valid for a write (the contract).
+        unsafe { put(out, options) };
         Ok(())
     })
 }
@@ -84,7 +84,9 @@ pub unsafe extern "C" fn flowar_options_create(out: *mut *mut FlowarOptions) -> 
 /// `options` is NULL, or points to NULL or to live options from this library.
 #[no_mangle]
 pub unsafe extern "C" fn flowar_options_destroy(options: *mut *mut FlowarOptions) {
-    crate::destroy(options)
+    // SAFETY: `options` is NULL, or points to NULL or to live options, which `put` made with
+    // `Box::into_raw` (the caller's contract).
+    unsafe { crate::destroy(options) }
 }
 
 /// Sets an option by name from a string. Names and values:
@@ -113,9 +115,12 @@ pub unsafe extern "C" fn flowar_options_set(
     value: *const c_char,
 ) -> *mut FlowarStatus {
     guard("flowar_options_set", || {
-        let o = options.as_mut().ok_or_else(|| bad("`options` is NULL"))?;
-        let name = c_str(name, "name")?;
-        let value = c_str(value, "value")?;
+        // SAFETY: `options` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let o = unsafe { options.as_mut() }.ok_or_else(|| bad("`options` is NULL"))?;
+        // SAFETY: `name` is NULL or a NUL-terminated string (the caller's contract).
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: `value` is NULL or a NUL-terminated string (the caller's contract).
+        let value = unsafe { c_str(value, "value") }?;
         o.set(name, Value::Str(value))
     })
 }
@@ -131,8 +136,10 @@ pub unsafe extern "C" fn flowar_options_set_int(
     value: i64,
 ) -> *mut FlowarStatus {
     guard("flowar_options_set_int", || {
-        let o = options.as_mut().ok_or_else(|| bad("`options` is NULL"))?;
-        let name = c_str(name, "name")?;
+        // SAFETY: `options` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let o = unsafe { options.as_mut() }.ok_or_else(|| bad("`options` is NULL"))?;
+        // SAFETY: `name` is NULL or a NUL-terminated string (the caller's contract).
+        let name = unsafe { c_str(name, "name") }?;
         o.set(name, Value::Int(value))
     })
 }

@@ -23,9 +23,8 @@ pub struct FlowarPipeline {
     height: usize,
     num_classes: usize,
     num_scales: usize,
-    default_cfg: f64,
-    default_guidance: f64,
-    default_steps: usize,
+    /// The model's sampler defaults, which each call's request settings replace.
+    defaults: Request,
     provider: CString,
 }
 
@@ -59,12 +58,15 @@ pub unsafe extern "C" fn flowar_pipeline_create(
     out: *mut *mut FlowarPipeline,
 ) -> *mut FlowarStatus {
     guard("flowar_pipeline_create", || {
-        out_handle(out, "out")?;
-        let dir = c_str(model_dir, "model_dir")?;
+        // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+        unsafe { out_handle(out, "out") }?;
+        // SAFETY: `model_dir` is NULL or a NUL-terminated string (the caller's contract).
+        let dir = unsafe { c_str(model_dir, "model_dir") }?;
         if dir.is_empty() {
             return Err(bad("`model_dir` is empty"));
         }
-        let opts = match options.as_ref() {
+        // SAFETY: `options` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        let opts = match unsafe { options.as_ref() } {
             Some(o) => o.inner.clone(),
             None => PipelineOptions::default(),
         };
@@ -75,13 +77,12 @@ pub unsafe extern "C" fn flowar_pipeline_create(
             height: m.image_size,
             num_classes: m.num_classes,
             num_scales: m.scales.len(),
-            default_cfg: m.sampler.cfg,
-            default_guidance: m.sampler.guidance,
-            default_steps: m.sampler.steps,
+            defaults: pipe.request(),
             provider: CString::new(pipe.provider().provider.name()).unwrap_or_default(),
             inner: Mutex::new(pipe),
         };
-        put(out, p);
+        // SAFETY: `out_handle` rejected NULL, so `out` is valid for a write (the contract).
+        unsafe { put(out, p) };
         Ok(())
     })
 }
@@ -93,10 +94,15 @@ pub unsafe extern "C" fn flowar_pipeline_create(
 /// thread.
 #[no_mangle]
 pub unsafe extern "C" fn flowar_pipeline_destroy(pipeline: *mut *mut FlowarPipeline) {
-    crate::destroy(pipeline)
+    // SAFETY: `pipeline` is NULL, or points to NULL or to a live pipeline not in use elsewhere,
+    // which `put` made with `Box::into_raw` (the caller's contract).
+    unsafe { crate::destroy(pipeline) }
 }
 
 /// Reads one property of a pipeline into `*out`.
+///
+/// # Safety
+/// `pipeline` is NULL or live; `out` is NULL or valid for a write.
 unsafe fn query<T: Copy>(
     func: &str,
     pipeline: *const FlowarPipeline,
@@ -104,11 +110,14 @@ unsafe fn query<T: Copy>(
     get: impl FnOnce(&FlowarPipeline) -> T,
 ) -> *mut FlowarStatus {
     guard(func, || {
-        let p = pipeline.as_ref().ok_or_else(|| bad("`pipeline` is NULL"))?;
+        // SAFETY: `pipeline` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| bad("`pipeline` is NULL"))?;
         if out.is_null() {
             return Err(bad("`out` is NULL"));
         }
-        *out = get(p);
+        let value = get(p);
+        // SAFETY: `out` is not NULL (checked above), so it is valid for a write (the contract).
+        unsafe { *out = value };
         Ok(())
     })
 }
@@ -122,7 +131,9 @@ pub unsafe extern "C" fn flowar_pipeline_image_width(
     pipeline: *const FlowarPipeline,
     out: *mut usize,
 ) -> *mut FlowarStatus {
-    query("flowar_pipeline_image_width", pipeline, out, |p| p.width)
+    // SAFETY: `pipeline` is NULL or live and `out` is NULL or valid for a write (the
+    // caller's contract), as `query` requires.
+    unsafe { query("flowar_pipeline_image_width", pipeline, out, |p| p.width) }
 }
 
 /// Height in pixels of the images this pipeline generates.
@@ -134,7 +145,9 @@ pub unsafe extern "C" fn flowar_pipeline_image_height(
     pipeline: *const FlowarPipeline,
     out: *mut usize,
 ) -> *mut FlowarStatus {
-    query("flowar_pipeline_image_height", pipeline, out, |p| p.height)
+    // SAFETY: `pipeline` is NULL or live and `out` is NULL or valid for a write (the
+    // caller's contract), as `query` requires.
+    unsafe { query("flowar_pipeline_image_height", pipeline, out, |p| p.height) }
 }
 
 /// Bytes per pixel of the output (always 3: RGB8).
@@ -146,9 +159,13 @@ pub unsafe extern "C" fn flowar_pipeline_image_channels(
     pipeline: *const FlowarPipeline,
     out: *mut usize,
 ) -> *mut FlowarStatus {
-    query("flowar_pipeline_image_channels", pipeline, out, |_| {
-        CHANNELS
-    })
+    // SAFETY: `pipeline` is NULL or live and `out` is NULL or valid for a write (the
+    // caller's contract), as `query` requires.
+    unsafe {
+        query("flowar_pipeline_image_channels", pipeline, out, |_| {
+            CHANNELS
+        })
+    }
 }
 
 /// Number of classes: valid class ids are 0 .. count-1.
@@ -160,9 +177,13 @@ pub unsafe extern "C" fn flowar_pipeline_num_classes(
     pipeline: *const FlowarPipeline,
     out: *mut usize,
 ) -> *mut FlowarStatus {
-    query("flowar_pipeline_num_classes", pipeline, out, |p| {
-        p.num_classes
-    })
+    // SAFETY: `pipeline` is NULL or live and `out` is NULL or valid for a write (the
+    // caller's contract), as `query` requires.
+    unsafe {
+        query("flowar_pipeline_num_classes", pipeline, out, |p| {
+            p.num_classes
+        })
+    }
 }
 
 /// Number of scales (the `scale` argument of the progress callback runs 0 .. count-1).
@@ -174,9 +195,13 @@ pub unsafe extern "C" fn flowar_pipeline_num_scales(
     pipeline: *const FlowarPipeline,
     out: *mut usize,
 ) -> *mut FlowarStatus {
-    query("flowar_pipeline_num_scales", pipeline, out, |p| {
-        p.num_scales
-    })
+    // SAFETY: `pipeline` is NULL or live and `out` is NULL or valid for a write (the
+    // caller's contract), as `query` requires.
+    unsafe {
+        query("flowar_pipeline_num_scales", pipeline, out, |p| {
+            p.num_scales
+        })
+    }
 }
 
 /// Bytes `flowar_pipeline_generate` needs for `count` images:
@@ -191,11 +216,14 @@ pub unsafe extern "C" fn flowar_pipeline_buffer_size(
     out: *mut usize,
 ) -> *mut FlowarStatus {
     guard("flowar_pipeline_buffer_size", || {
-        let p = pipeline.as_ref().ok_or_else(|| bad("`pipeline` is NULL"))?;
+        // SAFETY: `pipeline` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| bad("`pipeline` is NULL"))?;
         if out.is_null() {
             return Err(bad("`out` is NULL"));
         }
-        *out = p.buffer_size(count)?;
+        let size = p.buffer_size(count)?;
+        // SAFETY: `out` is not NULL (checked above), so it is valid for a write (the contract).
+        unsafe { *out = size };
         Ok(())
     })
 }
@@ -211,9 +239,13 @@ pub unsafe extern "C" fn flowar_pipeline_provider(
     pipeline: *const FlowarPipeline,
     out: *mut *const c_char,
 ) -> *mut FlowarStatus {
-    query("flowar_pipeline_provider", pipeline, out, |p| {
-        p.provider.as_ptr()
-    })
+    // SAFETY: `pipeline` is NULL or live and `out` is NULL or valid for a write (the
+    // caller's contract), as `query` requires.
+    unsafe {
+        query("flowar_pipeline_provider", pipeline, out, |p| {
+            p.provider.as_ptr()
+        })
+    }
 }
 
 impl FlowarPipeline {
@@ -256,8 +288,10 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
     user_data: *mut c_void,
 ) -> *mut FlowarStatus {
     guard("flowar_pipeline_generate", || {
-        let p = pipeline.as_ref().ok_or_else(|| bad("`pipeline` is NULL"))?;
-        let r = request.as_ref().ok_or_else(|| bad("`request` is NULL"))?;
+        // SAFETY: `pipeline` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| bad("`pipeline` is NULL"))?;
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        let r = unsafe { request.as_ref() }.ok_or_else(|| bad("`request` is NULL"))?;
         if out_rgb.is_null() {
             return Err(bad("`out_rgb` is NULL"));
         }
@@ -276,32 +310,26 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
                 CHANNELS
             )));
         }
-        let n = r.classes.len() as u64;
-        let last = r.first_index.checked_add(n).ok_or_else(|| {
-            bad(format!(
-                "first_index {} + {n} images overflows",
-                r.first_index
-            ))
-        })?;
-        let req = Request {
-            classes: r.classes.clone(),
-            image_indices: (r.first_index..last).collect(),
-            seed: r.seed,
-            cfg: r.cfg.unwrap_or(p.default_cfg),
-            guidance: r.guidance.unwrap_or(p.default_guidance),
-            steps: r.steps.unwrap_or(p.default_steps),
-            solver: r.solver,
-            noise: None,
-        };
-        let mut pipe = p.inner.lock().map_err(|_| Error::Backend {
-            backend: "flowar".into(),
-            graph: "pipeline".into(),
-            reason: "this pipeline is unusable after an earlier internal error; destroy it and create a new one".into(),
+        let req = p
+            .defaults
+            .clone()
+            .with_sampler(r.cfg, r.guidance, r.steps)
+            .with_images(r.classes.clone(), r.first_index)?
+            .with_seed(r.seed)
+            .with_solver(r.solver);
+        let mut pipe = p.inner.lock().map_err(|_| Error::Poisoned {
+            what: "this pipeline".into(),
         })?;
         let clamp = |v: usize| c_int::try_from(v).unwrap_or(c_int::MAX);
         let mut on_progress = |pr: &Progress| match progress {
             None => true,
-            Some(f) => f(clamp(pr.scale), clamp(pr.step), clamp(pr.steps), user_data) == 0,
+            Some(f) => {
+                let (scale, step, steps) = (clamp(pr.scale), clamp(pr.step), clamp(pr.steps));
+                // SAFETY: `progress` is a function of the documented signature (the caller's
+                // contract); `user_data` is passed through as the caller gave it.
+                let rc = unsafe { f(scale, step, steps, user_data) };
+                rc == 0
+            }
         };
         let output = pipe.generate(&req, &mut on_progress)?;
         drop(pipe);
@@ -320,7 +348,9 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
                 ),
             });
         }
-        let dst = std::slice::from_raw_parts_mut(out_rgb, need);
+        // SAFETY: `out_rgb` is not NULL (checked above), so it is valid for `out_len >= need`
+        // bytes of writes (the caller's contract); `need <= isize::MAX` (`buffer_size`).
+        let dst = unsafe { std::slice::from_raw_parts_mut(out_rgb, need) };
         for (chunk, img) in dst.chunks_exact_mut(size).zip(&output.images) {
             chunk.copy_from_slice(&img.pixels);
         }

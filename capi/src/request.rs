@@ -50,19 +50,19 @@ impl FlowarRequest {
 #[no_mangle]
 pub unsafe extern "C" fn flowar_request_create(out: *mut *mut FlowarRequest) -> *mut FlowarStatus {
     guard("flowar_request_create", || {
-        out_handle(out, "out")?;
-        put(
-            out,
-            FlowarRequest {
-                classes: Vec::new(),
-                first_index: 0,
-                seed: 0,
-                cfg: None,
-                guidance: None,
-                steps: None,
-                solver: Solver::Euler,
-            },
-        );
+        // SAFETY: `out` is NULL or valid for a write (the caller's contract).
+        unsafe { out_handle(out, "out") }?;
+        let request = FlowarRequest {
+            classes: Vec::new(),
+            first_index: 0,
+            seed: 0,
+            cfg: None,
+            guidance: None,
+            steps: None,
+            solver: Solver::Euler,
+        };
+        // SAFETY: `out_handle` rejected NULL, so `out` is valid for a write (the contract).
+        unsafe { put(out, request) };
         Ok(())
     })
 }
@@ -73,7 +73,9 @@ pub unsafe extern "C" fn flowar_request_create(out: *mut *mut FlowarRequest) -> 
 /// `request` is NULL, or points to NULL or to a live request from this library.
 #[no_mangle]
 pub unsafe extern "C" fn flowar_request_destroy(request: *mut *mut FlowarRequest) {
-    crate::destroy(request)
+    // SAFETY: `request` is NULL, or points to NULL or to a live request, which `put` made
+    // with `Box::into_raw` (the caller's contract).
+    unsafe { crate::destroy(request) }
 }
 
 /// Sets the images to generate: `count` images, image `i` of class `class_ids[i]`.
@@ -89,7 +91,8 @@ pub unsafe extern "C" fn flowar_request_set_classes(
     count: usize,
 ) -> *mut FlowarStatus {
     guard("flowar_request_set_classes", || {
-        let r = request.as_mut().ok_or_else(|| bad("`request` is NULL"))?;
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let r = unsafe { request.as_mut() }.ok_or_else(|| bad("`request` is NULL"))?;
         if class_ids.is_null() {
             return Err(bad("`class_ids` is NULL"));
         }
@@ -99,7 +102,9 @@ pub unsafe extern "C" fn flowar_request_set_classes(
         if count > isize::MAX as usize / std::mem::size_of::<i32>() {
             return Err(bad(format!("`count` {count} is too large")));
         }
-        let ids = std::slice::from_raw_parts(class_ids, count);
+        // SAFETY: `class_ids` is not NULL, so it points to `count` readable values (the
+        // caller's contract); `count * 4 <= isize::MAX` (both checked above).
+        let ids = unsafe { std::slice::from_raw_parts(class_ids, count) };
         let classes = ids
             .iter()
             .enumerate()
@@ -136,9 +141,12 @@ pub unsafe extern "C" fn flowar_request_set(
     value: *const c_char,
 ) -> *mut FlowarStatus {
     guard("flowar_request_set", || {
-        let r = request.as_mut().ok_or_else(|| bad("`request` is NULL"))?;
-        let name = c_str(name, "name")?;
-        let value = c_str(value, "value")?;
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let r = unsafe { request.as_mut() }.ok_or_else(|| bad("`request` is NULL"))?;
+        // SAFETY: `name` is NULL or a NUL-terminated string (the caller's contract).
+        let name = unsafe { c_str(name, "name") }?;
+        // SAFETY: `value` is NULL or a NUL-terminated string (the caller's contract).
+        let value = unsafe { c_str(value, "value") }?;
         r.set(name, Value::Str(value))
     })
 }
@@ -155,8 +163,10 @@ pub unsafe extern "C" fn flowar_request_set_int(
     value: i64,
 ) -> *mut FlowarStatus {
     guard("flowar_request_set_int", || {
-        let r = request.as_mut().ok_or_else(|| bad("`request` is NULL"))?;
-        let name = c_str(name, "name")?;
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let r = unsafe { request.as_mut() }.ok_or_else(|| bad("`request` is NULL"))?;
+        // SAFETY: `name` is NULL or a NUL-terminated string (the caller's contract).
+        let name = unsafe { c_str(name, "name") }?;
         r.set(name, Value::Int(value))
     })
 }
@@ -173,8 +183,10 @@ pub unsafe extern "C" fn flowar_request_set_float(
     value: f64,
 ) -> *mut FlowarStatus {
     guard("flowar_request_set_float", || {
-        let r = request.as_mut().ok_or_else(|| bad("`request` is NULL"))?;
-        let name = c_str(name, "name")?;
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let r = unsafe { request.as_mut() }.ok_or_else(|| bad("`request` is NULL"))?;
+        // SAFETY: `name` is NULL or a NUL-terminated string (the caller's contract).
+        let name = unsafe { c_str(name, "name") }?;
         r.set(name, Value::Float(value))
     })
 }

@@ -51,7 +51,7 @@ pub(crate) fn code_of(e: &Error) -> FlowarCode {
         Error::Model { .. } | Error::NonFinite { .. } => FlowarCode::Model,
         Error::ProviderUnavailable { .. } => FlowarCode::ProviderUnavailable,
         Error::Cancelled => FlowarCode::Cancelled,
-        Error::Backend { .. } => FlowarCode::Internal,
+        Error::Backend { .. } | Error::Poisoned { .. } => FlowarCode::Internal,
     }
 }
 
@@ -77,9 +77,12 @@ pub(crate) fn from_panic(func: &str, payload: &(dyn Any + Send)) -> *mut FlowarS
 /// `status` is NULL or a live status from this library.
 #[no_mangle]
 pub unsafe extern "C" fn flowar_status_code(status: *const FlowarStatus) -> FlowarCode {
-    guard_value(FlowarCode::Internal, || match status.as_ref() {
-        None => FlowarCode::Ok,
-        Some(s) => s.code,
+    guard_value(FlowarCode::Internal, || {
+        // SAFETY: `status` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        match unsafe { status.as_ref() } {
+            None => FlowarCode::Ok,
+            Some(s) => s.code,
+        }
     })
 }
 
@@ -91,9 +94,12 @@ pub unsafe extern "C" fn flowar_status_code(status: *const FlowarStatus) -> Flow
 /// `status` is NULL or a live status from this library.
 #[no_mangle]
 pub unsafe extern "C" fn flowar_status_message(status: *const FlowarStatus) -> *const c_char {
-    guard_value(c"internal error".as_ptr(), || match status.as_ref() {
-        None => c"ok".as_ptr(),
-        Some(s) => s.message.as_ptr(),
+    guard_value(c"internal error".as_ptr(), || {
+        // SAFETY: `status` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        match unsafe { status.as_ref() } {
+            None => c"ok".as_ptr(),
+            Some(s) => s.message.as_ptr(),
+        }
     })
 }
 
@@ -103,5 +109,7 @@ pub unsafe extern "C" fn flowar_status_message(status: *const FlowarStatus) -> *
 /// `status` is NULL, or points to NULL or to a live status from this library.
 #[no_mangle]
 pub unsafe extern "C" fn flowar_status_destroy(status: *mut *mut FlowarStatus) {
-    crate::destroy(status)
+    // SAFETY: `status` is NULL, or points to NULL or to a live status, which `new_status` made
+    // with `Box::into_raw` (the caller's contract).
+    unsafe { crate::destroy(status) }
 }

@@ -1,6 +1,6 @@
 //! Architecture detection from key names and tensor shapes alone.
 
-use flowar_runtime::manifest::{ArArch, FlowArch, FlowKind, VaeArch};
+use flowar_format::manifest::{ArArch, FlowArch, FlowKind, VaeArch};
 
 use crate::error::{ExportError, Result};
 use crate::weights::{IgnoreRule, WeightSource};

@@ -7,7 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::onnx::proto::{ModelProto, StringStringEntryProto};
-use flowar_runtime::manifest::{
+use flowar_format::io;
+use flowar_format::manifest::{
     Architecture, FlowKind, GraphSpec, Graphs, Manifest, RopeSpec, SamplerDefaults, SourceFile,
     VerifyBounds, FORMAT_VERSION, MANIFEST_FILE,
 };
@@ -62,6 +63,81 @@ pub struct ConvertRequest<'a> {
     pub allow_nonfinite: bool,
     /// See [`EXTERNAL_DATA_THRESHOLD`].
     pub external_data_threshold: usize,
+}
+
+impl<'a> ConvertRequest<'a> {
+    /// Converts `flowar` and `vae` into the folder `out` with the defaults: no source
+    /// files to hash (add them with [`ConvertRequest::source_file`]), no model card, the
+    /// latent scale from the model card or else [`DEFAULT_LATENT_SCALE`], an existing
+    /// `out` refused, non-finite weights refused, and external data past
+    /// [`EXTERNAL_DATA_THRESHOLD`].
+    pub fn new(
+        flowar: &'a dyn WeightSource,
+        vae: &'a dyn WeightSource,
+        out: impl Into<PathBuf>,
+    ) -> ConvertRequest<'a> {
+        ConvertRequest {
+            flowar,
+            vae,
+            source_files: Vec::new(),
+            out: out.into(),
+            latent_scale: None,
+            meta: ModelMeta::default(),
+            force: false,
+            allow_nonfinite: false,
+            external_data_threshold: EXTERNAL_DATA_THRESHOLD,
+        }
+    }
+
+    /// Converts two checkpoint files read from `flowar_path` and `vae_path`, recording
+    /// both as sources (their sha256 makes the model hash).
+    pub fn from_checkpoints(
+        flowar: &'a crate::checkpoint::Checkpoint,
+        flowar_path: &Path,
+        vae: &'a crate::checkpoint::Checkpoint,
+        vae_path: &Path,
+        out: impl Into<PathBuf>,
+    ) -> ConvertRequest<'a> {
+        ConvertRequest::new(flowar, vae, out)
+            .source_file("flowar", flowar_path, flowar.format())
+            .source_file("vae", vae_path, vae.format())
+    }
+
+    /// Records a checkpoint file the weights came from (`role` is `flowar` or `vae`,
+    /// `format` the reader's name); its sha256 goes into the manifest and the model hash.
+    pub fn source_file(mut self, role: &str, path: impl Into<PathBuf>, format: &str) -> Self {
+        self.source_files
+            .push((role.to_string(), path.into(), format.to_string()));
+        self
+    }
+
+    pub fn meta(mut self, meta: ModelMeta) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    /// Overrides the latent scale (`None` keeps the model card's or the default).
+    pub fn latent_scale(mut self, scale: Option<f64>) -> Self {
+        self.latent_scale = scale;
+        self
+    }
+
+    /// Replace an existing output folder.
+    pub fn force(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// Convert weights holding NaN or infinity instead of refusing them.
+    pub fn allow_nonfinite(mut self, allow: bool) -> Self {
+        self.allow_nonfinite = allow;
+        self
+    }
+
+    pub fn external_data_threshold(mut self, bytes: usize) -> Self {
+        self.external_data_threshold = bytes;
+        self
+    }
 }
 
 /// What a conversion produced.
@@ -364,13 +440,13 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let vb = Vb::root(req.flowar, &used, policy);
     let ar = write_graph(
         &staging.path,
-        "ar_step.onnx",
+        io::ar_step::FILE,
         ar_step::build(&vb, &fd, act, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     let flow = write_graph(
         &staging.path,
-        "flow_head.onnx",
+        io::flow_head::FILE,
         flow_head::build(&vb, &fd, act, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
@@ -381,14 +457,14 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let grid = *fd.scales.last().expect("detected scales are non-empty");
     let vae = write_graph(
         &staging.path,
-        "vae_decoder.onnx",
+        io::vae_decoder::FILE,
         vae_decoder::build(&vvb, &vd, grid, latent_scale, act, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
     let step = write_graph(
         &staging.path,
-        "solver_step.onnx",
+        io::solver_step::FILE,
         solver_step::build(fd.latent_channels, EXPORTER_VERSION),
         req.external_data_threshold,
     )?;

@@ -48,8 +48,11 @@ pub enum ExportError {
     },
     #[error("{0} already exists; pass --force to replace it")]
     OutputExists(PathBuf),
+    /// The caller stopped the conversion (Ctrl-C in the CLI); nothing was left behind.
+    #[error("conversion {0}")]
+    Cancelled(&'static str),
     #[error(transparent)]
-    Runtime(#[from] flowar_runtime::Error),
+    Format(#[from] flowar_format::FormatError),
 }
 
 impl ExportError {

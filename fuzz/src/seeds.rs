@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta};
+use flowar_exporter::convert::{convert, ConvertRequest};
 use flowar_exporter::preset::{flowar_keys, vae_keys, FlowArSpec, RandomWeights, VaeSpec};
 use flowar_exporter::weights::WeightSource;
 use safetensors::Dtype;
@@ -89,18 +89,7 @@ pub fn to_pth(src: &dyn WeightSource, wrap: Option<&str>) -> Vec<u8> {
 pub fn convert_tiny(out: &Path, latent_channels: usize) -> flowar_exporter::Result<()> {
     let f = tiny_flowar(latent_channels);
     let v = tiny_vae(latent_channels);
-    convert(&ConvertRequest {
-        flowar: &f,
-        vae: &v,
-        source_files: vec![],
-        out: out.to_path_buf(),
-        latent_scale: None,
-        meta: ModelMeta::default(),
-        force: true,
-        allow_nonfinite: false,
-        external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-    })
-    .map(|_| ())
+    convert(&ConvertRequest::new(&f, &v, out).force(true)).map(|_| ())
 }
 
 fn small_defs() -> Vec<TensorDef> {

@@ -7,7 +7,7 @@ use flowar_exporter::checkpoint::Checkpoint;
 use flowar_runtime::backend::tract_backend::TractSession;
 use flowar_runtime::backend::BackendOptions;
 use flowar_runtime::manifest::Manifest;
-use flowar_runtime::noise;
+use flowar_runtime::sampler::noise;
 
 /// Which reader to fuzz.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,15 @@
 //! Runtime errors. Each variant says what was wrong and where; the C ABI maps them to codes.
+//! Errors that an engine (onnxruntime, tract, the dynamic loader) reported keep that error
+//! as their [`std::error::Error::source`].
 
 use std::path::{Path, PathBuf};
 
+use flowar_format::FormatError;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An engine's own error, kept as the source of ours.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,14 +25,21 @@ pub enum Error {
     #[error("{path}: {reason}")]
     Model { path: PathBuf, reason: String },
     /// An execution provider or backend library cannot be used.
-    #[error("provider `{provider}` is unavailable: {reason}")]
-    ProviderUnavailable { provider: String, reason: String },
+    #[error("provider `{provider}` is unavailable: {}", with_cause(reason, source))]
+    ProviderUnavailable {
+        provider: String,
+        reason: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// A backend failed while running a graph.
-    #[error("{backend} failed running {graph}: {reason}")]
+    #[error("{backend} failed running {graph}: {}", with_cause(reason, source))]
     Backend {
         backend: String,
         graph: String,
         reason: String,
+        #[source]
+        source: Option<Cause>,
     },
     /// The model produced NaN or infinity.
     #[error("the model produced non-finite values at scale {scale}, step {step} ({what})")]
@@ -34,9 +48,21 @@ pub enum Error {
         step: usize,
         what: String,
     },
-    /// A progress callback asked to stop.
+    /// A progress callback (or Ctrl-C) asked to stop.
     #[error("cancelled")]
     Cancelled,
+    /// An object shared between threads was left unusable by a panic in another call.
+    #[error("{what} is unusable after an earlier internal error; destroy it and create a new one")]
+    Poisoned { what: String },
+}
+
+/// `reason`, then the engine's message when there is one.
+fn with_cause(reason: &str, source: &Option<Cause>) -> String {
+    match source {
+        Some(cause) if reason.is_empty() => cause.to_string(),
+        Some(cause) => format!("{reason}: {cause}"),
+        None => reason.to_string(),
+    }
 }
 
 impl Error {
@@ -44,6 +70,25 @@ impl Error {
         Error::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    /// A provider that cannot be used, with the reason a backend gave.
+    pub fn unavailable(provider: &str, why: crate::backend::Unavailable) -> Error {
+        Error::ProviderUnavailable {
+            provider: provider.to_string(),
+            reason: why.reason,
+            source: why.source,
+        }
+    }
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Error {
+        match e {
+            FormatError::Io { path, source } => Error::Io { path, source },
+            FormatError::Invalid { path, reason } => Error::Model { path, reason },
+            FormatError::UnknownClass(msg) => Error::BadArgument(msg),
         }
     }
 }

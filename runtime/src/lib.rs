@@ -1,19 +1,19 @@
 //! The FlowAR runtime: loads an exported model folder and runs the scale loop.
 //!
+//! Layers, each knowing only the ones below it:
+//! - [`backend`]: onnxruntime and tract sessions behind one trait; knows ONNX graphs, not FlowAR;
+//! - [`model`]: the model folder's four graphs as typed calls, and what TensorRT is told about them;
+//! - [`sampler`]: the scale loop, ODE solvers, schedule, noise and upsampling;
+//! - [`pipeline`]: a model on a chosen [`provider`], ready to generate.
+//!
+//! Tool code sits beside them: [`verify`] (parity against reference outputs), [`image`]
+//! (PNG output) and, behind the `clap` feature, `cli_args`. The model folder's format
+//! (manifest and graph names) is the `flowar-format` crate, re-exported as [`manifest`].
+//!
 //! ```no_run
-//! use flowar_runtime::{Pipeline, PipelineOptions, Request, Solver};
+//! use flowar_runtime::{Pipeline, PipelineOptions};
 //! let mut pipe = Pipeline::load("models/shapes10/converted".as_ref(), &PipelineOptions::default())?;
-//! let m = pipe.manifest().clone();
-//! let req = Request {
-//!     classes: vec![0, 1],
-//!     image_indices: vec![0, 1],
-//!     seed: 0,
-//!     cfg: m.sampler.cfg,
-//!     guidance: m.sampler.guidance,
-//!     steps: m.sampler.steps,
-//!     solver: Solver::Euler,
-//!     noise: None,
-//! };
+//! let req = pipe.request().with_images(vec![0, 1], 0)?;
 //! let out = pipe.generate(&req, &mut |_| true)?;
 //! flowar_runtime::image::save_png("0.png".as_ref(), &out.images[0], &[])?;
 //! # Ok::<(), flowar_runtime::Error>(())
@@ -23,19 +23,17 @@ pub mod backend;
 pub mod cli_args;
 pub mod error;
 pub mod image;
-pub mod manifest;
 pub mod model;
-pub mod noise;
-pub mod ode;
 pub mod pipeline;
 pub mod provider;
 pub mod rope;
-pub mod schedule;
+pub mod sampler;
 pub mod tensor;
-pub mod upsample;
 pub mod verify;
 
 pub use backend::Provider;
 pub use error::{Error, Result};
-pub use pipeline::{Output, Pipeline, PipelineOptions, Progress, Request, Solver, StageTimes};
+pub use flowar_format::manifest;
+pub use pipeline::{Pipeline, PipelineOptions};
 pub use provider::ProviderChoice;
+pub use sampler::{Output, Progress, Request, Solver, StageTimes};

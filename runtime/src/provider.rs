@@ -1,7 +1,7 @@
 //! Choosing an execution provider: by name (an error if it cannot be had, never a silent
 //! CPU fallback) or `auto` (the best available, with the reason logged).
 
-use crate::backend::{ort_backend, BackendOptions, Provider};
+use crate::backend::{available, BackendOptions, Provider};
 use crate::error::{Error, Result};
 
 /// What the user asked for.
@@ -30,37 +30,19 @@ pub struct Resolved {
     pub reason: String,
 }
 
-/// Whether `p` can run here; `Err` says what is missing.
-pub fn check(p: Provider, opts: &BackendOptions) -> std::result::Result<(), String> {
-    match p {
-        Provider::Tract => Ok(()),
-        Provider::OrtCpu => ort_backend::ort_available(opts).map(|_| ()),
-        Provider::Cuda => ort_backend::provider_available_with(p, opts),
-        // Registration succeeds without TensorRT's own library; the engine cache needs its
-        // version anyway, so a missing libnvinfer is found here and `auto` moves on.
-        Provider::TensorRt => {
-            ort_backend::provider_available_with(p, opts)?;
-            ort_backend::tensorrt_version(opts).map(|_| ())
-        }
-    }
-}
-
 pub fn resolve(choice: ProviderChoice, opts: &BackendOptions) -> Result<Resolved> {
     match choice {
-        ProviderChoice::Named(p) => match check(p, opts) {
+        ProviderChoice::Named(p) => match available(p, opts) {
             Ok(()) => Ok(Resolved {
                 provider: p,
                 reason: "asked for by name".into(),
             }),
-            Err(reason) => Err(Error::ProviderUnavailable {
-                provider: p.name().into(),
-                reason,
-            }),
+            Err(why) => Err(Error::unavailable(p.name(), why)),
         },
         ProviderChoice::Auto => {
             let mut skipped = Vec::new();
             for p in [Provider::TensorRt, Provider::Cuda, Provider::OrtCpu] {
-                match check(p, opts) {
+                match available(p, opts) {
                     Ok(()) => {
                         let why = if skipped.is_empty() {
                             format!("auto: {} is the fastest provider available", p.name())
@@ -77,11 +59,14 @@ pub fn resolve(choice: ProviderChoice, opts: &BackendOptions) -> Result<Resolved
                         });
                     }
                     // The first clause of the reason is enough for a log line.
-                    Err(e) => skipped.push(format!(
-                        "{} ({})",
-                        p.name(),
-                        e.split(';').next().unwrap_or(&e).trim()
-                    )),
+                    Err(why) => {
+                        let why = why.to_string();
+                        skipped.push(format!(
+                            "{} ({})",
+                            p.name(),
+                            why.split(';').next().unwrap_or(&why).trim()
+                        ))
+                    }
                 }
             }
             Ok(Resolved {

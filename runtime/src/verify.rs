@@ -6,9 +6,10 @@ use std::path::Path;
 use crate::backend::Resident;
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Model};
-use crate::pipeline::{Pipeline, Request, Solver};
+use crate::pipeline::Pipeline;
+use crate::sampler::upsample::next_scale_tokens;
+use crate::sampler::{Request, Solver};
 use crate::tensor::Tensor;
-use crate::upsample::next_scale_tokens;
 
 /// Bounds per kind of case. Defaults follow the fixture README.
 #[derive(Debug, Clone)]
@@ -351,16 +352,11 @@ pub fn run(
                     .map(|t| t.into_f32().expect("f32"))
             })
             .collect::<Result<_>>()?;
-        let req = Request {
-            classes: labels.iter().map(|&l| l as usize).collect(),
-            image_indices: (0..labels.len() as u64).collect(),
-            seed: 0,
-            cfg: s.cfg,
-            guidance: s.guidance,
-            steps: s.steps,
-            solver: Solver::Euler,
-            noise: Some(noise),
-        };
+        let req = Request::with_defaults(&m)
+            .with_sampler(Some(s.cfg), Some(s.guidance), Some(s.steps))
+            .with_images(labels.iter().map(|&l| l as usize).collect(), 0)?
+            .with_solver(Solver::Euler)
+            .with_noise(Some(noise));
         let out = pipe.generate(&req, &mut |_| true)?;
         results.push(compare(
             "pipe.tokens",

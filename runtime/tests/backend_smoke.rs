@@ -245,12 +245,14 @@ fn gpu_providers_are_unavailable_on_the_cpu_wheel() {
     assert!(ort_backend::provider_available(Provider::OrtCpu).is_ok());
     assert!(ort_backend::provider_available(Provider::Tract).is_ok());
     for p in [Provider::Cuda, Provider::TensorRt] {
-        let why = ort_backend::provider_available(p).unwrap_err();
+        let why = ort_backend::provider_available(p).unwrap_err().to_string();
         assert!(why.contains("onnxruntime-gpu"), "{why}");
         assert!(why.contains(&lib.display().to_string()), "{why}");
         let e = OrtSession::open(p, &tiny(), &BackendOptions::default()).unwrap_err();
         match &e {
-            Error::ProviderUnavailable { provider, reason } => {
+            Error::ProviderUnavailable {
+                provider, reason, ..
+            } => {
                 assert_eq!(provider, p.name());
                 assert!(reason.contains("execution provider"), "{reason}");
             }

@@ -17,6 +17,7 @@ fn expect_unavailable(opts: &BackendOptions, provider: Provider, needle: &str) {
         Error::ProviderUnavailable {
             provider: p,
             reason,
+            ..
         } => {
             assert_eq!(p, provider.name());
             assert!(reason.contains(needle), "reason lacks `{needle}`: {reason}");
@@ -41,7 +42,7 @@ fn bogus_library_paths_are_errors_not_panics_and_a_good_one_still_loads_afterwar
         "/nonexistent/flowar/libonnxruntime.so.1.31.1",
     );
     expect_unavailable(&opts, Provider::Cuda, "does not exist");
-    let why = ort_backend::ort_available(&opts).unwrap_err();
+    let why = ort_backend::ort_available(&opts).unwrap_err().to_string();
     assert!(why.contains("pip install onnxruntime"), "{why}");
 
     // A file that exists but is not a shared library: dlopen fails, no panic.

@@ -2,13 +2,13 @@
 
 use super::{CliError, CliResult};
 
-pub use flowar_bench::cli::Args;
+pub use flowar_bench::engine::Args;
 
 pub fn run(a: Args) -> CliResult {
-    match flowar_bench::cli::run(a) {
+    match flowar_bench::engine::run(a) {
         Ok(_) => Ok(()),
-        Err(flowar_bench::cli::BenchError::Runtime(e)) => Err(CliError::Runtime(e)),
-        Err(flowar_bench::cli::BenchError::Export(e)) => Err(CliError::Export(e)),
+        Err(flowar_bench::engine::BenchError::Runtime(e)) => Err(CliError::Runtime(e)),
+        Err(flowar_bench::engine::BenchError::Export(e)) => Err(CliError::Export(e)),
         Err(e) if e.is_usage() => Err(CliError::Usage(e.to_string())),
         Err(e) => Err(CliError::Failed(e.to_string())),
     }

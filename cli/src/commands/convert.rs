@@ -26,9 +26,7 @@ impl WeightSource for Cancellable<'_> {
     }
     fn load_f32(&self, key: &str) -> flowar_exporter::Result<Vec<f32>> {
         if crate::interrupted() {
-            return Err(ExportError::BadArgument(
-                "conversion interrupted by Ctrl-C".into(),
-            ));
+            return Err(ExportError::Cancelled("interrupted by Ctrl-C"));
         }
         self.0.load_f32(key)
     }
@@ -152,20 +150,16 @@ pub fn run(a: Args) -> CliResult {
         ];
         (Box::new(f), Box::new(v), sources)
     };
-    let report = convert_as(
-        &ConvertRequest {
-            flowar: &Cancellable(f.as_ref()),
-            vae: &Cancellable(v.as_ref()),
-            source_files,
-            out: a.out.clone(),
-            latent_scale: a.latent_scale,
-            meta,
-            force: a.force,
-            allow_nonfinite: a.allow_nonfinite,
-            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-        },
-        precision,
-    )?;
+    let (fc, vc) = (Cancellable(f.as_ref()), Cancellable(v.as_ref()));
+    let mut req = ConvertRequest::new(&fc, &vc, &a.out)
+        .latent_scale(a.latent_scale)
+        .meta(meta)
+        .force(a.force)
+        .allow_nonfinite(a.allow_nonfinite);
+    for (role, path, format) in &source_files {
+        req = req.source_file(role, path, format);
+    }
+    let report = convert_as(&req, precision)?;
     print_report(&report);
     println!(
         "wrote {} in {:.1}s",

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use flowar_runtime::image::{labelled_grid, save_png, write_atomic, RgbImage};
-use flowar_runtime::{noise, Pipeline, Request, Solver, StageTimes};
+use flowar_runtime::sampler::noise;
+use flowar_runtime::{Pipeline, Request, Solver, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{demo_model, BackendArgs, CliError, CliResult};
@@ -95,24 +96,17 @@ fn model_dir(a: &Args) -> CliResult<PathBuf> {
         let f = flowar_exporter::checkpoint::Checkpoint::open(&demo.dir.join("flowar.pth"))?;
         let v = flowar_exporter::checkpoint::Checkpoint::open(&demo.dir.join("vae.ckpt"))?;
         let meta = flowar_exporter::convert::ModelMeta::load(&demo.dir.join("meta.json"))?;
-        flowar_exporter::convert::convert(&flowar_exporter::convert::ConvertRequest {
-            flowar: &f,
-            vae: &v,
-            source_files: vec![
-                (
-                    "flowar".into(),
-                    demo.dir.join("flowar.pth"),
-                    f.format().into(),
-                ),
-                ("vae".into(), demo.dir.join("vae.ckpt"), v.format().into()),
-            ],
-            out: demo.converted.clone(),
-            latent_scale: None,
-            meta,
-            force: true,
-            allow_nonfinite: false,
-            external_data_threshold: flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-        })?;
+        flowar_exporter::convert::convert(
+            &flowar_exporter::convert::ConvertRequest::from_checkpoints(
+                &f,
+                &demo.dir.join("flowar.pth"),
+                &v,
+                &demo.dir.join("vae.ckpt"),
+                &demo.converted,
+            )
+            .meta(meta)
+            .force(true),
+        )?;
     }
     Ok(demo.converted)
 }
@@ -207,9 +201,13 @@ pub fn run(a: Args) -> CliResult {
     if count == 0 {
         return Err(CliError::Usage("--count must be at least 1".into()));
     }
-    let cfg = a.cfg.unwrap_or(m.sampler.cfg);
-    let guidance = a.guidance.unwrap_or(m.sampler.guidance);
-    let steps = a.steps.unwrap_or(m.sampler.steps);
+    // The model's sampler defaults with what the command line set; every batch is this
+    // request for other images.
+    let base = Request::with_defaults(&m)
+        .with_sampler(a.cfg, a.guidance, a.steps)
+        .with_seed(a.seed)
+        .with_solver(solver);
+    let (cfg, guidance, steps) = (base.cfg, base.guidance, base.steps);
     let indices: Vec<u64> = (0..count as u64)
         .filter(|k| shard.is_none_or(|(i, n)| k % n == i))
         .collect();
@@ -243,22 +241,15 @@ pub fn run(a: Args) -> CliResult {
         a.batch_size
     };
     // Validate once, before any work, with the first batch's shape.
-    let mk = |ix: &[u64], noise: Option<Vec<Vec<f32>>>| Request {
-        classes: ix.iter().map(|&k| class_of(k)).collect(),
-        image_indices: ix.to_vec(),
-        seed: a.seed,
-        cfg,
-        guidance,
-        steps,
-        solver,
-        noise,
+    let mk = |ix: &[u64], noise: Option<Vec<Vec<f32>>>| {
+        base.clone().with_indices(ix, class_of).with_noise(noise)
     };
     if let Some(first) = indices.chunks(batch_size).next() {
         pipe.validate(&mk(first, recorded.clone()))?;
     }
 
     let n_scales = m.scales.len();
-    let grid_steps = flowar_runtime::schedule::time_grid(steps).len() - 1;
+    let grid_steps = flowar_runtime::sampler::schedule::time_grid(steps).len() - 1;
     let total_ticks = (indices.len().div_ceil(batch_size) * n_scales * grid_steps) as u64;
     let bar = ProgressBar::new(total_ticks);
     bar.set_style(

@@ -23,6 +23,13 @@ pub enum CliError {
     Failed(String),
 }
 
+/// A model folder's manifest problem is the runtime's (an unknown class is bad usage).
+impl From<flowar_runtime::manifest::FormatError> for CliError {
+    fn from(e: flowar_runtime::manifest::FormatError) -> CliError {
+        CliError::Runtime(e.into())
+    }
+}
+
 impl CliError {
     /// 2 for bad usage, 1 otherwise.
     pub fn exit_code(&self) -> i32 {

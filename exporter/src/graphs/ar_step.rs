@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::nn::{self, RopeTables};
 use crate::onnx::{Dim, Elem, Graph, Val};
 use crate::weights::Vb;
+use flowar_format::io::ar_step as io;
 
 /// `h += g1*attn(rmsnorm(h)*(1+s1)+b1); h += g2*mlp(rmsnorm(h)*(1+s2)+b2)`, with this
 /// block's keys and values appended to its cache.
@@ -105,48 +106,40 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         ]
     };
     let mut inputs = vec![
-        Io::new("labels", Elem::I64, vec![Dim::Sym(ROWS)]),
+        Io::new(io::LABELS, Elem::I64, vec![Dim::Sym(ROWS)]),
         Io::new(
-            "tokens",
+            io::TOKENS,
             Elem::F32,
             vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(c)],
         ),
-        Io::new("first_scale", Elem::Bool, vec![]),
-        Io::new("positions", Elem::I64, vec![Dim::Sym(TOKENS)]),
+        Io::new(io::FIRST_SCALE, Elem::Bool, vec![]),
+        Io::new(io::POSITIONS, Elem::I64, vec![Dim::Sym(TOKENS)]),
         Io::new(
-            "rope_cos",
+            io::ROPE_COS,
             Elem::F32,
             vec![Dim::Sym(TOKENS), Dim::Fixed(hd)],
         ),
         Io::new(
-            "rope_sin",
+            io::ROPE_SIN,
             Elem::F32,
             vec![Dim::Sym(TOKENS), Dim::Fixed(hd)],
         ),
     ];
     let mut outputs = vec![Io::new(
-        "z",
+        io::Z,
         Elem::F32,
         vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(d)],
     )];
     for layer in &a.cache_layers {
-        inputs.push(Io::new(
-            format!("past_key.{layer}"),
-            Elem::F32,
-            cache_dims(PAST),
-        ));
-        inputs.push(Io::new(
-            format!("past_value.{layer}"),
-            Elem::F32,
-            cache_dims(PAST),
-        ));
+        inputs.push(Io::new(io::past_key(layer), Elem::F32, cache_dims(PAST)));
+        inputs.push(Io::new(io::past_value(layer), Elem::F32, cache_dims(PAST)));
         outputs.push(Io::new(
-            format!("present_key.{layer}"),
+            io::present_key(layer),
             Elem::F32,
             cache_dims(TOTAL),
         ));
         outputs.push(Io::new(
-            format!("present_value.{layer}"),
+            io::present_value(layer),
             Elem::F32,
             cache_dims(TOTAL),
         ));
@@ -154,7 +147,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
     for io in &inputs {
         g.input(&io.name, io.elem, &io.dims);
     }
-    let rope = RopeTables::new(&mut g, "rope_cos".into(), "rope_sin".into(), hd);
+    let rope = RopeTables::new(&mut g, io::ROPE_COS.into(), io::ROPE_SIN.into(), hd);
 
     // Class condition c [rows, D] and the scale's input x [rows, tokens, D].
     let ce = vb.get("class_emb.weight", &[dims.num_classes + 1, d])?;
@@ -162,7 +155,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         let t = g.weight("class_emb.weight", &[dims.num_classes + 1, d], &ce, "");
         let c = g.node(
             "Gather",
-            &[&t, "labels"],
+            &[&t, io::LABELS],
             vec![crate::onnx::builder::attr_int("axis", 0)],
         );
         let s = g.silu(&c);
@@ -170,12 +163,12 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
     });
     drop(ce);
     let projected = {
-        let tokens = g.to_act("tokens");
+        let tokens = g.to_act(io::TOKENS);
         nn::linear(&mut g, &vb.pp("z_proj"), &tokens, c, d, true)?
     };
     let x = g.scoped("z_proj", |g| {
         let c3 = g.unsqueeze(&class_c, &[1]);
-        g.node("Where", &["first_scale", &c3, &projected], vec![])
+        g.node("Where", &[io::FIRST_SCALE, &c3, &projected], vec![])
     });
 
     // Encoder.
@@ -184,7 +177,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         vb,
         "encoder_pos_embed_learned",
         &x,
-        "positions",
+        io::POSITIONS,
         dims,
     )?;
     let mut h = nn::rms_norm_weighted(&mut g, &vb.pp("z_proj_ln"), &h, d)?;
@@ -192,8 +185,8 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
     let mut presents = Vec::new();
     for k in 0..a.encoder_depth {
         let (pk, pv) = (
-            format!("past_key.{}", a.cache_layers[layer]),
-            format!("past_value.{}", a.cache_layers[layer]),
+            io::past_key(&a.cache_layers[layer]),
+            io::past_value(&a.cache_layers[layer]),
         );
         let (nh, ka, va) = block(
             &mut g,
@@ -216,13 +209,13 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         vb,
         "decoder_pos_embed_learned",
         &h,
-        "positions",
+        io::POSITIONS,
         dims,
     )?;
     for k in 0..a.decoder_depth {
         let (pk, pv) = (
-            format!("past_key.{}", a.cache_layers[layer]),
-            format!("past_value.{}", a.cache_layers[layer]),
+            io::past_key(&a.cache_layers[layer]),
+            io::past_value(&a.cache_layers[layer]),
         );
         let (nh, ka, va) = block(
             &mut g,
@@ -243,12 +236,12 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         vb,
         "diffusion_pos_embed_learned",
         &h,
-        "positions",
+        io::POSITIONS,
         dims,
     )?;
 
     let z = g.to_f32(&z);
-    g.output(&z, "z", Elem::F32, &outputs[0].dims);
+    g.output(&z, io::Z, Elem::F32, &outputs[0].dims);
     for (i, (ka, va)) in presents.iter().enumerate() {
         let ko = &outputs[1 + 2 * i];
         let ka = g.to_f32(ka);

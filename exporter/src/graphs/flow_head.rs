@@ -9,14 +9,15 @@ use crate::error::Result;
 use crate::nn::{self, RopeTables};
 use crate::onnx::{Dim, Elem, Graph, Val};
 use crate::weights::Vb;
-use flowar_runtime::manifest::FlowKind;
+use flowar_format::io::flow_head as io;
+use flowar_format::manifest::FlowKind;
 
 /// Sinusoidal embedding of `trunc(t * 1000)`, then `mlp.2(silu(mlp.0(e)))`: `[rows, 1, W]`.
 fn time_embed(g: &mut Graph, vb: &Vb, w: usize) -> Result<Val> {
     const HALF: usize = 128;
     let e = g.scoped(vb.prefix(), |g| {
         let thousand = g.scalar_f32(1000.0);
-        let t = g.mul("t", &thousand);
+        let t = g.mul(io::T, &thousand);
         // Truncation toward zero, spec-safe in every engine: sign(t) * floor(|t|).
         let sign = g.unary("Sign", &t);
         let abs = g.unary("Abs", &t);
@@ -115,40 +116,40 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
     let mut g = Graph::with_precision("flowar_flow_head", act);
     let inputs = vec![
         Io::new(
-            "x",
+            io::X,
             Elem::F32,
             vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(c)],
         ),
-        Io::new("t", Elem::F32, vec![Dim::Sym(ROWS)]),
+        Io::new(io::T, Elem::F32, vec![Dim::Sym(ROWS)]),
         Io::new(
-            "z",
+            io::Z,
             Elem::F32,
             vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(d)],
         ),
         Io::new(
-            "rope_cos",
+            io::ROPE_COS,
             Elem::F32,
             vec![Dim::Sym(TOKENS), Dim::Fixed(f.head_dim)],
         ),
         Io::new(
-            "rope_sin",
+            io::ROPE_SIN,
             Elem::F32,
             vec![Dim::Sym(TOKENS), Dim::Fixed(f.head_dim)],
         ),
     ];
     let outputs = vec![Io::new(
-        "v",
+        io::V,
         Elem::F32,
         vec![Dim::Sym(ROWS), Dim::Sym(TOKENS), Dim::Fixed(c)],
     )];
     for io in &inputs {
         g.input(&io.name, io.elem, &io.dims);
     }
-    let rope = RopeTables::new(&mut g, "rope_cos".into(), "rope_sin".into(), f.head_dim);
+    let rope = RopeTables::new(&mut g, io::ROPE_COS.into(), io::ROPE_SIN.into(), f.head_dim);
 
     let te = time_embed(&mut g, &vb.pp("time_embed"), w)?;
-    let x_in = g.to_act("x");
-    let z_in = g.to_act("z");
+    let x_in = g.to_act(io::X);
+    let z_in = g.to_act(io::Z);
     let mut h = nn::linear(&mut g, &vb.pp("input_proj"), &x_in, c, w, true)?;
     let cond = nn::linear(&mut g, &vb.pp("cond_embed"), &z_in, d, w, true)?;
     // silu(c + te) feeds every spatial adaLN, the cross head's MLP adaLN and the final layer.
@@ -211,7 +212,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
     });
     let v = nn::linear(&mut g, &fvb.pp("linear"), &x, w, c, true)?;
     let v = g.to_f32(&v);
-    g.output(&v, "v", Elem::F32, &outputs[0].dims);
+    g.output(&v, io::V, Elem::F32, &outputs[0].dims);
     let parameters = g.param_count();
     Ok(BuiltGraph {
         model: g.finish(

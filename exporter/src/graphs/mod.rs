@@ -1,12 +1,13 @@
-//! The three exported graphs. Input and output names here are the runtime's contract and
-//! are recorded in the manifest.
+//! The four exported graphs. Their file, input and output names and symbolic dimensions
+//! come from `flowar_format::io`, the contract with the runtime, and are recorded in the
+//! manifest.
 pub mod ar_step;
 pub mod flow_head;
 pub mod solver_step;
 pub mod vae_decoder;
 
 use crate::onnx::builder::{Dim, Elem};
-use flowar_runtime::manifest::{DimSpec, TensorSpec};
+use flowar_format::manifest::{DimSpec, TensorSpec};
 
 /// Symbolic dimension names shared by all graphs.
 pub const ROWS: &str = "rows";

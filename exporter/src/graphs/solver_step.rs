@@ -16,29 +16,30 @@
 use super::{BuiltGraph, Io, BATCH, TOKENS, VELOCITY_ROWS};
 use crate::onnx::builder::{attr_int, Graph};
 use crate::onnx::{Dim, Elem};
+use flowar_format::io::solver_step as io;
 
 pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
     let c = latent_channels;
     let state = || vec![Dim::Sym(BATCH), Dim::Sym(TOKENS), Dim::Fixed(c)];
     let inputs = vec![
-        Io::new("x", Elem::F64, state()),
+        Io::new(io::X, Elem::F64, state()),
         Io::new(
-            "v",
+            io::V,
             Elem::F32,
             vec![Dim::Sym(VELOCITY_ROWS), Dim::Sym(TOKENS), Dim::Fixed(c)],
         ),
-        Io::new("w", Elem::F32, vec![]),
-        Io::new("dt", Elem::F64, vec![]),
+        Io::new(io::W, Elem::F32, vec![]),
+        Io::new(io::DT, Elem::F64, vec![]),
     ];
     let outputs = vec![
-        Io::new("x_next", Elem::F64, state()),
-        Io::new("x_in", Elem::F32, state()),
+        Io::new(io::X_NEXT, Elem::F64, state()),
+        Io::new(io::X_IN, Elem::F32, state()),
         Io::new(
-            "x_in_pair",
+            io::X_IN_PAIR,
             Elem::F32,
             vec![Dim::Sym(super::ROWS), Dim::Sym(TOKENS), Dim::Fixed(c)],
         ),
-        Io::new("nonfinite", Elem::F32, vec![]),
+        Io::new(io::NONFINITE, Elem::F32, vec![]),
     ];
     let mut g = Graph::new("flowar_solver_step");
     for io in &inputs {
@@ -48,15 +49,15 @@ pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
         // Conditional rows are the first `batch`, null rows the last `batch` (the same rows
         // when there is one block). Slicing by `batch` keeps every dimension symbolic.
         let (zero, one) = (g.const_i64(&[0]), g.const_i64(&[1]));
-        let shape_x = g.node("Shape", &["x"], vec![]);
+        let shape_x = g.node("Shape", &[io::X], vec![]);
         let batch = g.node("Slice", &[&shape_x, &zero, &one], vec![]);
-        let shape_v = g.node("Shape", &["v"], vec![]);
+        let shape_v = g.node("Shape", &[io::V], vec![]);
         let rows = g.node("Slice", &[&shape_v, &zero, &one], vec![]);
         let null_start = g.sub(&rows, &batch);
-        let vc = g.node("Slice", &["v", &zero, &batch, &zero], vec![]);
-        let vu = g.node("Slice", &["v", &null_start, &rows, &zero], vec![]);
+        let vc = g.node("Slice", &[io::V, &zero, &batch, &zero], vec![]);
+        let vu = g.node("Slice", &[io::V, &null_start, &rows, &zero], vec![]);
         let diff = g.sub(&vc, &vu);
-        let scaled = g.mul("w", &diff);
+        let scaled = g.mul(io::W, &diff);
         g.add(&vu, &scaled)
     });
     let x_next = g.scoped("update", |g| {
@@ -65,8 +66,8 @@ pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
             &[&g_f32],
             vec![attr_int("to", Elem::F64.onnx() as i64)],
         );
-        let step = g.mul("dt", &g64);
-        g.add("x", &step)
+        let step = g.mul(io::DT, &g64);
+        g.add(io::X, &step)
     });
     let (x_in, pair) = g.scoped("next_input", |g| {
         let x_in = g.node(
@@ -78,8 +79,8 @@ pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
         (x_in, pair)
     });
     let nonfinite = g.scoped("nonfinite", |g| {
-        let nan = g.unary("IsNaN", "v");
-        let inf = g.unary("IsInf", "v");
+        let nan = g.unary("IsNaN", io::V);
+        let inf = g.unary("IsInf", io::V);
         let bad = g.node("Or", &[&nan, &inf], vec![]);
         let count = g.node(
             "Cast",
@@ -88,10 +89,10 @@ pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
         );
         g.node("ReduceSum", &[&count], vec![attr_int("keepdims", 0)])
     });
-    g.output(&x_next, "x_next", Elem::F64, &outputs[0].dims);
-    g.output(&x_in, "x_in", Elem::F32, &outputs[1].dims);
-    g.output(&pair, "x_in_pair", Elem::F32, &outputs[2].dims);
-    g.output(&nonfinite, "nonfinite", Elem::F32, &outputs[3].dims);
+    g.output(&x_next, io::X_NEXT, Elem::F64, &outputs[0].dims);
+    g.output(&x_in, io::X_IN, Elem::F32, &outputs[1].dims);
+    g.output(&pair, io::X_IN_PAIR, Elem::F32, &outputs[2].dims);
+    g.output(&nonfinite, io::NONFINITE, Elem::F32, &outputs[3].dims);
     BuiltGraph {
         model: g.finish(
             "FlowAR solver step: CFG combination and x + dt * v in float64",

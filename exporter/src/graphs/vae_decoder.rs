@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::nn;
 use crate::onnx::{Dim, Elem, Graph, Val};
 use crate::weights::Vb;
+use flowar_format::io::vae_decoder as io;
 
 /// `x + conv2(swish(GN(conv1(swish(GN(x))))))`, with a 1x1 `nin_shortcut` when channels change.
 fn resnet_block(
@@ -73,7 +74,7 @@ pub fn build(
     let image = grid * a.stride;
     let mut g = Graph::with_precision("flowar_vae_decoder", act);
     let inputs = vec![Io::new(
-        "latent",
+        io::LATENT,
         Elem::F32,
         vec![
             Dim::Sym(BATCH),
@@ -83,7 +84,7 @@ pub fn build(
         ],
     )];
     let outputs = vec![Io::new(
-        "image",
+        io::IMAGE,
         Elem::F32,
         vec![
             Dim::Sym(BATCH),
@@ -97,7 +98,7 @@ pub fn build(
     }
     let x = g.scoped("latent_scale", |g| {
         let s = g.scalar_f32(latent_scale as f32);
-        let x = g.div("latent", &s);
+        let x = g.div(io::LATENT, &s);
         g.to_act(&x)
     });
     let x = nn::conv2d(&mut g, &vb.pp("post_quant_conv"), &x, c, a.z_channels, 1)?;
@@ -130,7 +131,7 @@ pub fn build(
     h = g.scoped("decoder.norm_out", |g| g.silu(&h));
     let img = nn::conv2d(&mut g, &dvb.pp("conv_out"), &h, ch, 3, 3)?;
     let img = g.to_f32(&img);
-    g.output(&img, "image", Elem::F32, &outputs[0].dims);
+    g.output(&img, io::IMAGE, Elem::F32, &outputs[0].dims);
     let parameters = g.param_count();
     Ok(BuiltGraph {
         model: g.finish(

@@ -1,16 +1,12 @@
-//! Settings of the CUDA and TensorRT execution providers, and what TensorRT needs derived
-//! from the model: optimization profiles for the symbolic dimensions and an engine-cache
-//! folder keyed by the model's graphs, the TensorRT version and the profile.
+//! Settings of the CUDA and TensorRT execution providers (what TensorRT builds and caches
+//! is in [`super::tensorrt`]).
 //!
 //! Options are set by name (`GpuOptions::set`), so the CLI (`--gpu NAME=VALUE`) and the C
 //! ABI (`flowar_options_set`) share one parser and one list of names.
 
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::manifest::{DimSpec, GraphSpec, Manifest};
 
 /// How cuDNN picks convolution algorithms (the VAE decoder is all convolutions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +33,8 @@ pub struct GpuOptions {
     pub tf32: bool,
     /// `trt_fp16`: let TensorRT pick float16 kernels (on by default; `false` opts out).
     pub trt_fp16: bool,
-    /// `trt_cache_dir`: root of the engine and timing caches (default: see [`cache_root`]).
+    /// `trt_cache_dir`: root of the engine and timing caches (default: see
+    /// [`super::tensorrt::cache_root`]).
     pub trt_cache_dir: Option<PathBuf>,
     /// `trt_max_batch`: largest batch (images per call) the TensorRT profiles cover. The
     /// CLI sets it from `--batch-size`; a larger batch is refused before any work.
@@ -186,170 +183,6 @@ impl GpuOptions {
     }
 }
 
-/// Min / opt / max shapes of every dynamic input of one graph, in onnxruntime's TensorRT syntax
-/// (`name:d0xd1x...,name2:...`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrtProfile {
-    pub min: String,
-    pub opt: String,
-    pub max: String,
-}
-
-/// The range of one symbolic dimension over a generation of at most `max_batch` images.
-fn dim_range(m: &Manifest, sym: &str, max_batch: usize) -> Option<(usize, usize, usize)> {
-    let final_tokens = m.final_grid() * m.final_grid();
-    let total: usize = m.scales.iter().map(|s| s * s).sum();
-    match sym {
-        // Conditional and null rows of every image while CFG is on; fewer without it.
-        "rows" => Some((1, 2 * max_batch, 2 * max_batch)),
-        "batch" => Some((1, max_batch, max_batch)),
-        // One scale's tokens: the first scale has one, the last is the most expensive.
-        "tokens" => Some((1, final_tokens, final_tokens)),
-        // KV cache before a scale: empty before the first, everything but the last scale's
-        // tokens before the last.
-        "past_tokens" => Some((0, total - final_tokens, total - final_tokens)),
-        "total_tokens" => Some((1, total, total)),
-        _ => None,
-    }
-}
-
-/// The TensorRT optimization profile of `graph`, derived from the manifest's scales and
-/// `max_batch`. Opt is the last scale at the full batch, where most time goes.
-pub fn trt_profile(m: &Manifest, graph: &GraphSpec, max_batch: usize) -> Result<TrtProfile> {
-    let (mut min, mut opt, mut max) = (Vec::new(), Vec::new(), Vec::new());
-    // onnxruntime wants every dynamic input listed, and only those.
-    let dynamic = graph
-        .inputs
-        .iter()
-        .filter(|i| i.shape.iter().any(|d| matches!(d, DimSpec::Symbolic(_))));
-    for input in dynamic {
-        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-        for d in &input.shape {
-            let (lo, mid, hi) = match d {
-                DimSpec::Fixed(n) => (*n, *n, *n),
-                DimSpec::Symbolic(s) => dim_range(m, s, max_batch).ok_or_else(|| Error::Model {
-                    path: PathBuf::from(&graph.file),
-                    reason: format!(
-                        "input `{}` has symbolic dimension `{s}`, which this runtime cannot size \
-                         a TensorRT profile for (a model from a newer exporter?)",
-                        input.name
-                    ),
-                })?,
-            };
-            a.push(lo.to_string());
-            b.push(mid.to_string());
-            c.push(hi.to_string());
-        }
-        min.push(format!("{}:{}", input.name, a.join("x")));
-        opt.push(format!("{}:{}", input.name, b.join("x")));
-        max.push(format!("{}:{}", input.name, c.join("x")));
-    }
-    Ok(TrtProfile {
-        min: min.join(","),
-        opt: opt.join(","),
-        max: max.join(","),
-    })
-}
-
-/// Default cache root: `$FLOWAR_CACHE_DIR`, else `$XDG_CACHE_HOME/flowar`, else
-/// `$HOME/.cache/flowar`, else the system temp folder's `flowar-cache`.
-pub fn cache_root() -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("FLOWAR_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flowar")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/flowar")))
-        .unwrap_or_else(|| std::env::temp_dir().join("flowar-cache"))
-}
-
-/// Where one model's TensorRT engines and timing cache live:
-/// `<root>/tensorrt/<graphs hash>-<dtype>-trt<version>-<fp16|fp32>-b<max batch>`.
-/// A new TensorRT version, a re-exported model or another profile gets a new folder, so a
-/// stale engine is never loaded.
-pub fn trt_cache_dir(root: &Path, m: &Manifest, trt_version: &str, opts: &GpuOptions) -> PathBuf {
-    let mut h = Sha256::new();
-    for g in [
-        &m.graphs.ar_step,
-        &m.graphs.flow_head,
-        &m.graphs.vae_decoder,
-    ] {
-        h.update(g.sha256.as_bytes());
-    }
-    let hash: String = h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let dtype = if m.dtype == "float16" { "f16" } else { "f32" };
-    root.join("tensorrt").join(format!(
-        "{hash}-{dtype}-trt{trt_version}-{}-b{}",
-        if opts.trt_fp16 { "fp16" } else { "fp32" },
-        opts.trt_max_batch
-    ))
-}
-
-/// Whether `dir` already holds a built engine (else the first session builds them).
-pub fn has_engines(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with(".engine"))
-        })
-        .unwrap_or(false)
-}
-
-/// The TensorRT version the dynamic loader finds (`libnvinfer.so.N`, the library
-/// onnxruntime's TensorRT provider links), as `major.minor.patch`; `Err` says what was tried.
-/// `extra_dirs` are searched as well (pip's `tensorrt_libs` folder beside onnxruntime).
-pub fn tensorrt_version(extra_dirs: &[PathBuf]) -> std::result::Result<String, String> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    for major in [10, 9, 8] {
-        candidates.push(PathBuf::from(format!("libnvinfer.so.{major}")));
-    }
-    candidates.push(PathBuf::from("libnvinfer.so"));
-    for d in extra_dirs {
-        for major in [10, 9, 8] {
-            candidates.push(d.join(format!("libnvinfer.so.{major}")));
-        }
-    }
-    let mut tried = Vec::new();
-    for c in &candidates {
-        // SAFETY: loading libnvinfer runs its initialisers, as onnxruntime's TensorRT
-        // provider does when it loads; we call one C function taking no arguments.
-        let lib = match unsafe { libloading::Library::new(c) } {
-            Ok(l) => l,
-            Err(_) => {
-                tried.push(c.display().to_string());
-                continue;
-            }
-        };
-        let f: libloading::Symbol<unsafe extern "C" fn() -> i32> =
-            match unsafe { lib.get(b"getInferLibVersion\0") } {
-                Ok(f) => f,
-                Err(e) => return Err(format!("{} has no getInferLibVersion: {e}", c.display())),
-            };
-        let v = unsafe { f() };
-        return Ok(decode_trt_version(v));
-    }
-    Err(format!(
-        "TensorRT (libnvinfer) not found by the dynamic loader; tried {}; pip install tensorrt \
-         and add its tensorrt_libs folder to LD_LIBRARY_PATH",
-        tried.join(", ")
-    ))
-}
-
-/// `getInferLibVersion()` encodes major·10000 + minor·100 + patch (TensorRT 10) or
-/// major·1000 + minor·100 + patch (TensorRT 8 and earlier).
-pub fn decode_trt_version(v: i32) -> String {
-    if v >= 10_000 {
-        format!("{}.{}.{}", v / 10_000, (v / 100) % 100, v % 100)
-    } else {
-        format!("{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,7 +217,10 @@ mod tests {
         assert_eq!(o.memory_limit, Some(8 << 30));
         assert!(!o.trt_fp16 && o.tf32);
         assert_eq!(o.conv_search, ConvSearch::Heuristic);
-        assert_eq!(o.trt_cache_dir.as_deref(), Some(Path::new("/tmp/x")));
+        assert_eq!(
+            o.trt_cache_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/x"))
+        );
         assert_eq!(o.trt_max_batch, 16);
         assert_eq!(o.trt_workspace, Some(4 << 30));
         let before = o.clone();
@@ -399,12 +235,5 @@ mod tests {
             assert!(e.contains(needle), "{pair}: {e}");
         }
         assert_eq!(o, before, "a failed set changes nothing");
-    }
-
-    #[test]
-    fn trt_versions_decode() {
-        assert_eq!(decode_trt_version(100_300), "10.3.0");
-        assert_eq!(decode_trt_version(101_302), "10.13.2");
-        assert_eq!(decode_trt_version(8601), "8.6.1");
     }
 }

@@ -1,11 +1,18 @@
 //! Execution backends: onnxruntime (through `ort`) and tract, behind one trait.
+//!
+//! A backend runs ONNX graphs by file and input name. It knows nothing of FlowAR: what a
+//! graph does, which inputs grow with the batch, and what a TensorRT profile should cover
+//! are decided by the model layer ([`crate::model`]) and handed down as neutral
+//! [`ShapeRange`]s and options.
 
-use crate::error::Result;
+use crate::error::{Cause, Result};
 use crate::tensor::Tensor;
 use std::path::Path;
 
 pub mod gpu;
+pub mod inputs;
 pub mod ort_backend;
+pub mod tensorrt;
 pub mod tract_backend;
 
 /// Which engine (and execution provider) runs the graphs.
@@ -33,6 +40,25 @@ impl Provider {
             Provider::TensorRt,
             Provider::Tract,
         ]
+    }
+
+    /// Whether this provider computes on a GPU.
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Provider::Cuda | Provider::TensorRt)
+    }
+
+    /// Whether sessions on this provider need a [`TrtSetup`] (profiles and engine cache).
+    pub fn builds_engines(self) -> bool {
+        self == Provider::TensorRt
+    }
+
+    /// The provider that runs float64 graphs in place of this one: TensorRT has no float64,
+    /// so such graphs run on CUDA, on the same device.
+    pub fn for_float64(self) -> Provider {
+        match self {
+            Provider::TensorRt => Provider::Cuda,
+            p => p,
+        }
     }
 }
 
@@ -74,12 +100,64 @@ impl BackendOptions {
     }
 }
 
-/// What a TensorRT session needs beyond [`BackendOptions`], derived from the manifest.
+/// Why a provider or the engine library cannot be used: what is missing, and the loader's
+/// or engine's own error when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", match source { Some(c) => format!("{reason}: {c}"), None => reason.clone() })]
+pub struct Unavailable {
+    pub reason: String,
+    #[source]
+    pub source: Option<Cause>,
+}
+
+impl Unavailable {
+    pub fn new(reason: impl Into<String>) -> Unavailable {
+        Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    pub fn caused_by(reason: impl Into<String>, source: impl Into<Cause>) -> Unavailable {
+        Unavailable {
+            reason: reason.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+/// Whether `provider` can run here; `Err` says what is missing. Loads onnxruntime for the
+/// onnxruntime providers; TensorRT also needs its own library (the engine cache is keyed by
+/// its version), so a missing `libnvinfer` is found here rather than at the first run.
+pub fn available(provider: Provider, options: &BackendOptions) -> Result<(), Unavailable> {
+    match provider {
+        Provider::Tract => Ok(()),
+        Provider::OrtCpu | Provider::Cuda => {
+            ort_backend::provider_available_with(provider, options)
+        }
+        Provider::TensorRt => {
+            ort_backend::provider_available_with(provider, options)?;
+            ort_backend::tensorrt_version(options).map(|_| ())
+        }
+    }
+}
+
+/// The sizes one dynamic graph input may take: per dimension, the smallest, the one to
+/// tune for, and the largest. Fixed dimensions have all three equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeRange {
+    pub input: String,
+    pub min: Vec<usize>,
+    pub opt: Vec<usize>,
+    pub max: Vec<usize>,
+}
+
+/// What a TensorRT session needs beyond [`BackendOptions`]: where its engines are cached
+/// ([`tensorrt::EngineCache`]) and the shape ranges of every dynamic input.
 #[derive(Debug, Clone)]
 pub struct TrtSetup {
-    /// Engine and timing cache folder ([`gpu::trt_cache_dir`]).
     pub cache_dir: std::path::PathBuf,
-    pub profile: gpu::TrtProfile,
+    pub shapes: Vec<ShapeRange>,
 }
 
 /// One loaded graph, ready to run repeatedly with inputs of any symbolic size.
@@ -116,14 +194,14 @@ impl Resident {
     pub fn to_host(&self) -> Result<Tensor> {
         match self {
             Resident::Host(t) => Ok(t.clone()),
-            Resident::Ort(v) => ort_backend::value_to_host(v),
+            Resident::Ort(v) => ort_backend::value::to_host(v),
         }
     }
 
     pub fn shape(&self) -> Vec<usize> {
         match self {
             Resident::Host(t) => t.shape.clone(),
-            Resident::Ort(v) => ort_backend::value_shape(v),
+            Resident::Ort(v) => ort_backend::value::shape(v),
         }
     }
 
@@ -131,7 +209,7 @@ impl Resident {
     pub fn try_clone(&self) -> Result<Resident> {
         match self {
             Resident::Host(t) => Ok(Resident::Host(t.clone())),
-            Resident::Ort(v) => ort_backend::value_clone(v).map(Resident::Ort),
+            Resident::Ort(v) => ort_backend::value::clone(v).map(Resident::Ort),
         }
     }
 }
@@ -158,4 +236,27 @@ pub fn open_session_with(
             provider, graph, options, trt,
         )?)),
     }
+}
+
+/// The graph's file name, for error messages.
+pub(crate) fn graph_name(graph: &Path) -> String {
+    graph
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| graph.display().to_string())
+}
+
+/// That `graph` is an existing file, before an engine tries to parse it.
+pub(crate) fn check_graph_file(graph: &Path) -> Result<()> {
+    let reason = if !graph.exists() {
+        "graph file not found"
+    } else if !graph.is_file() {
+        "not a file"
+    } else {
+        return Ok(());
+    };
+    Err(crate::error::Error::Model {
+        path: graph.to_path_buf(),
+        reason: reason.into(),
+    })
 }

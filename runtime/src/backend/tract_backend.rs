@@ -17,8 +17,9 @@ use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::{BackendOptions, Resident, Session};
-use crate::error::{Error, Result};
+use super::inputs::check_host;
+use super::{check_graph_file, graph_name, BackendOptions, Resident, Session};
+use crate::error::{Cause, Error, Result};
 use crate::tensor::{Tensor as HostTensor, TensorData};
 
 const BACKEND: &str = "tract";
@@ -45,18 +46,7 @@ impl std::fmt::Debug for TractSession {
 impl TractSession {
     /// Loads, types and optimizes `graph`, planned to run on `options.threads` threads.
     pub fn open(graph: &Path, options: &BackendOptions) -> Result<TractSession> {
-        if !graph.exists() {
-            return Err(Error::Model {
-                path: graph.to_path_buf(),
-                reason: "graph file not found".into(),
-            });
-        }
-        if !graph.is_file() {
-            return Err(Error::Model {
-                path: graph.to_path_buf(),
-                reason: "not a file".into(),
-            });
-        }
+        check_graph_file(graph)?;
         let model_err = |what: &str, e: TractError| Error::Model {
             path: graph.to_path_buf(),
             reason: format!("tract could not {what}: {e:?}"),
@@ -135,13 +125,9 @@ impl TractSession {
         let plan = typed
             .into_runnable_with_options(&run_options)
             .map_err(|e| model_err("plan the graph", e))?;
-        let graph_name = graph
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| graph.display().to_string());
         Ok(TractSession {
             plan,
-            graph: graph_name,
+            graph: graph_name(graph),
             input_names,
             input_types,
             output_names,
@@ -158,11 +144,12 @@ impl TractSession {
         &self.output_names
     }
 
-    fn err(&self, reason: impl Into<String>) -> Error {
+    fn err(&self, reason: impl Into<String>, source: Option<Cause>) -> Error {
         Error::Backend {
             backend: BACKEND.into(),
             graph: self.graph.clone(),
             reason: reason.into(),
+            source,
         }
     }
 }
@@ -192,44 +179,49 @@ fn to_tract(t: &HostTensor) -> TractResult<TValue> {
     Ok(tensor.into_tvalue())
 }
 
-fn from_tract(t: &tract_onnx::prelude::Tensor) -> std::result::Result<HostTensor, String> {
+/// A tract error, shown with its whole chain of causes on one line.
+#[derive(Debug)]
+pub struct TractFailure(TractError);
+
+impl std::fmt::Display for TractFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for TractFailure {}
+
+fn failure(e: TractError) -> Option<Cause> {
+    Some(Box::new(TractFailure(e)))
+}
+
+/// Why a tract output could not be read into a host tensor.
+#[derive(Debug, thiserror::Error)]
+enum OutputError {
+    #[error("element type {0} is not supported (only float32, float64, int64 and bool)")]
+    ElementType(String),
+    #[error(transparent)]
+    Engine(#[from] TractFailure),
+}
+
+impl From<TractError> for OutputError {
+    fn from(e: TractError) -> OutputError {
+        OutputError::Engine(TractFailure(e))
+    }
+}
+
+fn from_tract(t: &tract_onnx::prelude::Tensor) -> std::result::Result<HostTensor, OutputError> {
+    fn copy<T: Datum + Clone>(t: &tract_onnx::prelude::Tensor) -> TractResult<Vec<T>> {
+        Ok(t.try_as_plain_ram()?.as_slice::<T>()?.to_vec())
+    }
     let shape = t.shape().to_vec();
-    let view = t.try_as_plain_ram().map_err(|e| format!("{e:?}"))?;
     let data = match t.datum_type() {
-        DatumType::F32 => TensorData::F32(
-            view.as_slice::<f32>()
-                .map_err(|e| format!("{e:?}"))?
-                .to_vec(),
-        ),
-        DatumType::F64 => TensorData::F64(
-            view.as_slice::<f64>()
-                .map_err(|e| format!("{e:?}"))?
-                .to_vec(),
-        ),
-        DatumType::I64 => TensorData::I64(
-            view.as_slice::<i64>()
-                .map_err(|e| format!("{e:?}"))?
-                .to_vec(),
-        ),
-        DatumType::Bool => TensorData::Bool(
-            view.as_slice::<bool>()
-                .map_err(|e| format!("{e:?}"))?
-                .to_vec(),
-        ),
-        DatumType::TDim => {
-            let cast = t.cast_to::<i64>().map_err(|e| format!("{e:?}"))?;
-            let view = cast.try_as_plain_ram().map_err(|e| format!("{e:?}"))?;
-            TensorData::I64(
-                view.as_slice::<i64>()
-                    .map_err(|e| format!("{e:?}"))?
-                    .to_vec(),
-            )
-        }
-        other => {
-            return Err(format!(
-                "element type {other:?} is not supported (only float32, float64, int64 and bool)"
-            ))
-        }
+        DatumType::F32 => TensorData::F32(copy(t)?),
+        DatumType::F64 => TensorData::F64(copy(t)?),
+        DatumType::I64 => TensorData::I64(copy(t)?),
+        DatumType::Bool => TensorData::Bool(copy(t)?),
+        DatumType::TDim => TensorData::I64(copy(&*t.cast_to::<i64>()?)?),
+        other => return Err(OutputError::ElementType(format!("{other:?}"))),
     };
     Ok(HostTensor { shape, data })
 }
@@ -245,8 +237,7 @@ fn datum_of(t: &HostTensor) -> DatumType {
 
 impl Session for TractSession {
     fn run(&mut self, inputs: &[(&str, &HostTensor)]) -> Result<Vec<HostTensor>> {
-        super::ort_backend::check_host_inputs(&self.input_names, inputs)
-            .map_err(|r| self.err(r))?;
+        check_host(&self.input_names, inputs).map_err(|e| self.err("", Some(e.into())))?;
         // tract takes its inputs by position: order them as the graph declares them.
         let mut ordered: TVec<TValue> = TVec::with_capacity(self.input_names.len());
         for (ix, name) in self.input_names.iter().enumerate() {
@@ -258,26 +249,29 @@ impl Session for TractSession {
             let got = datum_of(t);
             // ONNX int64 inputs may be typed as TDim inside tract; the i64 value is accepted.
             if want != got && !(want == DatumType::TDim && got == DatumType::I64) {
-                return Err(self.err(format!(
-                    "input `{name}` is {}, but the graph expects {want:?}",
-                    t.dtype_name()
-                )));
+                return Err(self.err(
+                    format!(
+                        "input `{name}` is {}, but the graph expects {want:?}",
+                        t.dtype_name()
+                    ),
+                    None,
+                ));
             }
             let value = to_tract(t)
-                .map_err(|e| self.err(format!("input `{name}` {:?}: {e:?}", t.shape)))?;
+                .map_err(|e| self.err(format!("input `{name}` {:?}", t.shape), failure(e)))?;
             ordered.push(value);
         }
         let outputs = self
             .plan
             .run(ordered)
-            .map_err(|e| self.err(format!("{e:?}")))?;
+            .map_err(|e| self.err("", failure(e)))?;
         outputs
             .iter()
             .enumerate()
             .map(|(ix, t)| {
                 from_tract(t).map_err(|e| {
                     let name = self.output_names.get(ix).map(String::as_str).unwrap_or("?");
-                    self.err(format!("output `{name}`: {e}"))
+                    self.err(format!("output `{name}`"), Some(e.into()))
                 })
             })
             .collect()
@@ -294,9 +288,10 @@ impl Session for TractSession {
             match r {
                 Resident::Host(t) => host.push((*name, t)),
                 Resident::Ort(_) => {
-                    return Err(self.err(format!(
-                        "input `{name}` is an onnxruntime value; tract takes host tensors"
-                    )))
+                    return Err(self.err(
+                        format!("input `{name}` is an onnxruntime value; tract takes host tensors"),
+                        None,
+                    ))
                 }
             }
         }

@@ -1,12 +1,11 @@
-//! `flowar bench`: load time, per-stage latency, throughput, peak memory and achieved
-//! GFLOP/s against a same-run matmul calibration, per provider and batch size.
+//! The benchmark engine behind `flowar bench`: load time, per-stage latency, throughput,
+//! peak memory and achieved GFLOP/s against a same-run matmul calibration, per provider
+//! and batch size.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flowar_exporter::convert::{
-    convert_as, ConvertRequest, ModelMeta, Precision, EXTERNAL_DATA_THRESHOLD,
-};
+use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
 use flowar_runtime::backend::{BackendOptions, Provider};
 use flowar_runtime::manifest::{FlowKind, Manifest};
@@ -100,6 +99,12 @@ pub enum BenchError {
     },
 }
 
+impl From<flowar_runtime::manifest::FormatError> for BenchError {
+    fn from(e: flowar_runtime::manifest::FormatError) -> BenchError {
+        BenchError::Runtime(e.into())
+    }
+}
+
 impl BenchError {
     /// Whether the command line itself was at fault.
     pub fn is_usage(&self) -> bool {
@@ -141,17 +146,7 @@ pub fn preset_model(
     let f = RandomWeights::new(format!("preset {preset}"), 0, flowar_keys(&p.flowar()));
     let v = RandomWeights::new("preset kl16".into(), 0, vae_keys(&Preset::vae()));
     convert_as(
-        &ConvertRequest {
-            flowar: &f,
-            vae: &v,
-            source_files: vec![],
-            out: dir.clone(),
-            latent_scale: None,
-            meta: ModelMeta::default(),
-            force: dir.exists(),
-            allow_nonfinite: false,
-            external_data_threshold: EXTERNAL_DATA_THRESHOLD,
-        },
+        &ConvertRequest::new(&f, &v, &dir).force(dir.exists()),
         precision,
     )?;
     Ok(dir)
@@ -275,9 +270,8 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         }
     };
     let m = Manifest::load(&dir)?;
-    let steps = args.steps.unwrap_or(m.sampler.steps);
-    let cfg = args.cfg.unwrap_or(m.sampler.cfg);
-    let guidance = args.guidance.unwrap_or(m.sampler.guidance);
+    let sampler = Request::with_defaults(&m).with_sampler(args.cfg, args.guidance, args.steps);
+    let (steps, cfg, guidance) = (sampler.steps, sampler.cfg, sampler.guidance);
     let backend = args
         .engine
         .backend_options(args.batch.iter().copied().max())?;
@@ -371,16 +365,11 @@ fn bench_provider(
             &model_shapes(m, b, s.cfg),
             Duration::from_secs_f64(args.calibration_s.max(0.0)),
         )?;
-        let req = Request {
-            classes: (0..b).map(|i| i % m.num_classes).collect(),
-            image_indices: (0..b as u64).collect(),
-            seed: s.seed,
-            cfg: s.cfg,
-            guidance: s.guidance,
-            steps: s.steps,
-            solver,
-            noise: None,
-        };
+        let req = Request::with_defaults(m)
+            .with_sampler(Some(s.cfg), Some(s.guidance), Some(s.steps))
+            .with_images((0..b).map(|i| i % m.num_classes).collect(), 0)?
+            .with_seed(s.seed)
+            .with_solver(solver);
         pipe.validate(&req)?;
         for w in 0..s.warmup {
             log(args, format!("{}: batch {b}: warm-up {}", p.name(), w + 1));

@@ -1,16 +1,17 @@
 //! One scale's ODE from noise to tokens, with classifier-free guidance, kept on the device:
 //! the state, the flow head's input and the velocity move between the flow head and the
 //! solver-step graph as [`Resident`] values. Per step the host sends the time and step size
-//! and reads back one non-finite count (reference spec, section 6).
+//! and reads back one non-finite count (`docs/flowar-reference.md`, section 6).
 
 use std::time::Instant;
 
 use crate::backend::Resident;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::pipeline::{Solver, StageTimes};
-use crate::schedule::guided;
 use crate::tensor::Tensor;
+
+use super::schedule::guided;
+use super::{Solver, StageTimes};
 
 /// The sampler state: float64 `x [batch, N, C]` and the flow head's float32 inputs made
 /// from it (conditional rows, and conditional rows twice for a guided call).

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+pub use crate::error::FormatError;
+use crate::error::Result;
+use crate::io::SymbolicDim;
 
 /// Manifest format this build reads and writes. Any other one is refused with what to do.
 pub const FORMAT_VERSION: u32 = 2;
@@ -103,7 +105,7 @@ pub struct SamplerDefaults {
 }
 
 /// RoPE tables are not in the graphs: the runtime computes them per scale and feeds
-/// them as `rope_cos` / `rope_sin` inputs (see [`crate::rope`]).
+/// them as `rope_cos` / `rope_sin` inputs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RopeSpec {
     pub theta: f64,
@@ -172,15 +174,57 @@ pub struct Graphs {
     pub solver_step: GraphSpec,
 }
 
+/// The four graphs of a model folder, by what they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphRole {
+    ArStep,
+    FlowHead,
+    VaeDecoder,
+    SolverStep,
+}
+
+impl GraphRole {
+    pub const ALL: [GraphRole; 4] = [
+        GraphRole::ArStep,
+        GraphRole::FlowHead,
+        GraphRole::VaeDecoder,
+        GraphRole::SolverStep,
+    ];
+
+    /// The role's name, as the manifest's `graphs` keys spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            GraphRole::ArStep => "ar_step",
+            GraphRole::FlowHead => "flow_head",
+            GraphRole::VaeDecoder => "vae_decoder",
+            GraphRole::SolverStep => "solver_step",
+        }
+    }
+
+    /// The file the exporter writes the graph to.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            GraphRole::ArStep => crate::io::ar_step::FILE,
+            GraphRole::FlowHead => crate::io::flow_head::FILE,
+            GraphRole::VaeDecoder => crate::io::vae_decoder::FILE,
+            GraphRole::SolverStep => crate::io::solver_step::FILE,
+        }
+    }
+}
+
 impl Graphs {
     /// Every graph, in manifest order.
     pub fn all(&self) -> [(&'static str, &GraphSpec); 4] {
-        [
-            ("ar_step", &self.ar_step),
-            ("flow_head", &self.flow_head),
-            ("vae_decoder", &self.vae_decoder),
-            ("solver_step", &self.solver_step),
-        ]
+        GraphRole::ALL.map(|r| (r.name(), self.get(r)))
+    }
+
+    pub fn get(&self, role: GraphRole) -> &GraphSpec {
+        match role {
+            GraphRole::ArStep => &self.ar_step,
+            GraphRole::FlowHead => &self.flow_head,
+            GraphRole::VaeDecoder => &self.vae_decoder,
+            GraphRole::SolverStep => &self.solver_step,
+        }
     }
 }
 
@@ -212,64 +256,69 @@ pub enum DimSpec {
     Symbolic(String),
 }
 
+impl DimSpec {
+    /// A symbolic dimension of this format.
+    pub fn symbolic(d: SymbolicDim) -> DimSpec {
+        DimSpec::Symbolic(d.as_str().to_string())
+    }
+}
+
+impl TensorSpec {
+    /// Whether any dimension is sized at run time.
+    pub fn is_dynamic(&self) -> bool {
+        self.shape.iter().any(|d| matches!(d, DimSpec::Symbolic(_)))
+    }
+}
+
 impl Manifest {
     /// Reads and validates `dir/manifest.json`.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
         if !dir.is_dir() {
-            return Err(Error::Model {
-                path: dir.to_path_buf(),
-                reason: "not a model folder (no such directory)".into(),
-            });
+            return Err(FormatError::invalid(
+                dir,
+                "not a model folder (no such directory)",
+            ));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| FormatError::io(&path, e))?;
         Self::parse(&text, &path)
     }
 
     /// Parses manifest text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::Model {
-            path: path.to_path_buf(),
-            reason: format!("invalid JSON: {e}"),
-        })?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| FormatError::invalid(path, format!("invalid JSON: {e}")))?;
         let version = value.get("format_version").and_then(|v| v.as_u64());
         match version {
             None => {
-                return Err(Error::Model { path: path.to_path_buf(), reason: "missing `format_version`".into() })
+                return Err(FormatError::invalid(path, "missing `format_version`"))
             }
             Some(v) if v < FORMAT_VERSION as u64 => {
-                return Err(Error::Model {
-                    path: path.to_path_buf(),
-                    reason: format!(
+                return Err(FormatError::invalid(
+                    path,
+                    format!(
                         "format_version {v} was written by an older flowar (this one reads {FORMAT_VERSION}: it adds the solver_step graph); re-run `flowar convert` on the checkpoint"
                     ),
-                })
+                ))
             }
             Some(v) if v > FORMAT_VERSION as u64 => {
-                return Err(Error::Model {
-                    path: path.to_path_buf(),
-                    reason: format!(
+                return Err(FormatError::invalid(
+                    path,
+                    format!(
                         "format_version {v} is newer than this flowar understands ({FORMAT_VERSION}); upgrade flowar or re-convert"
                     ),
-                })
+                ))
             }
             _ => {}
         }
-        let m: Manifest = serde_json::from_value(value).map_err(|e| Error::Model {
-            path: path.to_path_buf(),
-            reason: format!("invalid manifest: {e}"),
-        })?;
+        let m: Manifest = serde_json::from_value(value)
+            .map_err(|e| FormatError::invalid(path, format!("invalid manifest: {e}")))?;
         m.validate(path)?;
         Ok(m)
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| {
-            Err(Error::Model {
-                path: path.to_path_buf(),
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(FormatError::invalid(path, reason));
         if self.scales.is_empty() || self.scales.contains(&0) {
             return bad(format!(
                 "scales {:?} must be non-empty and positive",
@@ -338,7 +387,7 @@ impl Manifest {
             if id < self.num_classes {
                 return Ok(id);
             }
-            return Err(Error::BadArgument(format!(
+            return Err(FormatError::UnknownClass(format!(
                 "class id {id} is out of range: this model has classes 0..{}",
                 self.num_classes - 1
             )));
@@ -351,6 +400,8 @@ impl Manifest {
         } else {
             format!("known names: {}", self.class_names.join(", "))
         };
-        Err(Error::BadArgument(format!("unknown class `{s}` ({hint})")))
+        Err(FormatError::UnknownClass(format!(
+            "unknown class `{s}` ({hint})"
+        )))
     }
 }

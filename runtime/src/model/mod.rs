@@ -1,5 +1,9 @@
 //! A loaded model folder: the manifest and one session per graph, with typed calls for
-//! each graph (AR step, flow head, VAE decode). The sampler is built on these.
+//! each graph (AR step, flow head, VAE decode, solver step). The sampler is built on these.
+//! This is where graph roles, their input names and the model's TensorRT profiles
+//! ([`tensorrt`]) meet the backends, which know none of them.
+
+pub mod tensorrt;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,12 +11,14 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{
-    gpu, open_session_with, BackendOptions, Provider, Resident, Session, TrtSetup,
+    open_session_with, tensorrt::prepare_engine_cache, BackendOptions, Provider, Resident, Session,
+    TrtSetup,
 };
 use crate::error::{Error, Result};
 use crate::manifest::{GraphSpec, Manifest};
 use crate::rope;
 use crate::tensor::Tensor;
+use flowar_format::{io, GraphRole};
 
 /// Per-layer key/value tensors `[rows, heads, past, hd]` carried from scale to scale, kept
 /// where the AR step computes them.
@@ -77,6 +83,8 @@ pub struct Model {
     vae: Box<dyn Session>,
     step: Box<dyn Session>,
     tables: Vec<ScaleTables>,
+    /// The largest batch the sessions were built for (TensorRT's profiles); `None`: any.
+    batch_limit: Option<usize>,
     pub load_time: Duration,
 }
 
@@ -116,50 +124,22 @@ fn open_graph(
     open_session_with(provider, &path, opts, trt)
 }
 
-/// The TensorRT engine-cache folder for this model, created, with a notice on stderr when
-/// no engine is there yet (building them takes minutes).
-fn trt_cache(manifest: &Manifest, opts: &BackendOptions) -> Result<std::path::PathBuf> {
-    let version = crate::backend::ort_backend::tensorrt_version(opts).map_err(|reason| {
-        Error::ProviderUnavailable {
-            provider: Provider::TensorRt.name().into(),
-            reason,
-        }
-    })?;
-    let root = opts
-        .gpu
-        .trt_cache_dir
-        .clone()
-        .unwrap_or_else(gpu::cache_root);
-    let dir = gpu::trt_cache_dir(&root, manifest, &version, &opts.gpu);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    if !gpu::has_engines(&dir) {
-        eprintln!(
-            "flowar: building TensorRT {version} engines for this model (first run for this \
-             model, TensorRT version, precision and max batch {}); this takes minutes and is \
-             cached in {}",
-            opts.gpu.trt_max_batch,
-            dir.display()
-        );
-    }
-    Ok(dir)
-}
-
 impl Model {
     pub fn load(dir: &Path, provider: Provider, opts: &BackendOptions) -> Result<Model> {
         let start = Instant::now();
         let manifest = Manifest::load(dir)?;
         let g = &manifest.graphs;
-        let cache = match provider {
-            Provider::TensorRt => Some(trt_cache(&manifest, opts)?),
-            _ => None,
-        };
+        let cache = provider
+            .builds_engines()
+            .then(|| prepare_engine_cache(&tensorrt::graphs_key(&manifest), opts))
+            .transpose()?;
         let setup = |spec: &GraphSpec| -> Result<Option<TrtSetup>> {
             cache
                 .as_ref()
                 .map(|dir| {
                     Ok(TrtSetup {
                         cache_dir: dir.clone(),
-                        profile: gpu::trt_profile(&manifest, spec, opts.gpu.trt_max_batch)?,
+                        shapes: tensorrt::shape_ranges(&manifest, spec, opts.gpu.trt_max_batch)?,
                     })
                 })
                 .transpose()
@@ -170,13 +150,9 @@ impl Model {
             open(&g.flow_head)?,
             open(&g.vae_decoder)?,
         );
-        // TensorRT has no float64: the solver step (a handful of elementwise nodes) runs on
-        // the CUDA provider, on the same device.
-        let step_provider = match provider {
-            Provider::TensorRt => Provider::Cuda,
-            p => p,
-        };
-        let step = open_graph(dir, &g.solver_step, step_provider, opts, None)?;
+        // The solver step updates the float64 state (a handful of elementwise nodes); on
+        // TensorRT, which has no float64, it runs on CUDA on the same device.
+        let step = open_graph(dir, &g.solver_step, provider.for_float64(), opts, None)?;
         let mut start_tok = 0usize;
         let mut tables = Vec::with_capacity(manifest.scales.len());
         for &side in &manifest.scales {
@@ -198,10 +174,12 @@ impl Model {
                 positions: ar.upload(&positions)?,
             });
         }
+        let batch_limit = provider.builds_engines().then_some(opts.gpu.trt_max_batch);
         Ok(Model {
             dir: dir.to_path_buf(),
             manifest,
             provider,
+            batch_limit,
             ar,
             flow,
             vae,
@@ -209,6 +187,12 @@ impl Model {
             tables,
             load_time: start.elapsed(),
         })
+    }
+
+    /// The largest batch (images per call) this model's sessions can run, when they were
+    /// built for one (TensorRT's profiles); `None` when any batch runs.
+    pub fn batch_limit(&self) -> Option<usize> {
+        self.batch_limit
     }
 
     pub fn tables(&self, scale: usize) -> &ScaleTables {
@@ -238,15 +222,15 @@ impl Model {
             .ar
             .cache_layers
             .iter()
-            .map(|l| (format!("past_key.{l}"), format!("past_value.{l}")))
+            .map(|l| (io::ar_step::past_key(l), io::ar_step::past_value(l)))
             .collect();
         let mut inputs: Vec<(&str, &Resident)> = vec![
-            ("labels", &labels),
-            ("tokens", tokens),
-            ("first_scale", &first),
-            ("positions", &t.positions),
-            ("rope_cos", &t.ar_cos),
-            ("rope_sin", &t.ar_sin),
+            (io::ar_step::LABELS, &labels),
+            (io::ar_step::TOKENS, tokens),
+            (io::ar_step::FIRST_SCALE, &first),
+            (io::ar_step::POSITIONS, &t.positions),
+            (io::ar_step::ROPE_COS, &t.ar_cos),
+            (io::ar_step::ROPE_SIN, &t.ar_sin),
         ];
         for ((k, v), (kn, vn)) in cache.layers.iter().zip(names.iter()) {
             inputs.push((kn, k));
@@ -255,7 +239,7 @@ impl Model {
         let mut out = self.ar.run_resident(&inputs)?.into_iter();
         let z = out
             .next()
-            .ok_or_else(|| self.missing_output("ar_step", "z"))?;
+            .ok_or_else(|| self.missing_output(GraphRole::ArStep.name(), io::ar_step::Z))?;
         let shape = z.shape();
         if shape.get(2) != Some(&m.architecture.ar.width) {
             return Err(Error::Model {
@@ -269,10 +253,10 @@ impl Model {
         for layer in cache.layers.iter_mut() {
             let k = out
                 .next()
-                .ok_or_else(|| self.missing_output("ar_step", "present_key"))?;
+                .ok_or_else(|| self.missing_output(GraphRole::ArStep.name(), "present_key"))?;
             let v = out
                 .next()
-                .ok_or_else(|| self.missing_output("ar_step", "present_value"))?;
+                .ok_or_else(|| self.missing_output(GraphRole::ArStep.name(), "present_value"))?;
             *layer = (k, v);
         }
         Ok(z)
@@ -288,17 +272,17 @@ impl Model {
     ) -> Result<Resident> {
         let tb = &self.tables[scale];
         let inputs = [
-            ("x", x),
-            ("t", t),
-            ("z", z),
-            ("rope_cos", &tb.flow_cos),
-            ("rope_sin", &tb.flow_sin),
+            (io::flow_head::X, x),
+            (io::flow_head::T, t),
+            (io::flow_head::Z, z),
+            (io::flow_head::ROPE_COS, &tb.flow_cos),
+            (io::flow_head::ROPE_SIN, &tb.flow_sin),
         ];
         self.flow
             .run_resident(&inputs)?
             .into_iter()
             .next()
-            .ok_or_else(|| self.missing_output("flow_head", "v"))
+            .ok_or_else(|| self.missing_output(GraphRole::FlowHead.name(), io::flow_head::V))
     }
 
     /// One solver update: guidance on `v` with weight `w`, then `x + dt * g` (see the
@@ -312,21 +296,24 @@ impl Model {
     ) -> Result<SolverStep> {
         let w = Resident::Host(Tensor::f32_scalar(w));
         let dt = Resident::Host(Tensor::f64_scalar(dt));
-        let inputs = [("x", x), ("v", v), ("w", &w), ("dt", &dt)];
+        use io::solver_step as s;
+        let inputs = [(s::X, x), (s::V, v), (s::W, &w), (s::DT, &dt)];
         let mut out = self.step.run_resident(&inputs)?.into_iter();
         let mut next = |name: &str| {
             out.next()
-                .ok_or_else(|| self.missing_output("solver_step", name))
+                .ok_or_else(|| self.missing_output(GraphRole::SolverStep.name(), name))
         };
-        let x = next("x_next")?;
-        let x_in = next("x_in")?;
-        let x_in_pair = next("x_in_pair")?;
-        let count = next("nonfinite")?.to_host()?;
+        let x = next(s::X_NEXT)?;
+        let x_in = next(s::X_IN)?;
+        let x_in_pair = next(s::X_IN_PAIR)?;
+        let count = next(s::NONFINITE)?.to_host()?;
         let nonfinite = count
             .as_f32()
             .and_then(|c| c.first())
             .map(|&c| c as usize)
-            .ok_or_else(|| self.missing_output("solver_step", "nonfinite (float32 scalar)"))?;
+            .ok_or_else(|| {
+                self.missing_output(GraphRole::SolverStep.name(), "nonfinite (float32 scalar)")
+            })?;
         Ok(SolverStep {
             x,
             x_in,
@@ -338,10 +325,12 @@ impl Model {
     /// VAE decode of `latent [batch, C, G, G]` (not yet divided by the latent scale).
     pub fn decode(&mut self, latent: &Tensor) -> Result<Tensor> {
         self.vae
-            .run(&[("latent", latent)])?
+            .run(&[(io::vae_decoder::LATENT, latent)])?
             .into_iter()
             .next()
-            .ok_or_else(|| self.missing_output("vae_decoder", "image"))
+            .ok_or_else(|| {
+                self.missing_output(GraphRole::VaeDecoder.name(), io::vae_decoder::IMAGE)
+            })
     }
 
     fn missing_output(&self, graph: &str, name: &str) -> Error {

@@ -1,0 +1,164 @@
+//! One batch of images to generate, made from the model's defaults
+//! ([`Request::with_defaults`]) so the CLI, the benchmark and the C ABI fill in what a
+//! caller left out the same way, and checked against the model before any work.
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+
+use super::schedule::time_grid;
+use super::Solver;
+
+/// One batch of images to generate.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Class id per image.
+    pub classes: Vec<usize>,
+    /// Global index of each image (its RNG stream); usually `first..first+len`.
+    pub image_indices: Vec<u64>,
+    pub seed: u64,
+    pub cfg: f64,
+    pub guidance: f64,
+    pub steps: usize,
+    pub solver: Solver,
+    /// Recorded starting noise per scale, `[rows, N_i, C]`, instead of the seeded RNG.
+    pub noise: Option<Vec<Vec<f32>>>,
+}
+
+impl Request {
+    /// No images yet, seed 0, the Euler solver, seeded noise, and the model's sampler
+    /// defaults (the released cfg, guidance and steps, or the model card's).
+    pub fn with_defaults(m: &Manifest) -> Request {
+        Request {
+            classes: Vec::new(),
+            image_indices: Vec::new(),
+            seed: 0,
+            cfg: m.sampler.cfg,
+            guidance: m.sampler.guidance,
+            steps: m.sampler.steps,
+            solver: Solver::Euler,
+            noise: None,
+        }
+    }
+
+    /// Replaces the defaults the caller set; `None` keeps the model's.
+    pub fn with_sampler(
+        mut self,
+        cfg: Option<f64>,
+        guidance: Option<f64>,
+        steps: Option<usize>,
+    ) -> Request {
+        self.cfg = cfg.unwrap_or(self.cfg);
+        self.guidance = guidance.unwrap_or(self.guidance);
+        self.steps = steps.unwrap_or(self.steps);
+        self
+    }
+
+    /// Image `i` of class `classes[i]` drawn from RNG stream `first_index + i`. An index
+    /// range past `u64::MAX` is a [`Error::BadArgument`].
+    pub fn with_images(mut self, classes: Vec<usize>, first_index: u64) -> Result<Request> {
+        let n = classes.len() as u64;
+        let last = first_index.checked_add(n).ok_or_else(|| {
+            Error::BadArgument(format!("first_index {first_index} + {n} images overflows"))
+        })?;
+        self.image_indices = (first_index..last).collect();
+        self.classes = classes;
+        Ok(self)
+    }
+
+    /// The images at the given global indices, `class_of(index)` each.
+    pub fn with_indices(mut self, indices: &[u64], class_of: impl Fn(u64) -> usize) -> Request {
+        self.classes = indices.iter().map(|&k| class_of(k)).collect();
+        self.image_indices = indices.to_vec();
+        self
+    }
+
+    pub fn with_seed(mut self, seed: u64) -> Request {
+        self.seed = seed;
+        self
+    }
+
+    pub fn with_solver(mut self, solver: Solver) -> Request {
+        self.solver = solver;
+        self
+    }
+
+    pub fn with_noise(mut self, noise: Option<Vec<Vec<f32>>>) -> Request {
+        self.noise = noise;
+        self
+    }
+
+    /// Flow-head rows per call: the images, and their null-class rows when CFG is on.
+    pub fn rows(&self) -> usize {
+        if self.cfg > 1.0 {
+            2 * self.classes.len()
+        } else {
+            self.classes.len()
+        }
+    }
+
+    /// Checks the request against the model before any work starts. `batch_limit` is the
+    /// largest batch the model's sessions were built for, if any.
+    pub fn validate(&self, m: &Manifest, batch_limit: Option<usize>) -> Result<()> {
+        if self.classes.is_empty() {
+            return Err(Error::BadArgument(
+                "no images requested (empty class list)".into(),
+            ));
+        }
+        if self.image_indices.len() != self.classes.len() {
+            return Err(Error::BadArgument(format!(
+                "{} image indices for {} classes",
+                self.image_indices.len(),
+                self.classes.len()
+            )));
+        }
+        if let Some(&c) = self.classes.iter().find(|&&c| c >= m.num_classes) {
+            return Err(Error::BadArgument(format!(
+                "class id {c} is out of range: this model has classes 0..{}",
+                m.num_classes - 1
+            )));
+        }
+        if let Some(max) = batch_limit.filter(|&m| self.classes.len() > m) {
+            return Err(Error::BadArgument(format!(
+                "a batch of {} images exceeds the TensorRT profile's maximum of {max}; load \
+                 the pipeline with the GPU option trt_max_batch={} (engines are built per maximum)",
+                self.classes.len(),
+                self.classes.len()
+            )));
+        }
+        if self.steps == 0 {
+            return Err(Error::BadArgument("steps must be at least 1".into()));
+        }
+        if time_grid(self.steps).len() < 2 {
+            return Err(Error::BadArgument(format!(
+                "{} steps give an empty time grid; use at least 2",
+                self.steps
+            )));
+        }
+        if !(self.cfg.is_finite() && self.cfg >= 1.0) {
+            return Err(Error::BadArgument(format!(
+                "cfg {} must be a number >= 1 (1 turns guidance off)",
+                self.cfg
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.guidance) {
+            return Err(Error::BadArgument(format!(
+                "guidance {} must be within [0, 1]",
+                self.guidance
+            )));
+        }
+        if let Some(noise) = &self.noise {
+            let rows = self.rows();
+            for (i, s) in m.scales.iter().enumerate() {
+                let want = rows * s * s * m.latent_channels;
+                if noise.get(i).map(|n| n.len()) != Some(want) {
+                    return Err(Error::BadArgument(format!(
+                        "recorded noise for scale {i} must hold [{rows}, {}, {}] values",
+                        s * s,
+                        m.latent_channels
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
