@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use flowar_fuzz::torch::{
-    foreign_global_checkpoint, safetensors_bytes, torch_checkpoint, torch_zip, TensorDef,
+    foreign_global_checkpoint, safetensors_bytes, torch_checkpoint, torch_zip, training_checkpoint,
+    TensorDef, TrainingExtras,
 };
 use safetensors::Dtype;
 use serde_json::Value;
@@ -461,6 +462,28 @@ fn make_input(name: &str, spec: &Value, dir: &Path, made: &BTreeMap<String, Path
             spec["module"].as_str().unwrap(),
             spec["name"].as_str().unwrap(),
         ),
+        // A training checkpoint (model, model_ema, optimizer, args...) with `from`'s
+        // weights in both state dicts; `call` ("module.name") is called inside `args`.
+        "training" => {
+            let tensors: Vec<TensorDef> =
+                load_tensors(&source_path(spec["from"].as_str().unwrap(), made))
+                    .into_iter()
+                    .map(|(name, _, shape, data)| TensorDef {
+                        name,
+                        class: "FloatStorage".into(),
+                        shape,
+                        data,
+                    })
+                    .collect();
+            let extras = TrainingExtras {
+                call_in_args: spec["call"].as_str().map(|c| {
+                    let (m, n) = c.rsplit_once('.').expect("module.name");
+                    (m.to_string(), n.to_string())
+                }),
+                no_ema: spec["no_ema"].as_bool().unwrap_or(false),
+            };
+            training_checkpoint(&tensors, &tensors, &extras)
+        }
         "pth_without_data_pkl" => torch_zip("archive", None, &[("0".into(), vec![0; 64])]),
         "tensors" => {
             let mut t = match spec["from"].as_str() {

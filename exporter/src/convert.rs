@@ -25,14 +25,40 @@ pub const EXPORTER_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const DEFAULT_LATENT_SCALE: f64 = 0.2325;
 
 /// Optional facts a checkpoint cannot carry (a model card's `meta.json` supplies them).
+/// Unknown fields are ignored; the ones that describe the architecture are checked
+/// against the checkpoints.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct ModelMeta {
     pub name: Option<String>,
     pub latent_scale: Option<f64>,
+    /// Class names, from class 0 (a model may name only its first classes).
     #[serde(default)]
     pub classes: Vec<String>,
+    /// The number of classes the model was trained with.
+    pub num_classes: Option<usize>,
+    /// Generated image side in pixels.
+    pub image_size: Option<usize>,
     pub sampler: Option<MetaSampler>,
+    /// The training run's FlowAR settings (only the latent width is checked).
+    pub flowar: Option<MetaFlowar>,
+    /// The training run's VAE settings (only `z_channels` is checked).
+    pub vae: Option<MetaVae>,
 }
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MetaFlowar {
+    /// Latent channels the FlowAR model works on.
+    pub vae_embed_dim: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct MetaVae {
+    /// Channels of the VAE decoder's input after `post_quant_conv`.
+    pub z_channels: Option<usize>,
+}
+
+/// The file name a model card has beside its checkpoint.
+pub const META_FILE: &str = "meta.json";
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct MetaSampler {
@@ -48,6 +74,68 @@ impl ModelMeta {
             ExportError::BadArgument(format!("{}: invalid model metadata: {e}", path.display()))
         })
     }
+
+    /// The model card beside a checkpoint (`meta.json` in its folder), if there is one.
+    pub fn beside(checkpoint: &Path) -> Option<PathBuf> {
+        let dir = checkpoint
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(dir.join(META_FILE)).filter(|p| p.is_file())
+    }
+
+    /// Checks what the card says about the architecture against what the checkpoints hold.
+    fn check(&self, f: &FlowArDims, v: &VaeDims, image_size: usize) -> Result<()> {
+        let mismatch = |what: &str, card: usize, ckpt: usize, key: &str| {
+            Err(ExportError::Mismatch(format!(
+                "the model metadata gives {what} {card} but the checkpoint has {ckpt} ({key}); \
+                 is this meta.json for another model? (--no-meta ignores it)"
+            )))
+        };
+        if self.classes.len() > f.num_classes {
+            return Err(ExportError::BadArgument(format!(
+                "model metadata names {} classes but the checkpoint has only {}",
+                self.classes.len(),
+                f.num_classes
+            )));
+        }
+        if let Some(n) = self.num_classes.filter(|&n| n != f.num_classes) {
+            return mismatch("num_classes", n, f.num_classes, "class_emb.weight");
+        }
+        let latent = self.flowar.as_ref().and_then(|m| m.vae_embed_dim);
+        if let Some(c) = latent.filter(|&c| c != f.latent_channels) {
+            return mismatch(
+                "flowar.vae_embed_dim",
+                c,
+                f.latent_channels,
+                "z_proj.weight",
+            );
+        }
+        let z = self.vae.as_ref().and_then(|m| m.z_channels);
+        if let Some(z) = z.filter(|&z| z != v.arch.z_channels) {
+            return mismatch(
+                "vae.z_channels",
+                z,
+                v.arch.z_channels,
+                "post_quant_conv.weight",
+            );
+        }
+        if let Some(s) = self.image_size.filter(|&s| s != image_size) {
+            return mismatch("image_size", s, image_size, "scales × VAE stride");
+        }
+        Ok(())
+    }
+}
+
+/// Where the latent scale of a conversion came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatentScaleSource {
+    /// `--latent-scale` / [`ConvertRequest::latent_scale`].
+    Given,
+    /// The model card.
+    Meta,
+    /// [`DEFAULT_LATENT_SCALE`], MAR's kl16 value that every released FlowAR uses.
+    Default,
 }
 
 /// What to convert and how.
@@ -144,6 +232,8 @@ impl<'a> ConvertRequest<'a> {
 #[derive(Debug)]
 pub struct ConvertReport {
     pub manifest: Manifest,
+    /// Where `manifest.latent_scale` came from.
+    pub latent_scale_source: LatentScaleSource,
     pub ignored_keys: Vec<(String, &'static str)>,
 }
 
@@ -412,23 +502,19 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     if req.out.exists() && !req.force {
         return Err(ExportError::OutputExists(req.out.clone()));
     }
-    let latent_scale = req
-        .latent_scale
-        .or(req.meta.latent_scale)
-        .unwrap_or(DEFAULT_LATENT_SCALE);
+    let (latent_scale, latent_scale_source) = match (req.latent_scale, req.meta.latent_scale) {
+        (Some(s), _) => (s, LatentScaleSource::Given),
+        (None, Some(s)) => (s, LatentScaleSource::Meta),
+        (None, None) => (DEFAULT_LATENT_SCALE, LatentScaleSource::Default),
+    };
     if !(latent_scale.is_finite() && latent_scale > 0.0) {
         return Err(ExportError::BadArgument(format!(
             "latent scale {latent_scale} must be a positive number"
         )));
     }
     let (fd, vd) = detect(req.flowar, req.vae)?;
-    if req.meta.classes.len() > fd.num_classes {
-        return Err(ExportError::BadArgument(format!(
-            "model metadata names {} classes but the checkpoint has only {}",
-            req.meta.classes.len(),
-            fd.num_classes
-        )));
-    }
+    let grid = *fd.scales.last().expect("detected scales are non-empty");
+    req.meta.check(&fd, &vd, grid * vd.arch.stride)?;
     let policy = if req.allow_nonfinite {
         NonFinitePolicy::Allow
     } else {
@@ -454,7 +540,6 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
 
     let vused = RefCell::new(BTreeSet::new());
     let vvb = Vb::root(req.vae, &vused, policy);
-    let grid = *fd.scales.last().expect("detected scales are non-empty");
     let vae = write_graph(
         &staging.path,
         io::vae_decoder::FILE,
@@ -541,6 +626,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     staging.commit(&req.out, req.force)?;
     Ok(ConvertReport {
         manifest,
+        latent_scale_source,
         ignored_keys: ignored,
     })
 }

@@ -41,6 +41,12 @@ impl Pickle {
         }
         self
     }
+    /// A float (BINFLOAT, big-endian).
+    pub fn float(&mut self, v: f64) -> &mut Self {
+        self.0.push(b'G');
+        self.0.extend(v.to_be_bytes());
+        self
+    }
     /// `GLOBAL module name`.
     pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
         self.0.push(b'c');
@@ -134,6 +140,193 @@ fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
         strides[i] = strides[i + 1] * shape[i + 1] as i64;
     }
     strides
+}
+
+/// Writes the `SETITEMS` body of a state dict (`name: tensor` pairs, storages keyed from
+/// `first_key`) into `p`, inside an OrderedDict as `torch.save` writes it.
+fn ordered_state_dict(p: &mut Pickle, tensors: &[TensorDef], first_key: usize) {
+    p.global("collections", "OrderedDict")
+        .op(b')')
+        .op(b'R')
+        .op(b'(');
+    for (i, t) in tensors.iter().enumerate() {
+        let numel = (t.data.len() / t.elem_size()) as i64;
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        p.str(&t.name).tensor(
+            &t.class,
+            &(first_key + i).to_string(),
+            numel,
+            0,
+            &shape,
+            &contiguous_strides(&t.shape),
+        );
+    }
+    p.op(b'u');
+}
+
+/// What [`training_checkpoint`] puts beside the weights, and what it can be made to hide.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingExtras {
+    /// A global called inside `args` (`os.system("echo pwned")`): a hostile checkpoint.
+    pub call_in_args: Option<(String, String)>,
+    /// Leave out `model_ema` (a checkpoint saved without EMA).
+    pub no_ema: bool,
+}
+
+/// A checkpoint as FlowAR's (MAR-style) training script saves it with `torch.save`:
+/// `{"model": ..., "model_ema": ..., "optimizer": {"state": {0: {"step", "exp_avg",
+/// "exp_avg_sq"}}, "param_groups": [...]}, "epoch": 3, "scaler": {...}, "args":
+/// argparse.Namespace(...)}`. The Namespace holds what real ones do: strings, numbers, a
+/// numpy float, a `torch.Size`, a set, a slice, a `collections.defaultdict(list)` and a
+/// `pathlib.PosixPath` (a class the reader does not know, harmless where it sits).
+pub fn training_checkpoint(
+    model: &[TensorDef],
+    ema: &[TensorDef],
+    extras: &TrainingExtras,
+) -> Vec<u8> {
+    let mut p = Pickle::new(2);
+    let mut storages: Vec<(String, Vec<u8>)> = Vec::new();
+    p.op(b'}').op(b'(');
+    p.str("model");
+    ordered_state_dict(&mut p, model, storages.len());
+    storages.extend(
+        model
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i.to_string(), t.data.clone())),
+    );
+    if !extras.no_ema {
+        p.str("model_ema");
+        ordered_state_dict(&mut p, ema, storages.len());
+        let first = storages.len();
+        storages.extend(
+            ema.iter()
+                .enumerate()
+                .map(|(i, t)| ((first + i).to_string(), t.data.clone())),
+        );
+    }
+    // AdamW state for one parameter.
+    let moments = TensorDef::f32("m", &[2], &[0.1, -0.2]);
+    let step = TensorDef::f32("step", &[], &[1000.0]);
+    p.str("optimizer").op(b'}').op(b'(');
+    p.str("state").op(b'}').int(0).op(b'}').op(b'(');
+    for (name, t) in [
+        ("step", &step),
+        ("exp_avg", &moments),
+        ("exp_avg_sq", &moments),
+    ] {
+        let key = storages.len();
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let numel = (t.data.len() / 4) as i64;
+        p.str(name).tensor(
+            "FloatStorage",
+            &key.to_string(),
+            numel,
+            0,
+            &shape,
+            &contiguous_strides(&t.shape),
+        );
+        storages.push((key.to_string(), t.data.clone()));
+    }
+    // SETITEMS into the parameter's state, then state[0] = it; `"state": state` stays a
+    // pair for the optimizer dict's SETITEMS below.
+    p.op(b'u').op(b's');
+    p.str("param_groups").op(b']').op(b'(').op(b'}').op(b'(');
+    p.str("lr").float(1e-4).str("weight_decay").float(0.02);
+    p.str("betas").float(0.9).float(0.95).op(0x86);
+    p.str("params").op(b']').int(0).op(b'a');
+    p.op(b'u').op(b'e');
+    p.op(b'u');
+    p.str("epoch").int(3);
+    p.str("scaler").op(b'}').op(b'(');
+    p.str("scale")
+        .float(65536.0)
+        .str("growth_factor")
+        .float(2.0)
+        .str("_growth_tracker")
+        .int(17);
+    p.op(b'u');
+    // args: Namespace(...) as protocol 2 pickles an instance: NEWOBJ, then BUILD(__dict__).
+    p.str("args")
+        .global("argparse", "Namespace")
+        .op(b')')
+        .op(0x81);
+    p.op(b'}').op(b'(');
+    p.str("model")
+        .str("flowar_small")
+        .str("img_size")
+        .int(256)
+        .str("blr")
+        .float(1e-4);
+    // A numpy float64 scalar: scalar(dtype('f8'), _codecs.encode(bytes, 'latin1')).
+    p.str("ema_rate").global("numpy.core.multiarray", "scalar");
+    p.global("numpy", "dtype")
+        .str("f8")
+        .op(0x89)
+        .op(0x88)
+        .op(0x87)
+        .op(b'R');
+    p.op(b'(')
+        .int(3)
+        .str("<")
+        .op(b'N')
+        .op(b'N')
+        .op(b'N')
+        .int(-1)
+        .int(-1)
+        .int(0)
+        .op(b't')
+        .op(b'b');
+    p.global("_codecs", "encode")
+        .str("\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{f0}?")
+        .str("latin1")
+        .op(0x86)
+        .op(b'R');
+    p.op(0x86).op(b'R');
+    p.str("latent_shape")
+        .global("torch", "Size")
+        .int_tuple(&[16, 16])
+        .op(0x85)
+        .op(b'R');
+    p.str("scales")
+        .global("builtins", "set")
+        .op(b']')
+        .op(b'(')
+        .int(1)
+        .int(2)
+        .int(4)
+        .op(b'e')
+        .op(0x85)
+        .op(b'R');
+    p.str("crop")
+        .global("builtins", "slice")
+        .int(0)
+        .int(256)
+        .op(b'N')
+        .op(0x87)
+        .op(b'R');
+    p.str("per_class")
+        .global("collections", "defaultdict")
+        .global("builtins", "list")
+        .op(0x85)
+        .op(b'R');
+    p.op(b'(').int(0).op(b']').op(b'u');
+    p.str("output_dir")
+        .global("pathlib", "PosixPath")
+        .str("/tmp/out")
+        .op(0x85)
+        .op(b'R');
+    if let Some((module, name)) = &extras.call_in_args {
+        p.str("cmd")
+            .global(module, name)
+            .str("echo pwned")
+            .op(0x85)
+            .op(b'R');
+    }
+    p.op(b'u').op(b'b');
+    p.op(b'u');
+    let pkl = p.finish();
+    torch_zip("checkpoint-last", Some(&pkl), &storages)
 }
 
 /// The pickle of a state dict `{name: tensor}` whose storages are keys "0", "1", ...,

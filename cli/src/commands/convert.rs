@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
-use flowar_exporter::checkpoint::Checkpoint;
-use flowar_exporter::convert::{convert_as, ConvertReport, ConvertRequest, ModelMeta, Precision};
+use flowar_exporter::checkpoint::{Checkpoint, Weights};
+use flowar_exporter::convert::{
+    convert_as, ConvertReport, ConvertRequest, LatentScaleSource, ModelMeta, Precision,
+    DEFAULT_LATENT_SCALE, META_FILE,
+};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
 use flowar_exporter::weights::WeightSource;
 use flowar_exporter::ExportError;
@@ -52,9 +55,18 @@ pub struct Args {
     /// Latent scale factor the VAE latents were multiplied by (default 0.2325, or meta.json's).
     #[arg(long)]
     pub latent_scale: Option<f64>,
-    /// A model card's meta.json: name, class names, latent scale and sampler defaults.
+    /// A model card's meta.json: name, class names, latent scale and sampler defaults
+    /// (default: the meta.json beside the FlowAR checkpoint, when there is one).
     #[arg(long)]
     pub meta: Option<PathBuf>,
+    /// Ignore a meta.json beside the FlowAR checkpoint.
+    #[arg(long, conflicts_with = "meta")]
+    pub no_meta: bool,
+    /// Which weights of a training checkpoint to convert: ema (the exponential moving
+    /// average the reference evaluates with) or model (the trained weights). Default: ema
+    /// when the checkpoint has it, else model.
+    #[arg(long, value_parser = ["ema", "model"], conflicts_with = "preset")]
+    pub weights: Option<String>,
     /// Replace an existing output folder.
     #[arg(long)]
     pub force: bool,
@@ -103,12 +115,63 @@ pub fn print_report(r: &ConvertReport) {
     }
 }
 
+/// The model card to use: `--meta`, else the one beside the FlowAR checkpoint (unless
+/// `--no-meta`), saying which.
+fn model_meta(a: &Args) -> CliResult<ModelMeta> {
+    if let Some(p) = &a.meta {
+        return Ok(ModelMeta::load(p)?);
+    }
+    let beside = a.flowar.as_deref().and_then(ModelMeta::beside);
+    match beside {
+        Some(p) if !a.no_meta => {
+            println!(
+                "using the model card {} beside the checkpoint (--no-meta ignores it)",
+                p.display()
+            );
+            Ok(ModelMeta::load(&p)?)
+        }
+        Some(p) => {
+            println!("ignoring {} (--no-meta)", p.display());
+            Ok(ModelMeta::default())
+        }
+        None => Ok(ModelMeta::default()),
+    }
+}
+
+/// Which state dict of a checkpoint was read, and whether DDP's key prefix was stripped.
+fn describe_weights(role: &str, ck: &Checkpoint) {
+    if let Some(name) = ck.selected_state_dict() {
+        let others: Vec<&str> = ck
+            .state_dicts()
+            .iter()
+            .filter(|s| !s.selected)
+            .map(|s| s.name.as_str())
+            .collect();
+        let also = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" (also holds: {})", others.join(", "))
+        };
+        println!(
+            "{role}: converting the state dict `{name}` of {}{also}",
+            ck.path().display()
+        );
+    }
+    if let Some(prefix) = ck.stripped_prefix() {
+        println!(
+            "{role}: stripped the `{prefix}` prefix (DistributedDataParallel) from every key of {}",
+            ck.path().display()
+        );
+    }
+}
+
 pub fn run(a: Args) -> CliResult {
     let precision: Precision = a.dtype.parse()?;
-    let mut meta = match &a.meta {
-        Some(p) => ModelMeta::load(p)?,
-        None => ModelMeta::default(),
+    let weights: Weights = match &a.weights {
+        Some(w) => w.parse()?,
+        None => Weights::Auto,
     };
+    let mut meta = model_meta(&a)?;
     let t = std::time::Instant::now();
     // The weight sources and what to record of them: seeded random weights for a preset,
     // else the two checkpoint files.
@@ -142,8 +205,10 @@ pub fn run(a: Args) -> CliResult {
                 ))
             }
         };
-        let f = Checkpoint::open(fp)?;
+        let f = Checkpoint::open_with(fp, weights)?;
         let v = Checkpoint::open(vp)?;
+        describe_weights("flowar", &f);
+        describe_weights("vae", &v);
         let sources = vec![
             ("flowar".into(), fp.clone(), f.format().into()),
             ("vae".into(), vp.clone(), v.format().into()),
@@ -161,6 +226,12 @@ pub fn run(a: Args) -> CliResult {
     }
     let report = convert_as(&req, precision)?;
     print_report(&report);
+    if report.latent_scale_source == LatentScaleSource::Default && a.preset.is_none() {
+        println!(
+            "latent scale: {DEFAULT_LATENT_SCALE} (the released FlowAR default: no --latent-scale, and no {META_FILE} \
+             giving one); a model trained with another VAE scale generates wrong images with it"
+        );
+    }
     println!(
         "wrote {} in {:.1}s",
         a.out.display(),

@@ -27,6 +27,23 @@ pub fn run(a: Args) -> CliResult {
         ck.keys().len(),
         ck.total_params() as f64 / 1e6
     );
+    if ck.selected_state_dict().is_some() {
+        println!("state dicts (* = what `flowar convert` uses; --weights ema|model picks):");
+        for s in ck.state_dicts() {
+            let dtypes: Vec<String> = s.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+            println!(
+                "  {} {:<12} {:>5} tensors {:>9.2}M parameters  {}",
+                if s.selected { "*" } else { " " },
+                s.name,
+                s.tensors,
+                s.parameters as f64 / 1e6,
+                dtypes.join(", ")
+            );
+        }
+    }
+    if let Some(prefix) = ck.stripped_prefix() {
+        println!("every key had the `{prefix}` prefix (DistributedDataParallel); it is stripped");
+    }
     let mut dtypes: std::collections::BTreeMap<String, usize> = Default::default();
     for k in ck.keys() {
         if let Some(i) = ck.info(k) {

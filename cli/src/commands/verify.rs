@@ -120,10 +120,13 @@ pub fn run(a: Args) -> CliResult {
                 .as_bytes(),
         )?;
     }
-    if failed > 0 {
+    if let Some(first) = results.iter().find(|r| !r.pass) {
         return Err(CliError::Failed(format!(
-            "{failed} of {} case(s) exceed their bounds",
-            results.len()
+            "{failed} of {} case(s) exceed their bounds; the first is `{}` (max_abs {:.3e} > bound {:.1e})",
+            results.len(),
+            first.name,
+            first.max_abs,
+            first.bound
         )));
     }
     if !bounds.pipeline && reference.has("pipe.tokens") {

@@ -52,6 +52,54 @@ impl TensorInfo {
     }
 }
 
+/// Which state dict to convert from a checkpoint that holds several: a training
+/// checkpoint keeps the trained weights (`model`) and their exponential moving average
+/// (`model_ema`), which is what the reference evaluates and reports its FID with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Weights {
+    /// The EMA weights when the checkpoint has them, else the trained ones.
+    #[default]
+    Auto,
+    /// The EMA weights; an error when there are none.
+    Ema,
+    /// The trained (non-EMA) weights; an error when there are none.
+    Model,
+}
+
+impl std::str::FromStr for Weights {
+    type Err = crate::ExportError;
+    fn from_str(s: &str) -> crate::Result<Weights> {
+        match s {
+            "auto" => Ok(Weights::Auto),
+            "ema" => Ok(Weights::Ema),
+            "model" => Ok(Weights::Model),
+            _ => Err(crate::ExportError::BadArgument(format!(
+                "unknown weights `{s}` (expected ema or model)"
+            ))),
+        }
+    }
+}
+
+/// The name [`StateDictSummary::name`] gives a checkpoint that is a state dict itself.
+pub const TOP_LEVEL: &str = "(top level)";
+
+/// One state dict found in a checkpoint, for `flowar inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StateDictSummary {
+    /// The top-level key it sits under (`model`, `model_ema`), or [`TOP_LEVEL`].
+    pub name: String,
+    pub tensors: usize,
+    pub parameters: u64,
+    /// Tensor count per dtype (`float32`, `float16`, ...).
+    pub dtypes: BTreeMap<String, usize>,
+    /// Whether this is the one the checkpoint was opened with.
+    pub selected: bool,
+}
+
+/// The prefix `torch.nn.parallel.DistributedDataParallel` puts on every key of a model it
+/// wraps; stripped when every key has it.
+pub const DDP_PREFIX: &str = "module.";
+
 /// Errors from opening or reading a checkpoint. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -72,14 +120,26 @@ pub enum CheckpointError {
     #[error("{}: file is truncated: {detail}", .path.display())]
     Truncated { path: PathBuf, detail: String },
     #[error(
-        "{}: pickle references global `{module}.{name}`, which is not on the allow-list \
-         (refusing to run code from a checkpoint)",
+        "{}: pickle references global `{module}.{name}` at byte offset {offset}, which is not \
+         on the allow-list (refusing to run code from a checkpoint)",
         .path.display()
     )]
     ForeignGlobal {
         path: PathBuf,
         module: String,
         name: String,
+        offset: usize,
+    },
+    #[error(
+        "{}: entry `{key}` of the state dict is built by global `{global}` (named at byte \
+         offset {offset}), which is not on the allow-list (refusing to run code from a checkpoint)",
+        .path.display()
+    )]
+    ForeignValue {
+        path: PathBuf,
+        key: String,
+        global: String,
+        offset: usize,
     },
     #[error(
         "{}: unsupported pickle opcode 0x{opcode:02x} ({}) at byte offset {offset}",
@@ -169,6 +229,10 @@ struct Contents {
     tensors: BTreeMap<String, Entry>,
     /// key -> (reason, Some(dtype name) when the entry is a tensor of another dtype)
     skipped: BTreeMap<String, (String, Option<String>)>,
+    /// Every state dict found (empty: the file is one state dict).
+    state_dicts: Vec<StateDictSummary>,
+    /// The top-level key of the state dict read, when it was nested.
+    selected: Option<String>,
 }
 
 /// An opened checkpoint: named float tensors, loaded on demand.
@@ -179,6 +243,9 @@ pub struct Checkpoint {
     tensors: BTreeMap<String, Entry>,
     skipped: Vec<(String, String)>,
     unsupported: BTreeMap<String, Option<String>>,
+    state_dicts: Vec<StateDictSummary>,
+    selected: Option<String>,
+    stripped_prefix: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -210,11 +277,17 @@ impl Checkpoint {
     /// Opens a checkpoint, detecting the format from the file's magic bytes
     /// (zip `PK\x03\x04` vs safetensors header), not from the extension.
     ///
-    /// For torch zip files whose top-level object is a dict holding a nested
-    /// state dict under `"model"` or `"state_dict"`, it descends into it
-    /// (preferring `"model"`); a top-level dict that holds tensors is the state
-    /// dict itself.
+    /// A top-level dict that holds tensors is the state dict itself. A torch zip
+    /// file whose top-level dict holds state dicts under keys (a training
+    /// checkpoint's `model` and `model_ema`, MAR's `{"model": ...}`) is read from
+    /// the one [`Weights::Auto`] picks: the EMA weights when present. See
+    /// [`Checkpoint::open_with`]. Keys that all start with [`DDP_PREFIX`] lose it.
     pub fn open(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        Checkpoint::open_with(path, Weights::Auto)
+    }
+
+    /// [`Checkpoint::open`] reading the state dict `weights` picks.
+    pub fn open_with(path: &Path, weights: Weights) -> Result<Checkpoint, CheckpointError> {
         let mut file = File::open(path).map_err(|e| io_err(path, e))?;
         let mut head = Vec::with_capacity(16);
         (&mut file)
@@ -224,7 +297,7 @@ impl Checkpoint {
         let (format, contents) = if head.starts_with(b"PK\x03\x04")
             || head.starts_with(b"PK\x05\x06")
         {
-            ("pytorch-zip", pth::open(path, file)?)
+            ("pytorch-zip", pth::open(path, file, weights)?)
         } else if head.len() >= 9 && head.get(8) == Some(&b'{') {
             ("safetensors", safetensors::open(path, file)?)
         } else if head.is_empty() {
@@ -245,6 +318,13 @@ impl Checkpoint {
                 ),
             ));
         };
+        let mut contents = contents;
+        let stripped_prefix = strip_ddp_prefix(&mut contents);
+        if contents.state_dicts.is_empty() && !contents.tensors.is_empty() {
+            contents
+                .state_dicts
+                .push(summarize_top_level(&contents.tensors));
+        }
         let skipped = contents
             .skipped
             .iter()
@@ -262,6 +342,9 @@ impl Checkpoint {
             tensors: contents.tensors,
             skipped,
             unsupported,
+            state_dicts: contents.state_dicts,
+            selected: contents.selected,
+            stripped_prefix,
         })
     }
 
@@ -273,6 +356,22 @@ impl Checkpoint {
     /// `"pytorch-zip"` or `"safetensors"`.
     pub fn format(&self) -> &'static str {
         self.format
+    }
+
+    /// Every state dict the file holds, the one read marked [`StateDictSummary::selected`].
+    pub fn state_dicts(&self) -> &[StateDictSummary] {
+        &self.state_dicts
+    }
+
+    /// The top-level key of the state dict read (`model_ema`, `model`), when the file
+    /// nests its weights; `None` when the file is a state dict itself.
+    pub fn selected_state_dict(&self) -> Option<&str> {
+        self.selected.as_deref()
+    }
+
+    /// [`DDP_PREFIX`] when it was stripped from every key.
+    pub fn stripped_prefix(&self) -> Option<&'static str> {
+        self.stripped_prefix
     }
 
     /// Names of all loadable float tensors, sorted.
@@ -380,6 +479,51 @@ impl Checkpoint {
             key: key.to_string(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// Strips [`DDP_PREFIX`] from every key when every key (tensors and skipped entries) has it.
+fn strip_ddp_prefix(c: &mut Contents) -> Option<&'static str> {
+    let all = c.tensors.keys().chain(c.skipped.keys());
+    let mut any = false;
+    for k in all {
+        if !k.starts_with(DDP_PREFIX) {
+            return None;
+        }
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    let strip = |k: String| k[DDP_PREFIX.len()..].to_string();
+    c.tensors = std::mem::take(&mut c.tensors)
+        .into_iter()
+        .map(|(k, v)| (strip(k), v))
+        .collect();
+    c.skipped = std::mem::take(&mut c.skipped)
+        .into_iter()
+        .map(|(k, v)| (strip(k), v))
+        .collect();
+    Some(DDP_PREFIX)
+}
+
+/// The summary of a file that is one state dict.
+fn summarize_top_level(tensors: &BTreeMap<String, Entry>) -> StateDictSummary {
+    let mut dtypes = BTreeMap::new();
+    for e in tensors.values() {
+        let name = match e.info.dtype {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+        };
+        *dtypes.entry(name.to_string()).or_default() += 1;
+    }
+    StateDictSummary {
+        name: TOP_LEVEL.into(),
+        tensors: tensors.len(),
+        parameters: tensors.values().map(|e| e.info.numel() as u64).sum(),
+        dtypes,
+        selected: true,
     }
 }
 

@@ -3,7 +3,20 @@
 //! It understands the plain-data opcodes of pickle protocols 2-5 plus the
 //! handful of globals that `torch.save` writes for a state dict. It never
 //! calls anything: `REDUCE` on an allowed callable only builds a descriptor
-//! (an empty dict, a tensor descriptor), and every other global is refused.
+//! (an empty dict, a tensor descriptor).
+//!
+//! Globals fall in four groups ([`resolve_global`]):
+//! - the torch rebuild functions, storages and dtypes a state dict needs;
+//! - benign data classes a training checkpoint carries beside its weights
+//!   (`argparse.Namespace`, numpy scalars and dtypes, `torch.Size`,
+//!   `collections.defaultdict`, `set`/`frozenset`/`slice`): read as inert,
+//!   opaque values that are never called;
+//! - anything that can run code (`os.*`, `posix.*`, `subprocess.*`, `runpy.*`,
+//!   `importlib.*`, `pickle.*`, the code-running builtins, ...): refused by name
+//!   and byte offset as soon as the pickle names it;
+//! - any other global: kept as an inert placeholder, and refused by name if a
+//!   value built from it ends up where a tensor is expected (see
+//!   [`Parsed::foreign_origin`]).
 //!
 //! Objects live in an arena (`Vec<Obj>`) and values refer to them by index,
 //! so memoised objects are shared without reference counting, cycles cannot
@@ -87,8 +100,8 @@ impl StorageKind {
     }
 }
 
-/// Allow-listed globals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Globals a pickle may name.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Global {
     OrderedDict,
     RebuildTensorV2,
@@ -99,9 +112,113 @@ pub(crate) enum Global {
     UntypedStorage,
     /// A `torch.<dtype>` object; inert data.
     DType,
+    /// A benign data class or function (`module.name`); calling it only builds an opaque value.
+    Inert(&'static str),
+    /// `collections.defaultdict`: builds a dict (its factory is never called).
+    DefaultDict,
+    /// `_codecs.encode`, which protocol 2 uses to pickle `bytes`: builds bytes.
+    CodecsEncode,
+    /// A global this reader does not know (`module.name`) and the byte offset naming it;
+    /// inert unless a value built from it is used as a tensor.
+    Unknown(Rc<str>, usize),
 }
 
-fn resolve_global(path: &Path, module: &str, name: &str) -> Result<Global, CheckpointError> {
+/// Benign data classes of training checkpoints, read as inert values: `(module, name)`.
+/// Calling one would only build data; here it builds an opaque value.
+const INERT: &[(&str, &str)] = &[
+    ("argparse", "Namespace"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("torch", "Size"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "list"),
+    ("builtins", "dict"),
+    ("builtins", "tuple"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bool"),
+    ("builtins", "str"),
+    ("builtins", "bytes"),
+    ("builtins", "complex"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+    ("__builtin__", "slice"),
+    ("__builtin__", "list"),
+    ("__builtin__", "dict"),
+];
+
+/// Whether naming this global is refused outright: it can run code or reach the system.
+fn runs_code(module: &str, name: &str) -> bool {
+    let root = module.split('.').next().unwrap_or(module);
+    let code_modules = [
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "runpy",
+        "importlib",
+        "pickle",
+        "_pickle",
+        "sys",
+        "shutil",
+        "socket",
+        "ctypes",
+        "code",
+        "codeop",
+        "pty",
+        "multiprocessing",
+        "webbrowser",
+        "marshal",
+        "types",
+        "functools",
+        "operator",
+        "inspect",
+        "pdb",
+        "timeit",
+        "asyncio",
+        "threading",
+        "signal",
+    ];
+    if code_modules.contains(&root) {
+        return true;
+    }
+    // Every builtin but the inert data classes above can call, import, open or read.
+    matches!(root, "builtins" | "__builtin__")
+        && !INERT.iter().any(|&(m, n)| m == module && n == name)
+}
+
+fn resolve_global(
+    path: &Path,
+    module: &str,
+    name: &str,
+    offset: usize,
+) -> Result<Global, CheckpointError> {
+    if runs_code(module, name) {
+        return Err(CheckpointError::ForeignGlobal {
+            path: path.to_path_buf(),
+            module: module.to_string(),
+            name: name.to_string(),
+            offset,
+        });
+    }
+    if let Some(&(m, n)) = INERT.iter().find(|&&(m, n)| m == module && n == name) {
+        return Ok(Global::Inert(if m.starts_with("numpy") {
+            "numpy scalar"
+        } else {
+            n
+        }));
+    }
+    if module == "numpy.dtypes" && name.ends_with("DType") {
+        return Ok(Global::Inert("numpy.dtypes"));
+    }
+    match (module, name) {
+        ("collections", "defaultdict") => return Ok(Global::DefaultDict),
+        ("_codecs", "encode") => return Ok(Global::CodecsEncode),
+        _ => {}
+    }
     let g = match (module, name) {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
         ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
@@ -122,11 +239,16 @@ fn resolve_global(path: &Path, module: &str, name: &str) -> Result<Global, Check
             }),
         _ => None,
     };
-    g.ok_or_else(|| CheckpointError::ForeignGlobal {
-        path: path.to_path_buf(),
-        module: module.to_string(),
-        name: name.to_string(),
-    })
+    // `torch.*` names outside the allow-list (torch.load, torch.jit...) stay refused.
+    if module == "torch" || module.starts_with("torch.") {
+        return g.ok_or_else(|| CheckpointError::ForeignGlobal {
+            path: path.to_path_buf(),
+            module: module.to_string(),
+            name: name.to_string(),
+            offset,
+        });
+    }
+    Ok(g.unwrap_or_else(|| Global::Unknown(Rc::from(format!("{module}.{name}")), offset)))
 }
 
 /// A pickle value. Containers and descriptors live in the arena.
@@ -172,6 +294,8 @@ pub(crate) enum ObjKind {
     Set(Vec<Value>),
     Storage(StorageRef),
     Tensor(TensorDesc),
+    /// What calling an inert or unknown global would have built; never built for real.
+    Opaque(Global),
 }
 
 #[derive(Debug)]
@@ -203,16 +327,17 @@ impl Parsed {
         }
     }
 
-    /// Looks up a string key in a dict (last assignment wins, like Python).
-    pub(crate) fn dict_get<'a>(
-        &'a self,
-        items: &'a [(Value, Value)],
-        key: &str,
-    ) -> Option<&'a Value> {
-        items.iter().rev().find_map(|(k, v)| match k {
-            Value::Str(s) if &**s == key => Some(v),
+    /// The unknown global `v` was built from or is, with the byte offset naming it: what
+    /// is refused when such a value sits where a tensor is expected.
+    pub(crate) fn foreign_origin<'a>(&'a self, v: &'a Value) -> Option<(&'a str, usize)> {
+        match v {
+            Value::Global(Global::Unknown(name, offset)) => Some((name, *offset)),
+            Value::Obj(_) => match self.obj(v) {
+                Some(ObjKind::Opaque(Global::Unknown(name, offset))) => Some((name, *offset)),
+                _ => None,
+            },
             _ => None,
-        })
+        }
     }
 
     pub(crate) fn tensor(&self, v: &Value) -> Option<&TensorDesc> {
@@ -239,6 +364,8 @@ impl Parsed {
                 Some(ObjKind::Set(_)) => "set",
                 Some(ObjKind::Storage(_)) => "storage",
                 Some(ObjKind::Tensor(_)) => "tensor",
+                Some(ObjKind::Opaque(Global::Inert(label))) => label,
+                Some(ObjKind::Opaque(_)) => "object",
                 None => "invalid",
             },
         }
@@ -488,7 +615,7 @@ impl Unpickler<'_> {
                 .map(|(k, v)| self.depth_of(k).max(self.depth_of(v)))
                 .max()
                 .unwrap_or(0),
-            ObjKind::Storage(_) | ObjKind::Tensor(_) => 0,
+            ObjKind::Storage(_) | ObjKind::Tensor(_) | ObjKind::Opaque(_) => 0,
         };
         let depth = child_depth + 1;
         if depth > MAX_NESTING {
@@ -692,6 +819,12 @@ impl Unpickler<'_> {
             Global::Storage(_) | Global::UntypedStorage | Global::DType => {
                 Err(self.bad("REDUCE on a torch storage/dtype class is not supported"))
             }
+            Global::DefaultDict => self.new_obj(ObjKind::Dict {
+                ordered: false,
+                items: Vec::new(),
+            }),
+            Global::CodecsEncode => Ok(Value::Bytes),
+            g @ (Global::Inert(_) | Global::Unknown(..)) => self.new_obj(ObjKind::Opaque(g)),
         }
     }
 
@@ -977,7 +1110,7 @@ impl Unpickler<'_> {
                 b'c' => {
                     let module = self.read_line("GLOBAL module")?;
                     let name = self.read_line("GLOBAL name")?;
-                    let g = resolve_global(self.path, &module, &name)?;
+                    let g = resolve_global(self.path, &module, &name, self.op_pos)?;
                     self.push(Value::Global(g));
                 }
                 0x93 => {
@@ -986,7 +1119,7 @@ impl Unpickler<'_> {
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
                         return Err(self.bad("STACK_GLOBAL needs two strings"));
                     };
-                    let g = resolve_global(self.path, &module, &name)?;
+                    let g = resolve_global(self.path, &module, &name, self.op_pos)?;
                     self.push(Value::Global(g));
                 }
                 b'R' => {
@@ -996,36 +1129,48 @@ impl Unpickler<'_> {
                     self.push(v);
                 }
                 0x81 => {
-                    // NEWOBJ: cls.__new__(cls, *args); only OrderedDict.
+                    // NEWOBJ: cls.__new__(cls, *args), never run: an empty OrderedDict or
+                    // defaultdict, or an opaque instance of an inert or unknown class.
                     let args = self.pop()?;
                     let cls = self.pop()?;
-                    if !matches!(cls, Value::Global(Global::OrderedDict)) {
-                        return Err(
-                            self.bad("NEWOBJ on a class other than collections.OrderedDict")
-                        );
-                    }
                     self.tuple_items(&args, "NEWOBJ arguments")?;
-                    let v = self.new_obj(ObjKind::Dict {
-                        ordered: true,
-                        items: Vec::new(),
-                    })?;
+                    let kind = match cls {
+                        Value::Global(Global::OrderedDict) => ObjKind::Dict {
+                            ordered: true,
+                            items: Vec::new(),
+                        },
+                        Value::Global(Global::DefaultDict) => ObjKind::Dict {
+                            ordered: false,
+                            items: Vec::new(),
+                        },
+                        Value::Global(g @ (Global::Inert(_) | Global::Unknown(..))) => {
+                            ObjKind::Opaque(g)
+                        }
+                        _ => return Err(self.bad(
+                            "NEWOBJ on a class other than collections.OrderedDict or a data class",
+                        )),
+                    };
+                    let v = self.new_obj(kind)?;
                     self.push(v);
                 }
                 b'b' => {
-                    // BUILD: state is ignored, only for OrderedDicts and tensors.
+                    // BUILD: state is ignored, only for OrderedDicts, tensors and opaque
+                    // data objects (a Namespace's attributes, a numpy dtype's layout).
                     let _state = self.pop()?;
                     let target = self.top()?;
                     let ok = match target {
                         Value::Obj(i) => matches!(
                             self.objs.get(*i).map(|o| &o.kind),
-                            Some(ObjKind::Dict { ordered: true, .. }) | Some(ObjKind::Tensor(_))
+                            Some(ObjKind::Dict { ordered: true, .. })
+                                | Some(ObjKind::Tensor(_))
+                                | Some(ObjKind::Opaque(_))
                         ),
                         _ => false,
                     };
                     if !ok {
-                        return Err(
-                            self.bad("BUILD is only accepted on an OrderedDict or a tensor")
-                        );
+                        return Err(self.bad(
+                            "BUILD is only accepted on an OrderedDict, a tensor or a data object",
+                        ));
                     }
                 }
                 b'Q' => {

@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use zip::ZipArchive;
 
 use super::pickle::{self, Parsed, TensorDesc, Value};
-use super::{not_ckpt, Backend, CheckpointError, Contents, DType, Entry, Location, TensorInfo};
+use super::{
+    not_ckpt, Backend, CheckpointError, Contents, DType, Entry, Location, StateDictSummary,
+    TensorInfo, Weights, TOP_LEVEL,
+};
 
 /// Largest `data.pkl` accepted. Real state-dict pickles are a few MB.
 const MAX_PICKLE_BYTES: u64 = 64 << 20;
@@ -96,11 +99,28 @@ fn read_small_entry(
     Ok(buf)
 }
 
-/// Picks the state dict out of the unpickled top-level object.
-fn select_state_dict<'a>(
+/// A dict's items, in pickle order.
+type Items<'a> = &'a [(Value, Value)];
+
+/// A dict of the checkpoint that holds tensors, by the top-level key it sits under.
+struct Candidate<'a> {
+    name: String,
+    items: &'a [(Value, Value)],
+}
+
+/// Whether a top-level key names EMA weights (`model_ema`, `ema`, `state_dict_ema`, ...).
+fn is_ema(name: &str) -> bool {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| w.eq_ignore_ascii_case("ema"))
+}
+
+/// The state dicts the unpickled top-level object holds: the top level itself when it
+/// holds tensors, else each top-level entry that is a dict holding tensors (a training
+/// checkpoint's `model` and `model_ema`).
+fn candidates<'a>(
     path: &Path,
     parsed: &'a Parsed,
-) -> Result<&'a [(Value, Value)], CheckpointError> {
+) -> Result<(Vec<Candidate<'a>>, Items<'a>), CheckpointError> {
     let Some(top) = parsed.dict_items(&parsed.root) else {
         return Err(not_ckpt(
             path,
@@ -110,18 +130,107 @@ fn select_state_dict<'a>(
             ),
         ));
     };
-    if top.iter().any(|(_, v)| parsed.tensor(v).is_some()) {
-        return Ok(top);
+    let holds_tensors =
+        |items: &[(Value, Value)]| items.iter().any(|(_, v)| parsed.tensor(v).is_some());
+    if holds_tensors(top) {
+        let only = Candidate {
+            name: TOP_LEVEL.into(),
+            items: top,
+        };
+        return Ok((vec![only], top));
     }
-    for name in ["model", "state_dict"] {
-        if let Some(items) = parsed
-            .dict_get(top, name)
-            .and_then(|v| parsed.dict_items(v))
-        {
-            return Ok(items);
+    let mut found: Vec<Candidate<'a>> = Vec::new();
+    for (k, v) in top {
+        let (Value::Str(name), Some(items)) = (k, parsed.dict_items(v)) else {
+            continue;
+        };
+        if holds_tensors(items) {
+            // Python dict semantics: a later assignment to the same key wins.
+            found.retain(|c| c.name != **name);
+            found.push(Candidate {
+                name: name.to_string(),
+                items,
+            });
         }
     }
-    Ok(top)
+    Ok((found, top))
+}
+
+/// Picks the state dict to convert: EMA weights when the checkpoint has them (the
+/// reference evaluates with them) unless `weights` asks for the trained ones.
+fn select<'a>(
+    path: &Path,
+    found: &'a [Candidate<'a>],
+    top: &'a [(Value, Value)],
+    weights: Weights,
+) -> Result<(Option<&'a str>, Items<'a>), CheckpointError> {
+    let by = |pick: &dyn Fn(&str) -> bool| found.iter().find(|c| pick(&c.name));
+    let ema = by(&|n| is_ema(n));
+    let model = ["model", "state_dict", "module", "net"]
+        .iter()
+        .find_map(|want| by(&|n| n == *want))
+        .or_else(|| {
+            // A single non-EMA state dict under another name.
+            let rest: Vec<&Candidate> = found.iter().filter(|c| !is_ema(&c.name)).collect();
+            (rest.len() == 1).then(|| rest[0])
+        });
+    let names = || {
+        found
+            .iter()
+            .map(|c| format!("`{}`", c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match weights {
+        Weights::Auto => ema.or(model),
+        Weights::Ema => Some(ema.ok_or_else(|| {
+            not_ckpt(
+                path,
+                format!(
+                    "no EMA weights to convert (--weights ema); the state dicts here are: {}",
+                    if found.is_empty() { "none".into() } else { names() }
+                ),
+            )
+        })?),
+        Weights::Model => Some(model.ok_or_else(|| {
+            not_ckpt(
+                path,
+                format!(
+                    "no trained (non-EMA) weights to convert (--weights model); the state dicts here are: {}",
+                    if found.is_empty() { "none".into() } else { names() }
+                ),
+            )
+        })?),
+    };
+    Ok(match chosen {
+        Some(c) if c.name == TOP_LEVEL => (None, c.items),
+        Some(c) => (Some(c.name.as_str()), c.items),
+        // No tensors anywhere: read the top level (its entries are reported as skipped).
+        None => (None, top),
+    })
+}
+
+/// Parameter count and dtypes of one candidate, for `flowar inspect`.
+fn summarize(parsed: &Parsed, c: &Candidate<'_>) -> StateDictSummary {
+    let mut s = StateDictSummary {
+        name: c.name.clone(),
+        tensors: 0,
+        parameters: 0,
+        dtypes: BTreeMap::new(),
+        selected: false,
+    };
+    for (_, v) in c.items {
+        if let Some(t) = parsed.tensor(v) {
+            s.tensors += 1;
+            s.parameters = s
+                .parameters
+                .saturating_add(t.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d)));
+            *s.dtypes
+                .entry(t.storage.kind.dtype_name().to_string())
+                .or_default() += 1;
+        }
+    }
+    s
 }
 
 fn dtype_of(kind: pickle::StorageKind) -> Option<DType> {
@@ -205,7 +314,7 @@ fn validate_view(
         .map_err(|_| bad_storage(path, key, "shape does not fit in memory"))
 }
 
-pub(super) fn open(path: &Path, file: File) -> Result<Contents, CheckpointError> {
+pub(super) fn open(path: &Path, file: File, weights: Weights) -> Result<Contents, CheckpointError> {
     let mut archive = ZipArchive::new(file).map_err(|e| zip_err(path, e))?;
     let (pkl_index, root) = find_data_pkl(path, &archive)?;
 
@@ -225,7 +334,17 @@ pub(super) fn open(path: &Path, file: File) -> Result<Contents, CheckpointError>
     let pkl = read_small_entry(path, &mut archive, pkl_index, MAX_PICKLE_BYTES, "data.pkl")?;
     let parsed = pickle::parse(path, &pkl)?;
     drop(pkl);
-    let state = select_state_dict(path, &parsed)?;
+    let (found, top) = candidates(path, &parsed)?;
+    let (selected, state) = select(path, &found, top, weights)?;
+    let state_dicts: Vec<StateDictSummary> = found
+        .iter()
+        .map(|c| {
+            let mut s = summarize(&parsed, c);
+            s.selected = selected.map_or(c.name == TOP_LEVEL, |n| n == c.name);
+            s
+        })
+        .collect();
+    let selected = selected.map(str::to_string);
 
     // Python dict semantics: later assignments to a key win.
     let mut latest: BTreeMap<String, &Value> = BTreeMap::new();
@@ -248,6 +367,14 @@ pub(super) fn open(path: &Path, file: File) -> Result<Contents, CheckpointError>
     let mut tensors = BTreeMap::new();
     let mut entry_sizes: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for (key, v) in latest {
+        if let Some((global, offset)) = parsed.foreign_origin(v) {
+            return Err(CheckpointError::ForeignValue {
+                path: path.to_path_buf(),
+                key,
+                global: global.to_string(),
+                offset,
+            });
+        }
         let Some(t) = parsed.tensor(v) else {
             match v {
                 Value::None
@@ -305,6 +432,8 @@ pub(super) fn open(path: &Path, file: File) -> Result<Contents, CheckpointError>
         backend: Backend::Zip(Mutex::new(archive)),
         tensors,
         skipped,
+        state_dicts,
+        selected,
     })
 }
 

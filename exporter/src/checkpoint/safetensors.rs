@@ -126,6 +126,8 @@ pub(super) fn open(path: &Path, mut file: File) -> Result<Contents, CheckpointEr
         backend: Backend::File(Mutex::new(file)),
         tensors,
         skipped,
+        state_dicts: Vec::new(),
+        selected: None,
     })
 }
 
