@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine with Rust and Python 3 (with pip):
-# installs onnxruntime (whose wheel ships libonnxruntime.so) and the onnx checker into
-# .venv, then runs every test with onnxruntime required.
+# The whole test suite, from a fresh machine with Rust, Python 3 (with venv and pip), a
+# C and a C++ compiler and valgrind (the C ABI's tests build C/C++ programs and run one
+# under valgrind): installs onnxruntime (whose wheel ships libonnxruntime.so) and the onnx
+# checker into .venv, then runs every test with onnxruntime required.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Name everything missing before any build starts.
+missing=()
+command -v cargo >/dev/null || missing+=("cargo (Rust, https://rustup.rs)")
+command -v python3 >/dev/null || missing+=("python3 (3.9 or newer)")
+if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  missing+=("python3's venv and pip modules (Debian: apt-get install python3-venv)")
+fi
+command -v "${CC:-cc}" >/dev/null || missing+=("a C compiler (${CC:-cc}; Debian: apt-get install gcc)")
+command -v "${CXX:-c++}" >/dev/null || missing+=("a C++17 compiler (${CXX:-c++}; Debian: apt-get install g++)")
+command -v valgrind >/dev/null || missing+=("valgrind (Debian: apt-get install valgrind)")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: missing prerequisites:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -13,6 +30,8 @@ fi
 ORT_DYLIB_PATH="$PWD/$(ls -d .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
 export ORT_DYLIB_PATH
 export FLOWAR_PYTHON="$PWD/.venv/bin/python"
+# Never a weakened suite: no re-blessed references, no case filter, no stand-in binary.
+unset FLOWAR_BLESS FLOWAR_HOSTILE_ONLY FLOWAR_BIN
 export FLOWAR_REQUIRE_ORT=1
 export FLOWAR_REQUIRE_ONNX_CHECKER=1
 export FLOWAR_REQUIRE_VALGRIND=1

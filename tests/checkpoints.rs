@@ -8,21 +8,15 @@ use std::path::{Path, PathBuf};
 use flowar_exporter::checkpoint::{Checkpoint, CheckpointError, Weights};
 use flowar_exporter::convert::{convert, ConvertRequest, ModelMeta};
 use flowar_exporter::ExportError;
-use flowar_fuzz::torch::{torch_checkpoint, training_checkpoint, TensorDef, TrainingExtras};
+use flowar_fuzz::torch::{
+    checkpoint_tensors, torch_checkpoint, training_checkpoint, TensorDef, TrainingExtras,
+};
 use flowar_runtime::manifest::Manifest;
-use flowar_runtime::verify::{self, PipeSettings, Reference, Tolerances};
 use flowar_tests::*;
 
 /// The spatial fixture's FlowAR tensors, as float32, each value moved by `shift`.
 fn fixture_tensors(shift: f32, prefix: &str) -> Vec<TensorDef> {
-    let ck = Checkpoint::open(&fixture("spatial").join("flowar.pth")).expect("fixture");
-    ck.keys()
-        .into_iter()
-        .map(|k| {
-            let v: Vec<f32> = ck.load_f32(k).unwrap().iter().map(|x| x + shift).collect();
-            TensorDef::f32(&format!("{prefix}{k}"), &ck.info(k).unwrap().shape, &v)
-        })
-        .collect()
+    checkpoint_tensors(&fixture("spatial").join("flowar.pth"), shift, prefix)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -55,33 +49,15 @@ fn graph_hashes(m: &Manifest) -> [String; 3] {
 
 /// Every fixture case on every CPU provider; the names of the cases out of bounds.
 fn failing_cases(dir: &Path) -> Vec<String> {
-    let cfg = fixture_config("spatial");
-    let settings = PipeSettings {
-        cfg: cfg["cfg"].as_f64().unwrap(),
-        guidance: cfg["guidance"].as_f64().unwrap(),
-        steps: cfg["num_steps"].as_u64().unwrap() as usize,
-    };
-    let drift = cfg["float64_vs_float32_tokens_max_abs_diff"]
-        .as_f64()
-        .unwrap() as f32;
-    let tol = Tolerances {
-        pipe_tokens: (4.0 * drift).max(1e-3),
-        ..Tolerances::default()
-    };
-    let reference = Reference::load(&fixture("spatial").join("expected.safetensors")).unwrap();
-    let mut failed = Vec::new();
-    for p in cpu_providers() {
-        let mut pipe = load(dir, p);
-        let results = verify::run(&mut pipe, &reference, &tol, Some(&settings)).unwrap();
-        assert_eq!(results.len(), 18, "{}", p.name());
-        failed.extend(
+    verify_fixture("spatial", dir)
+        .into_iter()
+        .flat_map(|(p, results)| {
             results
-                .iter()
+                .into_iter()
                 .filter(|r| !r.pass)
-                .map(|r| format!("{} {}", p.name(), r.name)),
-        );
-    }
-    failed
+                .map(move |r| format!("{} {}", p.name(), r.name))
+        })
+        .collect()
 }
 
 #[test]
@@ -303,4 +279,30 @@ fn a_checkpoint_pickled_by_cpython_reads_its_ema_weights_and_refuses_os_system()
         e.contains("`posix.system`") && e.contains("allow-list"),
         "{e}"
     );
+}
+
+/// bfloat16 storages in a `.pth` read as their exact values (bfloat16 is float32's upper
+/// half, so these values round-trip bit for bit).
+#[test]
+fn bfloat16_pth_values_are_exact() {
+    let values = [1.0f32, -2.0, 0.5, 3.140625, 65280.0, -0.0078125];
+    let bf16 = |x: f32| -> [u8; 2] {
+        let bits = x.to_bits();
+        assert_eq!(bits & 0xffff, 0, "{x} is not a bfloat16 value");
+        ((bits >> 16) as u16).to_le_bytes()
+    };
+    let t = TensorDef {
+        name: "w".into(),
+        class: "BFloat16Storage".into(),
+        shape: vec![2, 3],
+        data: values.iter().flat_map(|&x| bf16(x)).collect(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path(), "bf16.pth", &torch_checkpoint(&[t], None));
+    let ck = Checkpoint::open(&path).unwrap();
+    let info = ck.info("w").unwrap();
+    assert_eq!(info.dtype, flowar_exporter::checkpoint::DType::BF16);
+    assert_eq!(info.shape, [2, 3]);
+    assert_eq!(ck.load_f32("w").unwrap(), values);
+    assert_eq!(ck.state_dicts()[0].dtypes.get("bfloat16"), Some(&1));
 }

@@ -114,3 +114,52 @@ pub fn fixture_config(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("config.json")).expect("config.json");
     serde_json::from_str(&text).expect("config json")
 }
+
+/// Every case of fixture `name`'s reference run on the model folder `dir`, on every CPU
+/// provider, within the suite's bounds: `(provider, results)` per provider.
+///
+/// `verify`'s defaults (99% identical, 2 levels) leave room for other machines and
+/// engines; here the bounds are what the suite measures on every fixture and CPU backend:
+/// every image byte within one level, and 99.90% (spatial, ort-cpu) to 99.97% of them
+/// identical. A byte moves only where float32 rounding differs from PyTorch's in the last
+/// bit and the pixel sits on a rounding edge; the 0.1-point margin below the least
+/// measured share is for CPUs whose kernels round differently (AVX2 vs AVX-512 matmul
+/// blocking). Pipeline tokens get 4x the fixture's measured float64-vs-float32 drift.
+pub fn verify_fixture(
+    name: &str,
+    dir: &Path,
+) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
+    use flowar_runtime::verify::{self, PipeSettings, Reference, Tolerances};
+    let cfg = fixture_config(name);
+    let settings = PipeSettings {
+        cfg: cfg["cfg"].as_f64().unwrap(),
+        guidance: cfg["guidance"].as_f64().unwrap(),
+        steps: cfg["num_steps"].as_u64().unwrap() as usize,
+    };
+    let drift = cfg["float64_vs_float32_tokens_max_abs_diff"]
+        .as_f64()
+        .unwrap() as f32;
+    let tol = Tolerances {
+        pipe_tokens: (4.0 * drift).max(1e-3),
+        pipe_identical: 0.998,
+        pipe_u8_levels: 1,
+        ..Tolerances::default()
+    };
+    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
+    cpu_providers()
+        .into_iter()
+        .map(|p| {
+            let mut pipe = load(dir, p);
+            let results = verify::run(&mut pipe, &reference, &tol, Some(&settings)).unwrap();
+            // 5 flow cases, 5 AR steps, 4 upsamplings, 2 VAE, 2 pipeline.
+            assert_eq!(
+                results.len(),
+                18,
+                "{name} on {}: cases {:?}",
+                p.name(),
+                results.iter().map(|r| &r.name).collect::<Vec<_>>()
+            );
+            (p, results)
+        })
+        .collect()
+}

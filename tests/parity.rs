@@ -1,7 +1,7 @@
 //! Every fixture, converted from its released-format checkpoints, matches the reference
 //! implementation's tensors on every CPU backend, within the fixture README's bounds.
 
-use flowar_runtime::verify::{self, PipeSettings, Reference, Tolerances};
+use flowar_runtime::verify::{self, Reference, Tolerances};
 use flowar_tests::*;
 
 fn check_fixture(name: &str) {
@@ -11,38 +11,17 @@ fn check_fixture(name: &str) {
 
 /// Runs every case of fixture `name` against the model folder `dir`.
 fn check_model(name: &str, dir: &std::path::Path) {
-    let cfg = fixture_config(name);
-    let settings = PipeSettings {
-        cfg: cfg["cfg"].as_f64().unwrap(),
-        guidance: cfg["guidance"].as_f64().unwrap(),
-        steps: cfg["num_steps"].as_u64().unwrap() as usize,
-    };
-    let drift = cfg["float64_vs_float32_tokens_max_abs_diff"]
-        .as_f64()
-        .unwrap() as f32;
-    let tol = Tolerances {
-        pipe_tokens: (4.0 * drift).max(1e-3),
-        ..Tolerances::default()
-    };
-    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
-    for p in cpu_providers() {
-        let mut pipe = load(dir, p);
-        let results = verify::run(&mut pipe, &reference, &tol, Some(&settings)).unwrap();
-        // 5 flow cases, 5 AR steps, 4 upsamplings, 2 VAE, 2 pipeline.
-        assert_eq!(
-            results.len(),
-            18,
-            "{name} on {}: cases {:?}",
-            p.name(),
-            results.iter().map(|r| &r.name).collect::<Vec<_>>()
-        );
+    for (p, results) in verify_fixture(name, dir) {
         for r in &results {
             eprintln!(
-                "{name} {} {}: max_abs {:.3e} (bound {:.1e})",
+                "{name} {} {}: max_abs {:.3e} (bound {:.1e}){}",
                 p.name(),
                 r.name,
                 r.max_abs,
-                r.bound
+                r.bound,
+                r.identical
+                    .map(|s| format!(", {:.3}% identical", s * 100.0))
+                    .unwrap_or_default()
             );
         }
         let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();

@@ -74,6 +74,30 @@ fn cfg_one_runs_without_null_rows() {
     assert_eq!(out.images.len(), 2);
     assert!(out.tokens.iter().all(|v| v.is_finite()));
     assert_eq!(calls, 5 * 8, "5 scales of 8 Euler steps (9 grid points)");
+    assert_eq!(out.times.flow_calls, 5 * 8);
+    assert_eq!(
+        out.times.flow_rows,
+        2 * 5 * 8,
+        "every flow-head call runs the 2 images' conditional rows only"
+    );
+    // The same request guided runs both rows of every image in its guided steps.
+    req.cfg = 4.0;
+    let guided = pipe.generate(&req, &mut |_| true).unwrap();
+    assert_eq!(guided.times.flow_calls, 5 * 8);
+    // Guided steps are those with w > 1 (every scale but the first) and t <= guidance.
+    use flowar_runtime::sampler::schedule::{cfg_at_scale, guided as is_guided, time_grid};
+    let grid = time_grid(req.steps);
+    let expected: usize = (0..5)
+        .map(|scale| {
+            let w = cfg_at_scale(req.cfg, scale, 5);
+            grid[..grid.len() - 1]
+                .iter()
+                .map(|&t| if is_guided(w, t, req.guidance) { 4 } else { 2 })
+                .sum::<usize>()
+        })
+        .sum();
+    assert!(expected > 2 * 5 * 8, "the request has guided steps");
+    assert_eq!(guided.times.flow_rows, expected);
 }
 
 #[test]
@@ -270,4 +294,205 @@ fn solver_step_graph_matches_the_host_update() {
         let out = model.solver_step(&xr, &v, w, dt).unwrap();
         assert_eq!(out.nonfinite, 3, "{}: non-finite count", p.name());
     }
+}
+
+/// A NaN that appears mid-sampling stops the run with the scale and step where it
+/// appeared. The NaN is planted in the AR position embedding of the third scale's tokens
+/// (positions 5..21 of 1+4+16+64+256), so scales 0 and 1 sample cleanly and the AR
+/// condition of scale 2 is the first value to hold it. (Reading it from the condition,
+/// not only the velocity, matters on tract, whose flow head was measured to turn a NaN
+/// condition into finite velocities.)
+#[test]
+fn a_nan_mid_sampling_names_its_scale_and_step() {
+    let src = fixture("spatial").join("flowar.safetensors");
+    let bytes = std::fs::read(&src).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let (_, _, shape, data) = tensors
+        .iter_mut()
+        .find(|(k, ..)| k == "encoder_pos_embed_learned")
+        .unwrap();
+    let width = shape[2];
+    for token in 5..21 {
+        let at = 4 * (token * width);
+        data[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("nan.safetensors");
+    std::fs::write(&ckpt, flowar_fuzz::torch::safetensors_bytes(&tensors)).unwrap();
+    let f = flowar_exporter::checkpoint::Checkpoint::open(&ckpt).unwrap();
+    let v = flowar_exporter::checkpoint::Checkpoint::open(&fixture("spatial").join("vae.ckpt"))
+        .unwrap();
+    let dir = tmp.path().join("model");
+    flowar_exporter::convert::convert(
+        &flowar_exporter::convert::ConvertRequest::new(&f, &v, &dir).allow_nonfinite(true),
+    )
+    .unwrap();
+    for p in cpu_providers() {
+        let mut pipe = load(&dir, p);
+        let mut seen = Vec::new();
+        let Err(e) = pipe.generate(&request(&[3], &[0], 0), &mut |pr| {
+            seen.push(pr.scale);
+            true
+        }) else {
+            panic!("{}: a NaN velocity must stop the run", p.name());
+        };
+        match &e {
+            Error::NonFinite { scale, step, what } => {
+                assert_eq!((*scale, *step), (2, 0), "{}: {e}", p.name());
+                assert!(what.contains("AR condition elements"), "{what}");
+            }
+            other => panic!("{}: expected NonFinite, got {other:?}", p.name()),
+        }
+        assert!(
+            seen.contains(&1) && !seen.contains(&2),
+            "{}: scales 0 and 1 completed, scale 2 did not: {seen:?}",
+            p.name()
+        );
+        assert!(e.to_string().contains("at scale 2, step 0"), "{e}");
+    }
+}
+
+/// A batch larger than the TensorRT profiles were built for is refused before any work,
+/// saying which GPU option builds larger ones. The check is the model's, so it is tested
+/// here without a GPU.
+#[test]
+fn a_batch_past_the_tensorrt_profile_is_refused() {
+    let (_t, dir) = convert_fixture("spatial");
+    let m = flowar_runtime::manifest::Manifest::load(&dir).unwrap();
+    let req = request(&[1, 2, 3], &[0, 1, 2], 0);
+    let e = req.validate(&m, Some(2)).unwrap_err();
+    assert!(matches!(e, Error::BadArgument(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("a batch of 3 images exceeds the TensorRT profile's maximum of 2")
+            && msg.contains("trt_max_batch=3"),
+        "{msg}"
+    );
+    req.validate(&m, Some(3)).unwrap();
+    req.validate(&m, None).unwrap();
+}
+
+/// Heun's method against a float64 Heun integration written here, on the model's own
+/// flow head: the first two scales of the spatial fixture (the second guided), from the
+/// same seeded noise. Both evaluate the flow head on the same float32 inputs, so they
+/// agree to float64 rounding of the state; a wrong half step, a velocity taken at the
+/// wrong point or a missed guidance combination would be off by far more.
+#[test]
+fn heun_matches_a_float64_heun_integration() {
+    use flowar_runtime::backend::Resident;
+    use flowar_runtime::model::{KvCache, Model};
+    use flowar_runtime::sampler::noise::seeded;
+    use flowar_runtime::sampler::ode::ScaleOde;
+    use flowar_runtime::sampler::schedule::{cfg_at_scale, guided, time_grid};
+    use flowar_runtime::sampler::upsample::next_scale_tokens;
+    use flowar_runtime::sampler::StageTimes;
+    use flowar_runtime::tensor::Tensor;
+
+    let (_t, dir) = convert_fixture("spatial");
+    let mut model = Model::load(&dir, Provider::Tract, &BackendOptions::default()).unwrap();
+    let m = model.manifest.clone();
+    let (c, n_scales) = (m.latent_channels, m.scales.len());
+    let (cfg, guidance, steps) = (4.3, 0.9, 8);
+    let labels = [3i64, m.null_class as i64];
+    let noise = seeded(5, &[0], &m.scales, c, true);
+    let times = time_grid(steps);
+    let mut cache = KvCache::empty(&m, 2);
+    let mut tokens_in = Resident::Host(Tensor::f32(vec![2, 1, c], vec![0.0; 2 * c]));
+    let mut st = StageTimes::default();
+    let mut guided_steps = 0;
+    for (scale, &side) in m.scales.iter().enumerate().take(2) {
+        let n = side * side;
+        let z = model
+            .ar_step(scale, &labels, &tokens_in, &mut cache)
+            .unwrap();
+        let w = cfg_at_scale(cfg, scale, n_scales);
+
+        // The runtime's Heun steps.
+        let mut ode = ScaleOde::new(scale, 1, true, w, guidance, &z);
+        let mut state = ode.initial_state(&model, &noise[scale], n, c).unwrap();
+        for step in 0..times.len() - 1 {
+            let span = (times[step], times[step + 1]);
+            state = ode
+                .step(&mut model, state, Solver::Heun, span, step, &mut st)
+                .unwrap();
+        }
+        let got = state.x.to_host().unwrap().into_f64().unwrap();
+
+        // The reference: float64 state, the flow head on float32 casts of it, guidance
+        // combined in float32 as the reference implementation does.
+        let zh = z.to_host().unwrap();
+        let zf = zh.as_f32().unwrap();
+        let z_cond = Tensor::f32(vec![1, n, zh.shape[2]], zf[..zf.len() / 2].to_vec());
+        let mut velocity = |x: &[f64], t: f64| -> Vec<f64> {
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            if guided(w, t, guidance) {
+                guided_steps += 1;
+                let pair = Tensor::f32(vec![2, n, c], [xf.clone(), xf].concat());
+                let v = model
+                    .flow(
+                        scale,
+                        &pair.into(),
+                        &Tensor::f32(vec![2], vec![t as f32; 2]).into(),
+                        &z,
+                    )
+                    .unwrap()
+                    .to_host()
+                    .unwrap();
+                let v = v.as_f32().unwrap();
+                let (vc, vu) = v.split_at(n * c);
+                vc.iter()
+                    .zip(vu)
+                    .map(|(&c, &u)| (u + w as f32 * (c - u)) as f64)
+                    .collect()
+            } else {
+                let x1 = Tensor::f32(vec![1, n, c], xf);
+                let v = model
+                    .flow(
+                        scale,
+                        &x1.into(),
+                        &Tensor::f32(vec![1], vec![t as f32]).into(),
+                        &z_cond.clone().into(),
+                    )
+                    .unwrap()
+                    .to_host()
+                    .unwrap();
+                v.as_f32().unwrap().iter().map(|&v| v as f64).collect()
+            }
+        };
+        let mut x: Vec<f64> = noise[scale][..n * c].iter().map(|&v| v as f64).collect();
+        for win in times.windows(2) {
+            let (t, tn) = (win[0], win[1]);
+            let dt = tn - t;
+            let g1 = velocity(&x, t);
+            let pred: Vec<f64> = x.iter().zip(&g1).map(|(x, g)| x + dt * g).collect();
+            let g2 = velocity(&pred, tn);
+            x = x
+                .iter()
+                .zip(g1.iter().zip(&g2))
+                .map(|(x, (a, b))| x + 0.5 * dt * a + 0.5 * dt * b)
+                .collect();
+        }
+        let diff = got
+            .iter()
+            .zip(&x)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("heun scale {scale}: max abs {diff:.3e} against the float64 reference");
+        assert!(diff < 1e-9, "scale {scale}: Heun is off by {diff:e}");
+
+        // The next scale starts from these tokens, upsampled.
+        let cond: Vec<f32> = got.iter().map(|&v| v as f32).collect();
+        let next = m.scales[scale + 1];
+        let up = next_scale_tokens(&cond, 1, c, side, m.final_grid(), next);
+        tokens_in = Resident::Host(Tensor::f32(
+            vec![2, next * next, c],
+            [up.clone(), up].concat(),
+        ));
+    }
+    assert!(guided_steps > 0, "the second scale's steps were guided");
 }

@@ -96,10 +96,25 @@ fn json_has_every_field_per_provider() {
         "tract always runs: {}",
         tract["reason"]
     );
+    let ort = &providers[0];
+    if ort["available"] != true {
+        assert!(
+            std::env::var_os("FLOWAR_REQUIRE_ORT").is_none(),
+            "onnxruntime is required here: {}",
+            ort["reason"]
+        );
+        eprintln!("SKIPPING the ort-cpu entry's checks: {}", ort["reason"]);
+    }
     for p in providers.iter().filter(|p| p["available"] == true) {
         let name = p["provider"].as_str().unwrap();
         assert!(p["reason"].is_null());
-        assert!(p["load_s"].as_f64().unwrap() > 0.0, "{name} load time");
+        assert!(
+            p["load_s"]
+                .as_f64()
+                .is_some_and(|s| s.is_finite() && s >= 0.0),
+            "{name} load time: {}",
+            p["load_s"]
+        );
         let batches = p["batches"].as_array().unwrap();
         assert_eq!(batches.len(), 2, "{name}: one entry per batch size");
         for (b, want) in batches.iter().zip([1, 2]) {

@@ -10,18 +10,7 @@ use std::path::{Path, PathBuf};
 fn convert_fails(flowar_ckpt: &Path, vae: &Path, needle: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("model");
-    let o = flowar(
-        &[
-            "convert",
-            "--flowar",
-            flowar_ckpt.to_str().unwrap(),
-            "--vae",
-            vae.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
+    let o = convert(tmp.path(), flowar_ckpt, vae, &out, &[]);
     let t = text(&o);
     assert!(!o.status.success(), "convert succeeded: {t}");
     assert!(t.contains(needle), "message lacks `{needle}`: {t}");
@@ -215,26 +204,128 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
     let (a, meta) = pixels(tmp.path().join("all/000003.png"));
     let (b, _) = pixels(tmp.path().join("shard1/000003.png"));
     assert!(a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 1));
-    for key in [
-        "flowar:model_hash",
-        "flowar:class",
-        "flowar:seed",
-        "flowar:cfg",
-        "flowar:guidance",
-        "flowar:steps",
-        "flowar:solver",
-    ] {
-        assert!(
-            meta.iter().any(|(k, _)| k == key),
-            "PNG lacks {key}: {meta:?}"
-        );
-    }
-    assert!(meta.contains(&("flowar:class".into(), "917".into())));
-    let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("all/run.json")).unwrap())
+    // Every PNG text key, with its value; the model hash is the manifest's.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
             .unwrap();
-    assert_eq!(run["steps"], 6);
-    assert!(run["timings_s"]["flow_head"].as_f64().unwrap() > 0.0);
+    let sampler = &manifest["sampler"];
+    let f64_text = |v: &serde_json::Value| v.as_f64().unwrap().to_string();
+    let want: Vec<(String, String)> = [
+        (
+            "flowar:model",
+            manifest["name"].as_str().unwrap().to_string(),
+        ),
+        (
+            "flowar:model_hash",
+            manifest["model_hash"].as_str().unwrap().to_string(),
+        ),
+        ("flowar:index", "3".into()),
+        ("flowar:class", "917".into()),
+        ("flowar:seed", "0".into()),
+        ("flowar:cfg", f64_text(&sampler["cfg"])),
+        ("flowar:guidance", f64_text(&sampler["guidance"])),
+        ("flowar:steps", "6".into()),
+        ("flowar:solver", "euler".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(meta, want, "PNG metadata of image 3");
+
+    // Every run.json field, for the whole run and for a shard.
+    let run_json = |d: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join(d).join("run.json")).unwrap())
+            .unwrap()
+    };
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    for (dir, shard, indices, classes, batch) in [
+        (
+            "all",
+            serde_json::Value::Null,
+            vec![0, 1, 2, 3],
+            vec![3, 917, 3, 917],
+            3,
+        ),
+        ("shard1", "1/2".into(), vec![1, 3], vec![917, 917], 8),
+    ] {
+        let run = run_json(dir);
+        assert_eq!(
+            keys(&run),
+            [
+                "batch_size",
+                "cfg",
+                "classes",
+                "count",
+                "guidance",
+                "indices",
+                "model",
+                "model_hash",
+                "model_name",
+                "noise_file",
+                "provider",
+                "provider_reason",
+                "seed",
+                "shard",
+                "solver",
+                "steps",
+                "timings_s"
+            ],
+            "{dir}"
+        );
+        assert_eq!(run["model"], model.display().to_string(), "{dir}");
+        assert_eq!(run["model_name"], manifest["name"], "{dir}");
+        assert_eq!(run["model_hash"], manifest["model_hash"], "{dir}");
+        assert_eq!(run["provider"], "tract", "{dir}");
+        assert_eq!(run["provider_reason"], "asked for by name", "{dir}");
+        assert_eq!(run["classes"], serde_json::json!(classes), "{dir}");
+        assert_eq!(run["indices"], serde_json::json!(indices), "{dir}");
+        assert_eq!(run["count"], 4, "{dir}: the whole run's count");
+        assert_eq!(run["shard"], shard, "{dir}");
+        assert_eq!(run["seed"], 0, "{dir}");
+        assert_eq!(run["cfg"], sampler["cfg"], "{dir}");
+        assert_eq!(run["guidance"], sampler["guidance"], "{dir}");
+        assert_eq!(run["steps"], 6, "{dir}");
+        assert_eq!(run["solver"], "euler", "{dir}");
+        assert_eq!(run["batch_size"], batch, "{dir}");
+        assert_eq!(run["noise_file"], serde_json::Value::Null, "{dir}");
+        let t = &run["timings_s"];
+        assert_eq!(
+            keys(t),
+            [
+                "ar",
+                "flow_head",
+                "flow_head_calls",
+                "load",
+                "solver_step",
+                "total",
+                "upsample",
+                "vae"
+            ],
+            "{dir}"
+        );
+        for k in [
+            "ar",
+            "flow_head",
+            "load",
+            "solver_step",
+            "total",
+            "upsample",
+            "vae",
+        ] {
+            assert!(
+                t[k].as_f64().is_some_and(|s| s.is_finite() && s >= 0.0),
+                "{dir}: timings_s.{k} = {}",
+                t[k]
+            );
+        }
+        // One flow-head call per batch, scale and step: 5 scales of 6 Euler steps.
+        let batches = indices.len().div_ceil(batch) as u64;
+        assert_eq!(t["flow_head_calls"], batches * 5 * 6, "{dir}");
+    }
 }
 
 #[test]
@@ -294,36 +385,10 @@ fn invalid_generate_values_are_refused_before_work() {
 fn verify_passes_on_fixtures_and_fails_on_a_tightened_bound() {
     let tmp = tempfile::tempdir().unwrap();
     let model = convert_spatial(tmp.path());
-    let f = fixture("spatial");
-    let reference = f.join("expected.safetensors");
-    let ok = flowar(
-        &[
-            "verify",
-            "--model",
-            model.to_str().unwrap(),
-            "--reference",
-            reference.to_str().unwrap(),
-            "--provider",
-            "tract",
-        ],
-        tmp.path(),
-    );
+    let ok = verify_spatial(tmp.path(), &model, &[]);
     assert!(ok.status.success(), "{}", text(&ok));
     assert!(text(&ok).contains("all 18 case(s) within bounds"));
-    let strict = flowar(
-        &[
-            "verify",
-            "--model",
-            model.to_str().unwrap(),
-            "--reference",
-            reference.to_str().unwrap(),
-            "--provider",
-            "tract",
-            "--tol",
-            "1e-9",
-        ],
-        tmp.path(),
-    );
+    let strict = verify_spatial(tmp.path(), &model, &["--tol", "1e-9"]);
     assert!(!strict.status.success());
     assert!(text(&strict).contains("FAIL"));
 }
@@ -373,4 +438,165 @@ fn presets_report_released_parameter_counts() {
         t.contains("FlowAR total 171.7M") && t.contains("vae_decoder 38.2M"),
         "{t}"
     );
+}
+
+/// `--noise-file` replays the reference's recorded noise through the CLI and reproduces
+/// the fixture's images: what `flowar verify` checks on the library, checked on the PNGs a
+/// user gets. Bounds as in the parity suite (tests/parity.rs): none more than one level
+/// off, at least 99.8% identical (measured 99.93% here on tract).
+#[test]
+fn noise_file_replay_reproduces_the_fixture_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let f = fixture("spatial");
+    let bytes = std::fs::read(f.join("expected.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // The recorded noise under the names --noise-file reads: noise.s{i}.
+    let noise: Vec<(String, safetensors::tensor::TensorView)> = (0..5)
+        .map(|i| {
+            (
+                format!("noise.s{i}"),
+                reference.tensor(&format!("pipe.noise.s{i}")).unwrap(),
+            )
+        })
+        .collect();
+    let noise_file = tmp.path().join("noise.safetensors");
+    safetensors::serialize_to_file(noise, None, &noise_file).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("config.json")).unwrap()).unwrap();
+    let labels: Vec<String> = cfg["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let out = tmp.path().join("replay");
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--class"];
+    args.extend(labels.iter().map(String::as_str));
+    let (c, g, s) = (
+        cfg["cfg"].to_string(),
+        cfg["guidance"].to_string(),
+        cfg["num_steps"].to_string(),
+    );
+    args.extend([
+        "--cfg",
+        &c,
+        "--guidance",
+        &g,
+        "--steps",
+        &s,
+        "--noise-file",
+        noise_file.to_str().unwrap(),
+        "--provider",
+        "tract",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let o = flowar(&args, tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let want = reference.tensor("pipe.image_u8").unwrap();
+    let per_image: usize = want.shape()[1..].iter().product();
+    let (mut same, mut worst) = (0usize, 0u8);
+    for (k, expected) in want.data().chunks(per_image).enumerate() {
+        let file = std::fs::File::open(out.join(format!("{k:06}.png"))).unwrap();
+        let mut r = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut got = vec![0; r.output_buffer_size().unwrap()];
+        r.next_frame(&mut got).unwrap();
+        assert_eq!(got.len(), expected.len(), "image {k}");
+        for (a, b) in got.iter().zip(expected) {
+            same += (a == b) as usize;
+            worst = worst.max(a.abs_diff(*b));
+        }
+    }
+    let share = same as f64 / want.data().len() as f64;
+    eprintln!(
+        "noise replay: {:.4}% identical, max {worst} level(s)",
+        share * 100.0
+    );
+    assert!(
+        share >= 0.998 && worst <= 1,
+        "{share} identical, max {worst}"
+    );
+}
+
+/// `flowar generate` with no `--model` uses the bundled demo: it redoes a cached
+/// conversion an older flowar wrote (format 1), saying why, and writes the labelled grid,
+/// one tile per class, each tile the image `--out` holds, enlarged 3x.
+#[test]
+fn generate_without_model_uses_the_demo_and_redoes_an_old_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes10");
+    let here = tmp.path().join("models/shapes10");
+    std::fs::create_dir_all(here.join("converted")).unwrap();
+    for f in ["flowar.pth", "vae.ckpt", "meta.json"] {
+        std::fs::copy(demo.join(f), here.join(f)).unwrap();
+    }
+    std::fs::write(
+        here.join("converted/manifest.json"),
+        r#"{"format_version": 1, "name": "shapes10"}"#,
+    )
+    .unwrap();
+    let o = flowar(
+        &[
+            "generate",
+            "--provider",
+            "tract",
+            "--out",
+            "images",
+            "--grid",
+            "grid.png",
+        ],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("converting the bundled demo model")
+            && t.contains("the cached conversion is unusable")
+            && t.contains("format_version 1"),
+        "{t}"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(here.join("converted/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["format_version"], 2, "the cache was redone");
+
+    let read = |p: &Path| {
+        let file = std::fs::File::open(p).unwrap();
+        let mut r = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; r.output_buffer_size().unwrap()];
+        let info = r.next_frame(&mut buf).unwrap();
+        (info.width as usize, info.height as usize, buf)
+    };
+    let names: Vec<String> = manifest["class_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 10);
+    // 32 px images enlarged 3x; cells 8 px wider than the longest label (8 px a character).
+    let (zoom, side) = (3, 32);
+    let longest = names.iter().map(|n| n.len()).max().unwrap();
+    let cell_w = (side * zoom).max(8 * longest) + 8;
+    let cell_h = side * zoom + 20;
+    let (gw, gh, grid) = read(&tmp.path().join("grid.png"));
+    assert_eq!((gw, gh), (10 * cell_w, cell_h), "one row of ten cells");
+    for k in 0..10 {
+        let (w, h, img) = read(&tmp.path().join(format!("images/{k:06}.png")));
+        assert_eq!((w, h), (side, side));
+        let (ox, oy) = (k * cell_w + (cell_w - side * zoom) / 2, 4);
+        for y in 0..side * zoom {
+            for x in 0..side * zoom {
+                let g = ((oy + y) * gw + ox + x) * 3;
+                let s = ((y / zoom) * side + x / zoom) * 3;
+                assert_eq!(grid[g..g + 3], img[s..s + 3], "tile {k} at ({x}, {y})");
+            }
+        }
+    }
 }

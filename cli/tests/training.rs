@@ -7,19 +7,13 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 
-use flowar_exporter::checkpoint::Checkpoint;
-use flowar_fuzz::torch::{torch_checkpoint, training_checkpoint, TensorDef, TrainingExtras};
+use flowar_fuzz::torch::{
+    checkpoint_tensors, torch_checkpoint, training_checkpoint, TensorDef, TrainingExtras,
+};
 
 /// The spatial fixture's FlowAR tensors, each value moved by `shift`, keys prefixed.
 fn fixture_tensors(shift: f32, prefix: &str) -> Vec<TensorDef> {
-    let ck = Checkpoint::open(&fixture("spatial").join("flowar.pth")).unwrap();
-    ck.keys()
-        .into_iter()
-        .map(|k| {
-            let v: Vec<f32> = ck.load_f32(k).unwrap().iter().map(|x| x + shift).collect();
-            TensorDef::f32(&format!("{prefix}{k}"), &ck.info(k).unwrap().shape, &v)
-        })
-        .collect()
+    checkpoint_tensors(&fixture("spatial").join("flowar.pth"), shift, prefix)
 }
 
 /// `checkpoint-last.pth` in `dir`: `model_ema` the fixture's weights, `model` perturbed.
@@ -34,41 +28,19 @@ fn training_ckpt(dir: &Path) -> PathBuf {
     p
 }
 
-fn convert(
+fn run_convert(
     dir: &Path,
     flowar_ckpt: &Path,
     vae: &Path,
     out: &Path,
     extra: &[&str],
 ) -> (bool, String) {
-    let mut args = vec![
-        "convert",
-        "--flowar",
-        flowar_ckpt.to_str().unwrap(),
-        "--vae",
-        vae.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = flowar(&args, dir);
+    let o = convert(dir, flowar_ckpt, vae, out, extra);
     (o.status.success(), text(&o))
 }
 
 fn verify(dir: &Path, model: &Path) -> (bool, String) {
-    let reference = fixture("spatial").join("expected.safetensors");
-    let o = flowar(
-        &[
-            "verify",
-            "--model",
-            model.to_str().unwrap(),
-            "--reference",
-            reference.to_str().unwrap(),
-            "--provider",
-            "tract",
-        ],
-        dir,
-    );
+    let o = verify_spatial(dir, model, &[]);
     (o.status.success(), text(&o))
 }
 
@@ -89,7 +61,7 @@ fn a_training_checkpoint_converts_its_ema_weights_and_says_so() {
     assert!(t.contains("float32 ×"), "{t}");
 
     let out = tmp.path().join("ema");
-    let (ok, t) = convert(tmp.path(), &ck, &vae, &out, &[]);
+    let (ok, t) = run_convert(tmp.path(), &ck, &vae, &out, &[]);
     assert!(ok, "{t}");
     assert!(
         t.contains("converting the state dict `model_ema`") && t.contains("(also holds: model)"),
@@ -99,7 +71,7 @@ fn a_training_checkpoint_converts_its_ema_weights_and_says_so() {
     assert!(ok, "the EMA weights are the fixture's: {t}");
 
     let out = tmp.path().join("trained");
-    let (ok, t) = convert(tmp.path(), &ck, &vae, &out, &["--weights", "model"]);
+    let (ok, t) = run_convert(tmp.path(), &ck, &vae, &out, &["--weights", "model"]);
     assert!(ok && t.contains("converting the state dict `model`"), "{t}");
     let (ok, t) = verify(tmp.path(), &out);
     assert!(!ok, "perturbed weights must fail: {t}");
@@ -116,7 +88,7 @@ fn a_ddp_prefix_is_stripped_and_reported() {
     )
     .unwrap();
     let out = tmp.path().join("m");
-    let (ok, t) = convert(
+    let (ok, t) = run_convert(
         tmp.path(),
         &ck,
         &fixture("spatial").join("vae.ckpt"),
@@ -144,7 +116,7 @@ fn the_demo_converts_with_the_model_card_beside_it_unless_told_not_to() {
     let (f, v) = (demo.join("flowar.pth"), demo.join("vae.ckpt"));
 
     let with = tmp.path().join("with");
-    let (ok, t) = convert(tmp.path(), &f, &v, &with, &[]);
+    let (ok, t) = run_convert(tmp.path(), &f, &v, &with, &[]);
     assert!(ok, "{t}");
     assert!(
         t.contains("using the model card") && t.contains("meta.json"),
@@ -154,7 +126,7 @@ fn the_demo_converts_with_the_model_card_beside_it_unless_told_not_to() {
     assert!(!t.contains("latent scale: 0.2325"), "{t}");
 
     let without = tmp.path().join("without");
-    let (ok, t) = convert(tmp.path(), &f, &v, &without, &["--no-meta"]);
+    let (ok, t) = run_convert(tmp.path(), &f, &v, &without, &["--no-meta"]);
     assert!(ok, "{t}");
     assert!(t.contains("ignoring") && t.contains("(--no-meta)"), "{t}");
     assert!(
@@ -169,7 +141,7 @@ fn the_demo_converts_with_the_model_card_beside_it_unless_told_not_to() {
     std::fs::copy(&f, here.join("flowar.pth")).unwrap();
     std::fs::write(here.join("meta.json"), r#"{"num_classes": 3}"#).unwrap();
     let out = tmp.path().join("bad");
-    let (ok, t) = convert(tmp.path(), &here.join("flowar.pth"), &v, &out, &[]);
+    let (ok, t) = run_convert(tmp.path(), &here.join("flowar.pth"), &v, &out, &[]);
     assert!(!ok, "{t}");
     assert!(t.contains("num_classes 3") && t.contains("10"), "{t}");
     assert!(!out.exists());

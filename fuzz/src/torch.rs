@@ -134,6 +134,29 @@ impl TensorDef {
     }
 }
 
+/// Every loadable tensor of the checkpoint at `path` as float32, each value moved by
+/// `shift` and each name given `prefix`: the weights of a real model, to write into other
+/// containers (a training checkpoint, DDP-prefixed keys) or perturb.
+pub fn checkpoint_tensors(path: &std::path::Path, shift: f32, prefix: &str) -> Vec<TensorDef> {
+    let ck = flowar_exporter::checkpoint::Checkpoint::open(path).expect("readable checkpoint");
+    ck.keys()
+        .into_iter()
+        .map(|k| {
+            let v: Vec<f32> = ck
+                .load_f32(k)
+                .expect("tensor")
+                .iter()
+                .map(|x| x + shift)
+                .collect();
+            TensorDef::f32(
+                &format!("{prefix}{k}"),
+                &ck.info(k).expect("info").shape,
+                &v,
+            )
+        })
+        .collect()
+}
+
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     let mut strides = vec![1i64; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {

@@ -51,6 +51,15 @@ impl Tensor {
             data: TensorData::Bool(vec![v]),
         }
     }
+    /// NaN and infinite elements (float tensors; integer and bool ones have none).
+    pub fn count_nonfinite(&self) -> usize {
+        match &self.data {
+            TensorData::F32(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            TensorData::F64(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            _ => 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }

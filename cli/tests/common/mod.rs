@@ -31,24 +31,51 @@ pub fn convert_spatial(dir: &Path) -> PathBuf {
     convert_spatial_with(dir, "m", &[])
 }
 
+/// `flowar convert --flowar F --vae V --out OUT` with `extra` arguments, run in `dir`.
+pub fn convert(dir: &Path, flowar_ckpt: &Path, vae: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "convert",
+        "--flowar",
+        flowar_ckpt.to_str().unwrap(),
+        "--vae",
+        vae.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    flowar(&args, dir)
+}
+
 /// Converts the spatial fixture into `dir/<name>` with `extra` convert arguments.
 pub fn convert_spatial_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let f = fixture("spatial");
     let model = dir.join(name);
-    let (fp, vp) = (f.join("flowar.pth"), f.join("vae.ckpt"));
-    let mut args = vec![
-        "convert",
-        "--flowar",
-        fp.to_str().unwrap(),
-        "--vae",
-        vp.to_str().unwrap(),
-        "--out",
-        model.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let o = flowar(&args, dir);
+    let o = convert(
+        dir,
+        &f.join("flowar.pth"),
+        &f.join("vae.ckpt"),
+        &model,
+        extra,
+    );
     assert!(o.status.success(), "{}", text(&o));
     model
+}
+
+/// `flowar verify` of `model` against the spatial fixture's reference on tract, with
+/// `extra` arguments.
+pub fn verify_spatial(dir: &Path, model: &Path, extra: &[&str]) -> Output {
+    let reference = fixture("spatial").join("expected.safetensors");
+    let mut args = vec![
+        "verify",
+        "--model",
+        model.to_str().unwrap(),
+        "--reference",
+        reference.to_str().unwrap(),
+        "--provider",
+        "tract",
+    ];
+    args.extend_from_slice(extra);
+    flowar(&args, dir)
 }
 
 /// Whether onnxruntime can be loaded here; when `FLOWAR_REQUIRE_ORT` is set (CI) its

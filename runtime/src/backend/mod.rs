@@ -205,6 +205,15 @@ impl Resident {
         }
     }
 
+    /// How many float elements are NaN or infinite, read where the value lives when the
+    /// host can see that memory, else from a host copy.
+    pub fn count_nonfinite(&self) -> Result<usize> {
+        match self {
+            Resident::Host(t) => Ok(t.count_nonfinite()),
+            Resident::Ort(v) => ort_backend::value::count_nonfinite(v),
+        }
+    }
+
     /// A copy on the same device.
     pub fn try_clone(&self) -> Result<Resident> {
         match self {

@@ -73,6 +73,9 @@ pub struct StageTimes {
     /// Flow-head calls.
     pub flow: Duration,
     pub flow_calls: usize,
+    /// Rows the flow head computed, over all calls: the images, twice for guided calls
+    /// (conditional and null rows). The work done, whatever the speed.
+    pub flow_rows: usize,
     /// The solver-step graph: CFG combination, state update, the non-finite check.
     pub solver: Duration,
     /// Reading each scale's tokens back, upsampling them and sending them to the next scale.
@@ -92,6 +95,7 @@ impl StageTimes {
         }
         self.flow += o.flow;
         self.flow_calls += o.flow_calls;
+        self.flow_rows += o.flow_rows;
         self.solver += o.solver;
         self.upsample += o.upsample;
         self.vae += o.vae;

@@ -97,6 +97,7 @@ impl<'a> ScaleOde<'a> {
         let v = model.flow(scale, x, &tin, z)?;
         st.flow += start.elapsed();
         st.flow_calls += 1;
+        st.flow_rows += rows;
         Ok(v)
     }
 

@@ -58,6 +58,17 @@ pub fn run(
         let n = side * side;
         let t0 = Instant::now();
         let z = model.ar_step(i, &labels, &tokens_in, &mut cache)?;
+        // A NaN in the condition is reported here, where it appears: tract's SIMD kernels
+        // (min/max in GELU and friends) can turn NaN inputs into finite outputs inside the
+        // flow head, so the velocity check alone would let it pass on tract.
+        let bad = z.count_nonfinite()?;
+        if bad > 0 {
+            return Err(Error::NonFinite {
+                scale: i,
+                step: 0,
+                what: format!("{bad} AR condition elements"),
+            });
+        }
         let ar_time = t0.elapsed();
         st.ar += ar_time;
         st.ar_per_scale.push(ar_time);

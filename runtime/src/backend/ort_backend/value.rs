@@ -60,6 +60,18 @@ pub(crate) fn to_host(value: &ort::value::DynValue) -> Result<Tensor> {
     extract_host(&host.into_dyn()).map_err(|e| resident_err("", e))
 }
 
+/// NaN and infinite float32 elements of `value`, counted in place when the host can read
+/// its memory, else in a host copy. Values of other element types have none.
+pub(crate) fn count_nonfinite(value: &ort::value::DynValue) -> Result<usize> {
+    if !as_tensor(value)?.memory_info().is_cpu_accessible() {
+        return Ok(to_host(value)?.count_nonfinite());
+    }
+    match value.try_extract_tensor::<f32>() {
+        Ok((_, data)) => Ok(data.iter().filter(|x| !x.is_finite()).count()),
+        Err(_) => Ok(0),
+    }
+}
+
 pub(crate) fn shape(value: &ort::value::DynValue) -> Vec<usize> {
     match value.dtype() {
         ValueType::Tensor { shape, .. } => dims(shape),
