@@ -2,6 +2,7 @@
 //! models and benchmark providers.
 
 mod commands;
+mod shard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,6 +43,10 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Measure load time, per-stage latency, throughput, memory and efficiency per provider.
     Bench(commands::bench::Args),
+    /// Pack the folders a sample set was generated into (shards) into one .npz (arr_0:
+    /// uint8 [N, H, W, 3]), checking that images 0..N-1 are there once each with one model
+    /// and one set of sampler settings.
+    Pack(commands::pack::Args),
 }
 
 /// First Ctrl-C: set [`INTERRUPTED`]; second: exit at once.
@@ -59,7 +64,10 @@ fn main() {
     let cli = Cli::parse();
     // Only the commands that write outputs and poll the flag trade Ctrl-C's default
     // (immediate exit) for a clean stop.
-    if matches!(cli.command, Command::Convert(_) | Command::Generate(_)) {
+    if matches!(
+        cli.command,
+        Command::Convert(_) | Command::Generate(_) | Command::Pack(_)
+    ) {
         install_ctrlc();
     }
     let result = match cli.command {
@@ -68,6 +76,7 @@ fn main() {
         Command::Verify(a) => commands::verify::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Pack(a) => commands::pack::run(a),
     };
     if let Err(e) = result {
         if interrupted() {

@@ -41,7 +41,9 @@ pub struct Args {
     /// Replay recorded starting noise (`noise.s{i}` tensors of shape [rows, N_i, C]).
     #[arg(long)]
     pub noise_file: Option<PathBuf>,
-    /// Only produce images whose index = I mod N, e.g. `--shard 0/4`.
+    /// Only produce images whose index = I mod N, e.g. `--shard 0/4`; `auto` reads I and N
+    /// from a SLURM job array (SLURM_ARRAY_TASK_ID/_COUNT) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX with FLOWAR_SHARD_COUNT).
     #[arg(long)]
     pub shard: Option<String>,
     /// Write one PNG per image (`NNNNNN.png`) and `run.json` here.
@@ -50,24 +52,6 @@ pub struct Args {
     /// Write a labelled grid of all images here (default when --out is not given: flowar-grid.png).
     #[arg(long)]
     pub grid: Option<PathBuf>,
-}
-
-/// `I/N` with `I < N`.
-pub fn parse_shard(s: &str) -> CliResult<(u64, u64)> {
-    let bad = || {
-        CliError::Usage(format!(
-            "--shard `{s}` must look like I/N with 0 <= I < N, e.g. 0/4"
-        ))
-    };
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n): (u64, u64) = (
-        i.trim().parse().map_err(|_| bad())?,
-        n.trim().parse().map_err(|_| bad())?,
-    );
-    if n == 0 || i >= n {
-        return Err(bad());
-    }
-    Ok((i, n))
 }
 
 /// The model folder to use, converting the bundled demo on first use.
@@ -155,7 +139,11 @@ pub fn run(a: Args) -> CliResult {
     if a.batch_size == 0 {
         return Err(CliError::Usage("--batch-size must be at least 1".into()));
     }
-    let shard = a.shard.as_deref().map(parse_shard).transpose()?;
+    let shard = a
+        .shard
+        .as_deref()
+        .map(|s| crate::shard::parse(s, |k| std::env::var(k).ok()))
+        .transpose()?;
     let solver: Solver = a.solver.parse()?;
     let options = a.backend.options_for(Some(a.batch_size))?;
     let model_path = model_dir(&a)?;
@@ -209,7 +197,7 @@ pub fn run(a: Args) -> CliResult {
         .with_solver(solver);
     let (cfg, guidance, steps) = (base.cfg, base.guidance, base.steps);
     let indices: Vec<u64> = (0..count as u64)
-        .filter(|k| shard.is_none_or(|(i, n)| k % n == i))
+        .filter(|&k| shard.is_none_or(|s| s.has(k)))
         .collect();
     let class_of = |k: u64| class_list[k as usize % class_list.len()];
 
@@ -348,7 +336,7 @@ pub fn run(a: Args) -> CliResult {
             "classes": indices.iter().map(|&k| class_of(k)).collect::<Vec<_>>(),
             "indices": indices,
             "count": count,
-            "shard": a.shard,
+            "shard": shard.map(|s| s.to_string()),
             "seed": a.seed,
             "cfg": cfg,
             "guidance": guidance,

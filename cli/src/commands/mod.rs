@@ -3,6 +3,7 @@ pub mod bench;
 pub mod convert;
 pub mod generate;
 pub mod inspect;
+pub mod pack;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -1,0 +1,256 @@
+//! A sample set across machines: shards made with `--shard auto` under the variables a
+//! SLURM array or a Kubernetes Indexed Job sets (from the command lines in `deploy/`),
+//! packed by `flowar pack` into the `.npz` FID evaluators read, which refuses gaps,
+//! duplicates and mixed settings and then writes nothing.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const COUNT: usize = 5;
+
+/// Reads `arr_0` of an `.npz` written by `flowar pack`: its shape and bytes.
+fn read_npz(path: &Path) -> (Vec<usize>, Vec<u8>) {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    assert_eq!(zip.len(), 1);
+    let mut npy = Vec::new();
+    zip.by_name("arr_0.npy")
+        .unwrap()
+        .read_to_end(&mut npy)
+        .unwrap();
+    assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    assert_eq!((10 + len) % 64, 0, "header padded to 64 bytes");
+    let header = std::str::from_utf8(&npy[10..10 + len]).unwrap();
+    assert!(header.contains("'descr': '|u1'") && header.contains("'fortran_order': False"));
+    let shape: Vec<usize> = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    (shape, npy[10 + len..].to_vec())
+}
+
+fn png_pixels(path: &Path) -> Vec<u8> {
+    let mut r = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; r.output_buffer_size().unwrap()];
+    r.next_frame(&mut buf).unwrap();
+    buf
+}
+
+/// Runs `program args` in `dir` with `vars` set and `flowar` first on PATH.
+fn run_with(dir: &Path, program: &str, args: &[String], vars: &[(&str, String)]) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_flowar")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new(program)
+        .args(args)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PATH", path)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{program} {args:?}: {}", text(&o));
+}
+
+/// The command of the Kubernetes Job in `deploy/`, with the model, count and output root
+/// moved to this test's, and `$(JOB_COMPLETION_INDEX)` expanded as Kubernetes does.
+fn kubernetes_command(model: &Path, out_root: &Path, index: u32) -> Vec<String> {
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/generate-job.yaml"),
+    )
+    .unwrap();
+    let line = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("command: "))
+        .expect("a one-line JSON command in the Job");
+    let cmd: Vec<String> = serde_json::from_str(line).unwrap();
+    let count = cmd.iter().position(|a| a == "--count").unwrap() + 1;
+    cmd.into_iter()
+        .enumerate()
+        .map(|(i, a)| match a.as_str() {
+            "/models/flowar-s" => model.display().to_string(),
+            _ if i == count => COUNT.to_string(),
+            _ => a
+                .replace("/samples", &out_root.display().to_string())
+                .replace("$(JOB_COMPLETION_INDEX)", &index.to_string()),
+        })
+        .chain(["--steps", "2", "--provider", "tract", "--class", "3", "917"].map(String::from))
+        .collect()
+}
+
+#[test]
+fn shards_from_slurm_and_kubernetes_pack_into_one_npz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/generate.sbatch");
+
+    // Two SLURM array tasks run the sbatch script as the scheduler would (without sbatch).
+    let slurm = tmp.path().join("slurm");
+    for task in 0..2 {
+        let vars = [
+            ("MODEL", model.display().to_string()),
+            ("OUT", slurm.display().to_string()),
+            ("COUNT", COUNT.to_string()),
+            ("PROVIDER", "tract".to_string()),
+            ("SLURM_ARRAY_TASK_ID", task.to_string()),
+            ("SLURM_ARRAY_TASK_COUNT", "2".to_string()),
+        ];
+        run_with(tmp.path(), "bash", &[script.display().to_string()], &vars);
+    }
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&slurm.join("shard-1")),
+        ["000001.png", "000003.png", "run.json"]
+    );
+
+    // Two pods of the Indexed Job run its command with the variables Kubernetes sets.
+    let k8s = tmp.path().join("k8s");
+    for index in 0..2 {
+        let cmd = kubernetes_command(&model, &k8s, index);
+        let vars = [
+            ("JOB_COMPLETION_INDEX", index.to_string()),
+            ("FLOWAR_SHARD_COUNT", "2".to_string()),
+        ];
+        run_with(tmp.path(), &cmd[0], &cmd[1..], &vars);
+    }
+
+    // Each set packs into index order; the two splits made the same kind of file.
+    let pack = |dirs: &[PathBuf], out: &Path| {
+        let mut args = vec!["pack".to_string()];
+        args.extend(dirs.iter().map(|d| d.display().to_string()));
+        args.extend(["--out".into(), out.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        flowar(&args, tmp.path())
+    };
+    let shards = |root: &Path| vec![root.join("shard-1"), root.join("shard-0")];
+    let npz = tmp.path().join("slurm.npz");
+    let o = pack(&shards(&slurm), &npz);
+    assert!(o.status.success(), "{}", text(&o));
+    let (shape, data) = read_npz(&npz);
+    let frame = 256 * 256 * 3;
+    assert_eq!(shape, [COUNT, 256, 256, 3]);
+    assert_eq!(data.len(), COUNT * frame);
+    for k in 0..COUNT {
+        let png = slurm.join(format!("shard-{}/{k:06}.png", k % 2));
+        assert!(
+            data[k * frame..(k + 1) * frame] == png_pixels(&png),
+            "image {k}"
+        );
+    }
+    let o = pack(&shards(&k8s), &tmp.path().join("k8s.npz"));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        read_npz(&tmp.path().join("k8s.npz")).0,
+        [COUNT, 256, 256, 3]
+    );
+
+    // numpy reads it, where the test Python has numpy (scripts/test.sh installs it).
+    let python = std::env::var("FLOWAR_PYTHON").unwrap_or_else(|_| "python3".into());
+    let check = format!(
+        "import numpy as np; a = np.load(r'{}')['arr_0']; assert a.shape == ({COUNT}, 256, 256, 3) and a.dtype == np.uint8, (a.shape, a.dtype)",
+        npz.display()
+    );
+    match Command::new(&python).args(["-c", &check]).output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'numpy'") => {
+            assert!(
+                std::env::var_os("FLOWAR_REQUIRE_ONNX_CHECKER").is_none(),
+                "numpy is required here"
+            );
+            eprintln!("SKIPPING the numpy check: {python} has no numpy");
+        }
+        other => panic!("numpy could not read the npz: {other:?}"),
+    }
+}
+
+#[test]
+fn pack_refuses_gaps_duplicates_and_mixed_settings_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let gen = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--count",
+            "4",
+            "--steps",
+            "2",
+            "--provider",
+            "tract",
+            "--out",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        let o = flowar(&a, tmp.path());
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    gen("a0", &["--shard", "0/2"]);
+    gen("a1", &["--shard", "1/2"]);
+    gen("b1", &["--shard", "1/2", "--seed", "9"]);
+    gen("c1", &["--shard", "1/2"]);
+    let out = tmp.path().join("out.npz");
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["a0"], 1, "2 of 4 images are missing: indices 1, 3"),
+        (
+            &["a0", "a1", "c1"],
+            1,
+            "appear more than once: 1 (a1/000001.png and c1/000001.png)",
+        ),
+        (&["a0", "b1"], 1, "flowar:seed `0`"),
+        (
+            &["a0", "a1", "--count", "3"],
+            2,
+            "disagrees with the count 4",
+        ),
+        (&["a0", "nowhere"], 1, "nowhere"),
+    ];
+    for (args, code, needle) in cases {
+        let mut a = vec!["pack"];
+        a.extend_from_slice(args);
+        a.extend(["--out", out.to_str().unwrap()]);
+        let o = flowar(&a, tmp.path());
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {t}");
+        assert!(t.contains(needle), "{args:?}: {t}");
+        assert!(!out.exists(), "{args:?} left an output");
+        let partial = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".partial-"));
+        assert!(!partial, "{args:?} left a partial file");
+    }
+    // A complete set packs; an existing output needs --force.
+    let ok = flowar(
+        &["pack", "a0", "a1", "--out", out.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    let again = flowar(
+        &["pack", "a0", "a1", "--out", out.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("--force"));
+}
