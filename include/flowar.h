@@ -277,7 +277,9 @@ struct FlowarStatus *flowar_request_set_classes(struct FlowarRequest *request, c
 //   request has index `first_index + i`.
 // - "cfg": classifier-free guidance scale, >= 1 (1 turns guidance off).
 // - "guidance": the guidance window, within [0, 1].
-// - "steps": ODE steps per scale, >= 2.
+// - "steps": ODE steps per scale, >= 2: one count for every scale ("25"), or one per
+//   scale, coarse to fine ("25,25,20,12,8"; fewer at the fine scales is faster and no
+//   longer the reference's output). A schedule's length must match the model's scales.
 // - "solver": "euler" (default) or "heun".
 //
 // cfg, guidance and steps default to the model's sampler defaults. Range checks that

@@ -12,6 +12,7 @@ fn request(classes: &[usize], indices: &[u64], seed: u64) -> Request {
         cfg: 4.3,
         guidance: 0.9,
         steps: 8,
+        scale_steps: None,
         solver: Solver::Euler,
         noise: None,
     }
@@ -495,4 +496,53 @@ fn heun_matches_a_float64_heun_integration() {
         ));
     }
     assert!(guided_steps > 0, "the second scale's steps were guided");
+}
+
+/// A per-scale step schedule runs each scale's ODE over the reference time grid for its
+/// own count: the same count everywhere is exactly the uniform run, fewer at the fine
+/// scales makes fewer flow-head calls, and a schedule that does not fit the model is
+/// refused naming the scale.
+#[test]
+fn a_step_schedule_runs_each_scale_with_its_own_count() {
+    use flowar_runtime::sampler::schedule::{time_grid, Steps};
+    let (_t, dir) = convert_fixture("spatial");
+    let mut pipe = load(&dir, Provider::Tract);
+    let uniform = pipe
+        .generate(&request(&[3, 917], &[0, 1], 0), &mut |_| true)
+        .unwrap();
+    let same = request(&[3, 917], &[0, 1], 0).with_steps(&"8,8,8,8,8".parse().unwrap());
+    let out = pipe.generate(&same, &mut |_| true).unwrap();
+    assert!(
+        out.tokens == uniform.tokens,
+        "8 at every scale is the uniform 8"
+    );
+
+    let schedule = [8, 8, 6, 4, 2];
+    let fast = request(&[3, 917], &[0, 1], 0).with_steps(&Steps::PerScale(schedule.to_vec()));
+    assert_eq!(fast.steps_text(), "8,8,6,4,2");
+    let mut per_scale = vec![0usize; 5];
+    let out = pipe
+        .generate(&fast, &mut |p| {
+            per_scale[p.scale] = p.steps;
+            true
+        })
+        .unwrap();
+    let want: Vec<usize> = schedule.iter().map(|&n| time_grid(n).len() - 1).collect();
+    assert_eq!(per_scale, want, "each scale's own grid");
+    assert_eq!(out.times.flow_calls, want.iter().sum::<usize>());
+    assert!(out.times.flow_calls < uniform.times.flow_calls);
+    assert!(out.tokens.iter().all(|v| v.is_finite()));
+
+    for (steps, needle) in [
+        ("8,8,8,8", "one count per scale: this model has 5 scales"),
+        ("8,8,8,1,8", "1 step(s) at scale 3 (8x8)"),
+        ("8,0,8,8,8", "0 step(s) at scale 1 (2x2)"),
+    ] {
+        let req = request(&[3], &[0], 0).with_steps(&steps.parse().unwrap());
+        let Err(e) = pipe.generate(&req, &mut |_| true) else {
+            panic!("{steps} must be refused");
+        };
+        assert!(matches!(e, Error::BadArgument(_)), "{steps}: {e:?}");
+        assert!(e.to_string().contains(needle), "{steps}: {e}");
+    }
 }

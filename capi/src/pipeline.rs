@@ -313,10 +313,14 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
         let req = p
             .defaults
             .clone()
-            .with_sampler(r.cfg, r.guidance, r.steps)
+            .with_sampler(r.cfg, r.guidance, None)
             .with_images(r.classes.clone(), r.first_index)?
             .with_seed(r.seed)
             .with_solver(r.solver);
+        let req = match &r.steps {
+            Some(steps) => req.with_steps(steps),
+            None => req,
+        };
         let mut pipe = p.inner.lock().map_err(|_| Error::Poisoned {
             what: "this pipeline".into(),
         })?;

@@ -2,6 +2,7 @@
 
 use std::ffi::c_char;
 
+use flowar_runtime::sampler::schedule::Steps;
 use flowar_runtime::{Error, Solver};
 
 use crate::{bad, c_str, guard, out_handle, put, FlowarStatus, Value};
@@ -15,7 +16,7 @@ pub struct FlowarRequest {
     pub(crate) seed: u64,
     pub(crate) cfg: Option<f64>,
     pub(crate) guidance: Option<f64>,
-    pub(crate) steps: Option<usize>,
+    pub(crate) steps: Option<Steps>,
     pub(crate) solver: Solver,
 }
 
@@ -27,8 +28,14 @@ impl FlowarRequest {
             "cfg" => self.cfg = Some(value.float(name)?),
             "guidance" => self.guidance = Some(value.float(name)?),
             "steps" => {
-                let n = value.uint(name)?;
-                self.steps = Some(usize::try_from(n).map_err(|_| bad("`steps` is too large"))?)
+                self.steps = Some(match value {
+                    // One count, or one per scale: "25,25,20,12,8".
+                    Value::Str(s) if s.contains(',') => s.parse()?,
+                    v => {
+                        let n = v.uint(name)?;
+                        Steps::Uniform(usize::try_from(n).map_err(|_| bad("`steps` is too large"))?)
+                    }
+                })
             }
             "solver" => self.solver = value.str(name)?.parse()?,
             _ => {
@@ -125,7 +132,9 @@ pub unsafe extern "C" fn flowar_request_set_classes(
 ///   request has index `first_index + i`.
 /// - "cfg": classifier-free guidance scale, >= 1 (1 turns guidance off).
 /// - "guidance": the guidance window, within [0, 1].
-/// - "steps": ODE steps per scale, >= 2.
+/// - "steps": ODE steps per scale, >= 2: one count for every scale ("25"), or one per
+///   scale, coarse to fine ("25,25,20,12,8"; fewer at the fine scales is faster and no
+///   longer the reference's output). A schedule's length must match the model's scales.
 /// - "solver": "euler" (default) or "heun".
 ///
 /// cfg, guidance and steps default to the model's sampler defaults. Range checks that

@@ -166,3 +166,68 @@ fn first_index_picks_the_global_images() {
     // SAFETY: no other user; destroyed once.
     unsafe { flowar_pipeline_destroy(&mut p) };
 }
+
+/// A step schedule set by string reaches the sampler; a malformed one is refused when
+/// set, and one that does not fit the model when generating, naming the problem.
+#[test]
+fn steps_take_a_per_scale_schedule() {
+    let (_t, dir) = flowar_tests::convert_fixture("spatial");
+    let p = pipeline(&dir);
+    let mut req: *mut FlowarRequest = ptr::null_mut();
+    let message = |status: *mut FlowarStatus| -> String {
+        assert!(!status.is_null(), "expected an error");
+        // SAFETY: a live status from the library, destroyed once.
+        unsafe {
+            let m = CStr::from_ptr(flowar_status_message(status))
+                .to_string_lossy()
+                .into_owned();
+            let mut s = status;
+            flowar_status_destroy(&mut s);
+            m
+        }
+    };
+    let mut size = 0usize;
+    // SAFETY: live handles, valid strings and buffers of the sizes given.
+    unsafe {
+        ok(flowar_request_create(&mut req));
+        ok(flowar_request_set_classes(req, [3].as_ptr(), 1));
+        let bad = message(flowar_request_set(req, c"steps".as_ptr(), c"6,x".as_ptr()));
+        assert!(bad.contains("`x` is not a whole number"), "{bad}");
+        ok(flowar_request_set(
+            req,
+            c"steps".as_ptr(),
+            c"6,6,4,4,2".as_ptr(),
+        ));
+        ok(flowar_pipeline_buffer_size(p.0, 1, &mut size));
+        let mut out = vec![0u8; size];
+        let calls = Mutex::new(0usize);
+        unsafe extern "C" fn count(_: c_int, _: c_int, _: c_int, user: *mut c_void) -> c_int {
+            // SAFETY: `user` is the Mutex passed below, alive for the whole call.
+            *unsafe { &*(user as *const Mutex<usize>) }.lock().unwrap() += 1;
+            0
+        }
+        ok(flowar_pipeline_generate(
+            p.0,
+            req,
+            out.as_mut_ptr(),
+            out.len(),
+            Some(count),
+            &calls as *const Mutex<usize> as *mut c_void,
+        ));
+        // time_grid(6): 6 steps, (4): 4, (2): 2.
+        assert_eq!(*calls.lock().unwrap(), 6 + 6 + 4 + 4 + 2);
+        ok(flowar_request_set(req, c"steps".as_ptr(), c"6,6".as_ptr()));
+        let e = message(flowar_pipeline_generate(
+            p.0,
+            req,
+            out.as_mut_ptr(),
+            out.len(),
+            None,
+            ptr::null_mut(),
+        ));
+        assert!(e.contains("one count per scale"), "{e}");
+        flowar_request_destroy(&mut req);
+        let mut pp = p.0;
+        flowar_pipeline_destroy(&mut pp);
+    }
+}

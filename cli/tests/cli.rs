@@ -600,3 +600,56 @@ fn generate_without_model_uses_the_demo_and_redoes_an_old_cache() {
         }
     }
 }
+
+/// `--steps` takes one count per scale; the PNGs and run.json record the schedule, and a
+/// malformed or ill-fitting one is refused before work.
+#[test]
+fn generate_takes_a_per_scale_step_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let gen = |steps: &str| {
+        flowar(
+            &[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--class",
+                "3",
+                "--steps",
+                steps,
+                "--provider",
+                "tract",
+                "--out",
+                "s",
+            ],
+            tmp.path(),
+        )
+    };
+    let o = gen("6,6,4,4,2");
+    assert!(o.status.success(), "{}", text(&o));
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("s/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["steps"], serde_json::json!([6, 6, 4, 4, 2]));
+    assert_eq!(run["timings_s"]["flow_head_calls"], 6 + 6 + 4 + 4 + 2);
+    let file = std::fs::File::open(tmp.path().join("s/000000.png")).unwrap();
+    let r = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let steps = r
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "flowar:steps")
+        .map(|t| t.text.clone());
+    assert_eq!(steps.as_deref(), Some("6,6,4,4,2"));
+    for (steps, needle) in [
+        ("6,6", "one count per scale: this model has 5 scales"),
+        ("6,6,1,6,6", "1 step(s) at scale 2 (4x4)"),
+        ("6,x", "`x` is not a whole number"),
+    ] {
+        let o = gen(steps);
+        assert_eq!(o.status.code(), Some(2), "{steps}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{steps}: {}", text(&o));
+    }
+}

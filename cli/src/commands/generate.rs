@@ -31,9 +31,11 @@ pub struct Args {
     /// Guidance window: steps with t <= this are guided. Default: the manifest's.
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// Solver steps per scale. Default: the manifest's.
+    /// Solver steps per scale: one count for every scale, or one per scale coarse to fine
+    /// (e.g. 25,25,20,12,8; fewer at the fine scales is faster and no longer the
+    /// reference's output). Default: the manifest's.
     #[arg(long)]
-    pub steps: Option<usize>,
+    pub steps: Option<flowar_runtime::sampler::schedule::Steps>,
     #[arg(long, default_value = "euler", value_parser = ["euler", "heun"])]
     pub solver: String,
     #[command(flatten)]
@@ -192,10 +194,14 @@ pub fn run(a: Args) -> CliResult {
     // The model's sampler defaults with what the command line set; every batch is this
     // request for other images.
     let base = Request::with_defaults(&m)
-        .with_sampler(a.cfg, a.guidance, a.steps)
+        .with_sampler(a.cfg, a.guidance, None)
         .with_seed(a.seed)
         .with_solver(solver);
-    let (cfg, guidance, steps) = (base.cfg, base.guidance, base.steps);
+    let base = match &a.steps {
+        Some(s) => base.with_steps(s),
+        None => base,
+    };
+    let (cfg, guidance, steps) = (base.cfg, base.guidance, base.steps_text());
     let indices: Vec<u64> = (0..count as u64)
         .filter(|&k| shard.is_none_or(|s| s.has(k)))
         .collect();
@@ -237,8 +243,10 @@ pub fn run(a: Args) -> CliResult {
     }
 
     let n_scales = m.scales.len();
-    let grid_steps = flowar_runtime::sampler::schedule::time_grid(steps).len() - 1;
-    let total_ticks = (indices.len().div_ceil(batch_size) * n_scales * grid_steps) as u64;
+    let grid_steps: usize = (0..n_scales)
+        .map(|i| flowar_runtime::sampler::schedule::time_grid(base.steps_at(i)).len() - 1)
+        .sum();
+    let total_ticks = (indices.len().div_ceil(batch_size) * grid_steps) as u64;
     let bar = ProgressBar::new(total_ticks);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -256,7 +264,7 @@ pub fn run(a: Args) -> CliResult {
             ("flowar:seed".into(), a.seed.to_string()),
             ("flowar:cfg".into(), cfg.to_string()),
             ("flowar:guidance".into(), guidance.to_string()),
-            ("flowar:steps".into(), steps.to_string()),
+            ("flowar:steps".into(), steps.clone()),
             ("flowar:solver".into(), solver.name().into()),
         ]
     };
@@ -340,7 +348,8 @@ pub fn run(a: Args) -> CliResult {
             "seed": a.seed,
             "cfg": cfg,
             "guidance": guidance,
-            "steps": steps,
+            // A number, or one per scale when a schedule was given.
+            "steps": base.scale_steps.as_ref().map_or(serde_json::json!(base.steps), |v| serde_json::json!(v)),
             "solver": solver.name(),
             "batch_size": batch_size,
             "noise_file": a.noise_file,

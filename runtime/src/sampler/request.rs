@@ -19,6 +19,9 @@ pub struct Request {
     pub cfg: f64,
     pub guidance: f64,
     pub steps: usize,
+    /// Solver steps per scale, coarse to fine, in place of `steps` (see
+    /// [`Steps`](super::schedule::Steps)); `None`: `steps` at every scale.
+    pub scale_steps: Option<Vec<usize>>,
     pub solver: Solver,
     /// Recorded starting noise per scale, `[rows, N_i, C]`, instead of the seeded RNG.
     pub noise: Option<Vec<Vec<f32>>>,
@@ -35,8 +38,37 @@ impl Request {
             cfg: m.sampler.cfg,
             guidance: m.sampler.guidance,
             steps: m.sampler.steps,
+            scale_steps: None,
             solver: Solver::Euler,
             noise: None,
+        }
+    }
+
+    /// Sets the steps from what a user wrote: one count for every scale, or one per scale.
+    pub fn with_steps(mut self, steps: &super::schedule::Steps) -> Request {
+        match steps {
+            super::schedule::Steps::Uniform(n) => {
+                self.steps = *n;
+                self.scale_steps = None;
+            }
+            super::schedule::Steps::PerScale(v) => self.scale_steps = Some(v.clone()),
+        }
+        self
+    }
+
+    /// The solver steps at `scale`.
+    pub fn steps_at(&self, scale: usize) -> usize {
+        self.scale_steps
+            .as_ref()
+            .and_then(|v| v.get(scale).copied())
+            .unwrap_or(self.steps)
+    }
+
+    /// The steps as a user writes them (`25` or `25,25,20,12,8`), for metadata.
+    pub fn steps_text(&self) -> String {
+        match &self.scale_steps {
+            Some(v) => super::schedule::Steps::PerScale(v.clone()).to_string(),
+            None => self.steps.to_string(),
         }
     }
 
@@ -125,14 +157,37 @@ impl Request {
                 self.classes.len()
             )));
         }
-        if self.steps == 0 {
-            return Err(Error::BadArgument("steps must be at least 1".into()));
-        }
-        if time_grid(self.steps).len() < 2 {
-            return Err(Error::BadArgument(format!(
-                "{} steps give an empty time grid; use at least 2",
-                self.steps
-            )));
+        match &self.scale_steps {
+            None => {
+                if self.steps == 0 {
+                    return Err(Error::BadArgument("steps must be at least 1".into()));
+                }
+                if time_grid(self.steps).len() < 2 {
+                    return Err(Error::BadArgument(format!(
+                        "{} steps give an empty time grid; use at least 2",
+                        self.steps
+                    )));
+                }
+            }
+            Some(v) => {
+                if v.len() != m.scales.len() {
+                    return Err(Error::BadArgument(format!(
+                        "a step schedule needs one count per scale: this model has {} scales {:?}, the schedule gives {} ({})",
+                        m.scales.len(),
+                        m.scales,
+                        v.len(),
+                        self.steps_text()
+                    )));
+                }
+                if let Some((i, &n)) = v.iter().enumerate().find(|(_, &n)| time_grid(n).len() < 2) {
+                    return Err(Error::BadArgument(format!(
+                        "step schedule {}: {n} step(s) at scale {i} ({}x{}) give an empty time grid; use at least 2",
+                        self.steps_text(),
+                        m.scales[i],
+                        m.scales[i]
+                    )));
+                }
+            }
         }
         if !(self.cfg.is_finite() && self.cfg >= 1.0) {
             return Err(Error::BadArgument(format!(

@@ -47,8 +47,6 @@ pub fn run(
     if cfg_on {
         labels.extend(std::iter::repeat_n(m.null_class as i64, b));
     }
-    let times = time_grid(req.steps);
-    let n_steps = times.len() - 1;
     let mut st = StageTimes::default();
     let mut cache = KvCache::empty(&m, rows);
     let mut tokens_in = Resident::Host(Tensor::f32(vec![rows, 1, c], vec![0.0; rows * c]));
@@ -72,6 +70,8 @@ pub fn run(
         let ar_time = t0.elapsed();
         st.ar += ar_time;
         st.ar_per_scale.push(ar_time);
+        let times = time_grid(req.steps_at(i));
+        let n_steps = times.len() - 1;
         let w = cfg_at_scale(req.cfg, i, n_scales);
         let mut ode = ScaleOde::new(i, b, cfg_on, w, req.guidance, &z);
         let mut state = ode.initial_state(model, &noise[i], n, c)?;

@@ -24,6 +24,49 @@ pub fn time_grid(steps: usize) -> Vec<f64> {
     g
 }
 
+/// Solver steps as a user writes them: one count for every scale (`25`), or one per
+/// scale, coarse to fine (`25,25,20,12,8`), each scale's time grid then following
+/// [`time_grid`] for its own count. Fewer steps at the fine scales, where most time goes,
+/// trade a little fidelity for speed (training-free, as DiSA reports for FlowAR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steps {
+    Uniform(usize),
+    PerScale(Vec<usize>),
+}
+
+impl std::str::FromStr for Steps {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Steps> {
+        let counts = s
+            .split(',')
+            .map(|part| {
+                part.trim().parse::<usize>().map_err(|_| {
+                    crate::error::Error::BadArgument(format!(
+                        "steps `{s}`: `{}` is not a whole number (give one count, or one per scale separated by commas)",
+                        part.trim()
+                    ))
+                })
+            })
+            .collect::<crate::error::Result<Vec<usize>>>()?;
+        Ok(match counts.as_slice() {
+            [one] => Steps::Uniform(*one),
+            _ => Steps::PerScale(counts),
+        })
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Steps::Uniform(n) => write!(f, "{n}"),
+            Steps::PerScale(v) => {
+                let parts: Vec<String> = v.iter().map(|n| n.to_string()).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
 /// Guidance weight at scale `i` of `n`: linear from 1 at the first scale to `cfg` at the last.
 pub fn cfg_at_scale(cfg: f64, i: usize, n: usize) -> f64 {
     if n <= 1 {
@@ -40,6 +83,18 @@ pub fn guided(w: f64, t: f64, guidance: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_parse_as_one_count_or_one_per_scale() {
+        assert_eq!("25".parse::<Steps>().unwrap(), Steps::Uniform(25));
+        let s: Steps = "25, 25,20,12,8".parse().unwrap();
+        assert_eq!(s, Steps::PerScale(vec![25, 25, 20, 12, 8]));
+        assert_eq!(s.to_string(), "25,25,20,12,8");
+        for bad in ["", "25,", "a", "25,-1", "2.5"] {
+            let e = bad.parse::<Steps>().unwrap_err().to_string();
+            assert!(e.contains("not a whole number"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn twenty_five_steps_make_twenty_four_intervals() {
