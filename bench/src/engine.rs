@@ -36,9 +36,10 @@ pub struct Args {
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
-    /// Solver steps (default: the manifest's).
+    /// Solver steps: one count, or one per scale coarse to fine (25,25,20,12,8). Default:
+    /// the manifest's.
     #[arg(long)]
-    pub steps: Option<usize>,
+    pub steps: Option<flowar_runtime::sampler::schedule::Steps>,
     /// Guidance scale (default: the manifest's; 1 turns CFG off).
     #[arg(long)]
     pub cfg: Option<f64>,
@@ -270,7 +271,11 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         }
     };
     let m = Manifest::load(&dir)?;
-    let sampler = Request::with_defaults(&m).with_sampler(args.cfg, args.guidance, args.steps);
+    let sampler = Request::with_defaults(&m).with_sampler(args.cfg, args.guidance, None);
+    let sampler = match &args.steps {
+        Some(s) => sampler.with_steps(s),
+        None => sampler,
+    };
     let (steps, cfg, guidance) = (sampler.steps, sampler.cfg, sampler.guidance);
     let backend = args
         .engine
@@ -297,6 +302,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     };
     let settings = Settings {
         steps,
+        scale_steps: sampler.scale_steps.clone(),
         cfg,
         guidance,
         solver: solver.name().into(),
@@ -367,6 +373,7 @@ fn bench_provider(
         )?;
         let req = Request::with_defaults(m)
             .with_sampler(Some(s.cfg), Some(s.guidance), Some(s.steps))
+            .with_scale_steps(s.scale_steps.clone())
             .with_images((0..b).map(|i| i % m.num_classes).collect(), 0)?
             .with_seed(s.seed)
             .with_solver(solver);
@@ -388,7 +395,7 @@ fn bench_provider(
             times.push((out.times, total));
         }
         let peak = crate::peak_rss_bytes();
-        let fc = generation_flops(m, b, s.cfg, s.guidance, s.steps, solver);
+        let fc = generation_flops(m, b, s.cfg, s.guidance, &|i| req.steps_at(i), solver);
         let stat = |f: &dyn Fn(&StageTimes, f64) -> f64| {
             Stat::of(&times.iter().map(|(st, t)| f(st, *t)).collect::<Vec<_>>())
         };

@@ -138,18 +138,18 @@ pub fn vae_flops(m: &Manifest, batch: usize) -> f64 {
     batch as f64 * total
 }
 
-/// Every FLOP of one generation of `batch` images with these sampler settings.
+/// Every FLOP of one generation of `batch` images with these sampler settings;
+/// `steps_at(i)` is scale `i`'s solver step count.
 pub fn generation_flops(
     m: &Manifest,
     batch: usize,
     cfg: f64,
     guidance: f64,
-    steps: usize,
+    steps_at: &dyn Fn(usize) -> usize,
     solver: Solver,
 ) -> FlopCount {
     let cfg_on = cfg > 1.0;
     let rows = if cfg_on { 2 * batch } else { batch };
-    let times = time_grid(steps);
     let n_scales = m.scales.len();
     let mut out = FlopCount::default();
     let mut past = 0;
@@ -158,6 +158,7 @@ pub fn generation_flops(
         out.ar_per_scale.push(ar_step_flops(m, rows, n, past));
         past += n;
         let w = cfg_at_scale(cfg, i, n_scales);
+        let times = time_grid(steps_at(i));
         let (mut flops, mut calls, mut guided_calls) = (0.0, 0, 0);
         for win in times.windows(2) {
             let evals: &[f64] = match solver {

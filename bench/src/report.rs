@@ -87,6 +87,9 @@ fn float32() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub steps: usize,
+    /// Steps per scale when a schedule was given (`--steps 25,25,20,12,8`), else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_steps: Option<Vec<usize>>,
     pub cfg: f64,
     pub guidance: f64,
     pub solver: String,
@@ -192,7 +195,9 @@ impl Report {
             m.scales,
             m.source,
             s.batches,
-            s.steps,
+            s.scale_steps.as_ref().map_or(s.steps.to_string(), |v| {
+                v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
+            }),
             s.solver,
             s.cfg,
             s.guidance,

@@ -152,3 +152,46 @@ fn json_has_every_field_per_provider() {
     let png = std::fs::read(&png).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "chart is a PNG");
 }
+
+/// `--steps` takes a per-scale schedule: the settings record it, the sampler runs it and
+/// the FLOP model counts the same flow-head calls.
+#[test]
+fn a_step_schedule_is_benchmarked_and_counted() {
+    let (_guard, model) = flowar_bench::fixture_model("spatial").expect("convert fixture");
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("b.json");
+    let cmd = Cmd::parse_from([
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--providers",
+        "tract",
+        "--steps",
+        "6,6,4,4,2",
+        "--warmup",
+        "0",
+        "--runs",
+        "1",
+        "--calibration-s",
+        "0.01",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    flowar_bench::engine::run(cmd.args).expect("bench runs");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        v["settings"]["scale_steps"],
+        serde_json::json!([6, 6, 4, 4, 2])
+    );
+    let b = &v["providers"][0]["batches"][0];
+    assert_eq!(
+        b["flow_calls"],
+        6 + 6 + 4 + 4 + 2,
+        "the sampler ran the schedule"
+    );
+    assert_eq!(
+        b["flops"]["flow_calls"], b["flow_calls"],
+        "and the FLOP model counts it"
+    );
+}

@@ -56,6 +56,12 @@ impl Request {
         self
     }
 
+    /// Steps per scale in place of `steps` (`None`: `steps` at every scale).
+    pub fn with_scale_steps(mut self, scale_steps: Option<Vec<usize>>) -> Request {
+        self.scale_steps = scale_steps;
+        self
+    }
+
     /// The solver steps at `scale`.
     pub fn steps_at(&self, scale: usize) -> usize {
         self.scale_steps
