@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine with Rust, Python 3 (with venv and pip), a
 # C and a C++ compiler and valgrind (the C ABI's tests build C/C++ programs and run one
 # under valgrind): installs onnxruntime (whose wheel ships libonnxruntime.so) and the onnx
-# checker into .venv, then runs every test with onnxruntime required.
+# checker into .venv, then runs every test with onnxruntime required; then builds the Python
+# package (python/, with maturin) into .venv and runs its tests, Ray's included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,3 +40,9 @@ export FLOWAR_REQUIRE_VALGRIND=1
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace "$@"
+
+# The Python package, as `pip install ./python` builds it (the dev profile shares the test
+# build's compiled crates), then its tests against the CLI just built, on a local Ray cluster.
+PATH="$PWD/.venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" .venv/bin/python -m pip install \
+  --quiet --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./python
+FLOWAR_REQUIRE_RAY=1 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests

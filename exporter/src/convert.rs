@@ -84,6 +84,32 @@ impl ModelMeta {
         Some(dir.join(META_FILE)).filter(|p| p.is_file())
     }
 
+    /// The card to use: `meta` when given, else the one beside the FlowAR checkpoint unless
+    /// `ignore_beside`; with a line saying which, for the user.
+    pub fn choose(
+        flowar: Option<&Path>,
+        meta: Option<&Path>,
+        ignore_beside: bool,
+    ) -> Result<(ModelMeta, Option<String>)> {
+        if let Some(p) = meta {
+            return Ok((ModelMeta::load(p)?, None));
+        }
+        match flowar.and_then(ModelMeta::beside) {
+            Some(p) if !ignore_beside => Ok((
+                ModelMeta::load(&p)?,
+                Some(format!(
+                    "using the model card {} beside the checkpoint (--no-meta ignores it)",
+                    p.display()
+                )),
+            )),
+            Some(p) => Ok((
+                ModelMeta::default(),
+                Some(format!("ignoring {} (--no-meta)", p.display())),
+            )),
+            None => Ok((ModelMeta::default(), None)),
+        }
+    }
+
     /// Checks what the card says about the architecture against what the checkpoints hold.
     fn check(&self, f: &FlowArDims, v: &VaeDims, image_size: usize) -> Result<()> {
         let mismatch = |what: &str, card: usize, ckpt: usize, key: &str| {

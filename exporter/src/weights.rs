@@ -18,6 +18,33 @@ pub trait WeightSource {
     fn load_f32(&self, key: &str) -> Result<Vec<f32>>;
 }
 
+/// A weight source that fails with [`ExportError::Cancelled`] once `cancelled()` says so,
+/// so a conversion stops at the next tensor it reads (between and within graphs) and the
+/// exporter removes its staging folder. The CLI asks about Ctrl-C, the Python package about
+/// `KeyboardInterrupt`.
+pub struct Cancellable<'a> {
+    pub source: &'a dyn WeightSource,
+    pub cancelled: &'a dyn Fn() -> Option<&'static str>,
+}
+
+impl WeightSource for Cancellable<'_> {
+    fn origin(&self) -> String {
+        self.source.origin()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.source.keys()
+    }
+    fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        self.source.shape(key)
+    }
+    fn load_f32(&self, key: &str) -> Result<Vec<f32>> {
+        if let Some(why) = (self.cancelled)() {
+            return Err(ExportError::Cancelled(why));
+        }
+        self.source.load_f32(key)
+    }
+}
+
 impl WeightSource for Checkpoint {
     fn origin(&self) -> String {
         self.path().display().to_string()

@@ -7,7 +7,7 @@
 //! - [`pipeline`]: a model on a chosen [`provider`], ready to generate.
 //!
 //! Tool code sits beside them: [`verify`] (parity against reference outputs), [`image`]
-//! (PNG output) and, behind the `clap` feature, `cli_args`. The model folder's format
+//! (PNG output), [`sample_set`] (a set's `NNNNNN.png` files and their settings) and, behind the `clap` feature, `cli_args`. The model folder's format
 //! (manifest and graph names) is the `flowar-format` crate, re-exported as [`manifest`].
 //!
 //! ```no_run
@@ -27,6 +27,7 @@ pub mod model;
 pub mod pipeline;
 pub mod provider;
 pub mod rope;
+pub mod sample_set;
 pub mod sampler;
 pub mod tensor;
 pub mod verify;

@@ -8,32 +8,9 @@ use flowar_exporter::convert::{
     DEFAULT_LATENT_SCALE, META_FILE,
 };
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
-use flowar_exporter::weights::WeightSource;
-use flowar_exporter::ExportError;
+use flowar_exporter::weights::{Cancellable, WeightSource};
 
 use super::{CliError, CliResult};
-
-/// A weight source that fails once Ctrl-C was pressed, so a conversion stops at the next
-/// tensor it reads (between and within graphs) and the exporter removes its staging folder.
-struct Cancellable<'a>(&'a dyn WeightSource);
-
-impl WeightSource for Cancellable<'_> {
-    fn origin(&self) -> String {
-        self.0.origin()
-    }
-    fn keys(&self) -> Vec<String> {
-        self.0.keys()
-    }
-    fn shape(&self, key: &str) -> Option<Vec<usize>> {
-        self.0.shape(key)
-    }
-    fn load_f32(&self, key: &str) -> flowar_exporter::Result<Vec<f32>> {
-        if crate::interrupted() {
-            return Err(ExportError::Cancelled("interrupted by Ctrl-C"));
-        }
-        self.0.load_f32(key)
-    }
-}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -118,24 +95,11 @@ pub fn print_report(r: &ConvertReport) {
 /// The model card to use: `--meta`, else the one beside the FlowAR checkpoint (unless
 /// `--no-meta`), saying which.
 fn model_meta(a: &Args) -> CliResult<ModelMeta> {
-    if let Some(p) = &a.meta {
-        return Ok(ModelMeta::load(p)?);
+    let (meta, said) = ModelMeta::choose(a.flowar.as_deref(), a.meta.as_deref(), a.no_meta)?;
+    if let Some(line) = said {
+        println!("{line}");
     }
-    let beside = a.flowar.as_deref().and_then(ModelMeta::beside);
-    match beside {
-        Some(p) if !a.no_meta => {
-            println!(
-                "using the model card {} beside the checkpoint (--no-meta ignores it)",
-                p.display()
-            );
-            Ok(ModelMeta::load(&p)?)
-        }
-        Some(p) => {
-            println!("ignoring {} (--no-meta)", p.display());
-            Ok(ModelMeta::default())
-        }
-        None => Ok(ModelMeta::default()),
-    }
+    Ok(meta)
 }
 
 /// Which state dict of a checkpoint was read, and whether DDP's key prefix was stripped.
@@ -215,7 +179,15 @@ pub fn run(a: Args) -> CliResult {
         ];
         (Box::new(f), Box::new(v), sources)
     };
-    let (fc, vc) = (Cancellable(f.as_ref()), Cancellable(v.as_ref()));
+    let ctrl_c = || crate::interrupted().then_some("interrupted by Ctrl-C");
+    let fc = Cancellable {
+        source: f.as_ref(),
+        cancelled: &ctrl_c,
+    };
+    let vc = Cancellable {
+        source: v.as_ref(),
+        cancelled: &ctrl_c,
+    };
     let mut req = ConvertRequest::new(&fc, &vc, &a.out)
         .latent_scale(a.latent_scale)
         .meta(meta)

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use flowar_runtime::image::{labelled_grid, save_png, write_atomic, RgbImage};
+use flowar_runtime::sample_set;
 use flowar_runtime::sampler::noise;
 use flowar_runtime::{Pipeline, Request, Solver, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -201,7 +202,7 @@ pub fn run(a: Args) -> CliResult {
         Some(s) => base.with_steps(s),
         None => base,
     };
-    let (cfg, guidance, steps) = (base.cfg, base.guidance, base.steps_text());
+    let (cfg, guidance) = (base.cfg, base.guidance);
     let indices: Vec<u64> = (0..count as u64)
         .filter(|&k| shard.is_none_or(|s| s.has(k)))
         .collect();
@@ -255,19 +256,6 @@ pub fn run(a: Args) -> CliResult {
     let started = Instant::now();
     let mut times = StageTimes::default();
     let mut images: Vec<(u64, RgbImage)> = Vec::new();
-    let text_base = |k: u64| -> Vec<(String, String)> {
-        vec![
-            ("flowar:model".into(), m.name.clone()),
-            ("flowar:model_hash".into(), m.model_hash.clone()),
-            ("flowar:index".into(), k.to_string()),
-            ("flowar:class".into(), class_of(k).to_string()),
-            ("flowar:seed".into(), a.seed.to_string()),
-            ("flowar:cfg".into(), cfg.to_string()),
-            ("flowar:guidance".into(), guidance.to_string()),
-            ("flowar:steps".into(), steps.clone()),
-            ("flowar:solver".into(), solver.name().into()),
-        ]
-    };
     for (bi, chunk) in indices.chunks(batch_size).enumerate() {
         let req = mk(chunk, recorded.clone());
         let out = pipe.generate(&req, &mut |p| {
@@ -285,13 +273,11 @@ pub fn run(a: Args) -> CliResult {
             !crate::interrupted()
         })?;
         times.add(&out.times);
-        for (&k, img) in chunk.iter().zip(out.images) {
-            if let Some(dir) = &a.out {
-                save_png(&dir.join(format!("{k:06}.png")), &img, &text_base(k))?;
-            }
-            if grid_path.is_some() {
-                images.push((k, img));
-            }
+        if let Some(dir) = &a.out {
+            sample_set::save_images(dir, &m, &req, &out.images)?;
+        }
+        if grid_path.is_some() {
+            images.extend(chunk.iter().copied().zip(out.images));
         }
     }
     bar.finish_and_clear();

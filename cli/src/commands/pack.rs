@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use flowar_runtime::sample_set::{index_of, SETTINGS};
+
 use super::{CliError, CliResult};
 
 #[derive(clap::Args, Debug)]
@@ -29,16 +31,6 @@ pub struct Args {
     pub force: bool,
 }
 
-/// The PNG text keys that must agree across a set: the same model and sampler settings.
-const SETTINGS: [&str; 6] = [
-    "flowar:model_hash",
-    "flowar:seed",
-    "flowar:cfg",
-    "flowar:guidance",
-    "flowar:steps",
-    "flowar:solver",
-];
-
 /// How many offending indices or files a message lists before it says how many more.
 const SHOWN: usize = 10;
 
@@ -56,14 +48,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
 
 fn bad(msg: String) -> CliError {
     CliError::Failed(msg)
-}
-
-/// `NNNNNN.png` (six or more digits) -> its index.
-fn index_of(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".png")?;
-    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
 }
 
 /// A list of at most [`SHOWN`] items, then how many more.

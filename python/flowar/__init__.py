@@ -1,0 +1,312 @@
+"""FlowAR image generators from their released checkpoints, without PyTorch.
+
+The runtime is flowar's Rust crate, called directly: a model folder written by
+``flowar.convert`` (or ``flowar convert`` on the command line) runs on onnxruntime (CPU, CUDA,
+TensorRT) or on tract, the pure-Rust CPU engine.
+
+Image ``k`` of a set is drawn from random stream ``k`` of the seed, whatever the batch or
+the machine, so a set split across processes or machines is the same set. Its pixels equal
+``flowar generate``'s PNGs for the same indices and batch size; a different batch size can
+move a pixel by at most one level.
+
+>>> import flowar
+>>> pipe = flowar.Pipeline("models/shapes10/converted")
+>>> images = pipe.generate(["circle", "square"], seed=0)   # uint8 [2, H, W, 3]
+
+Errors: ``ValueError`` for bad arguments, ``FileNotFoundError``/``OSError`` for files, and
+``flowar.ModelError``, ``flowar.ProviderUnavailable`` and ``flowar.Cancelled``, subclasses
+of ``flowar.Error``, for the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _flowar
+from ._flowar import Cancelled, Error, ModelError, Progress, ProviderUnavailable
+
+__version__: str = _flowar.__version__
+
+__all__ = [
+    "Pipeline",
+    "Progress",
+    "convert",
+    "read_image",
+    "read_manifest",
+    "settings",
+    "Error",
+    "ModelError",
+    "ProviderUnavailable",
+    "Cancelled",
+]
+
+Class = Union[int, str]
+Steps = Union[int, str, Sequence[int]]
+ProgressCallback = Callable[[Progress], Optional[bool]]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _images(buf: bytearray, n: int, h: int, w: int) -> np.ndarray:
+    return np.frombuffer(buf, dtype=np.uint8).reshape(n, h, w, 3)
+
+
+def _steps(steps: Optional[Steps]) -> Any:
+    if steps is None or isinstance(steps, (int, str)):
+        return steps
+    return [int(s) for s in steps]
+
+
+def _classes(classes: Union[Class, Sequence[Class]]) -> List[Class]:
+    if isinstance(classes, (int, str, np.integer)):
+        classes = [classes]
+    out: List[Class] = []
+    for c in classes:
+        if isinstance(c, (bool, float)) or not isinstance(c, (int, str, np.integer)):
+            raise TypeError(f"a class is an id (int) or a name (str), got {c!r}")
+        out.append(c if isinstance(c, str) else int(c))
+    return out
+
+
+def _onnxruntime_lib() -> Optional[str]:
+    """This interpreter's pip-installed onnxruntime library, unless ORT_DYLIB_PATH names
+    one: the wheel ships ``capi/libonnxruntime.so*``, which flowar loads (found without
+    importing onnxruntime, which would load a second copy)."""
+    if os.environ.get("ORT_DYLIB_PATH"):
+        return None
+    try:
+        spec = importlib.util.find_spec("onnxruntime")
+    except (ImportError, ValueError):
+        return None
+    for d in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(glob.glob(os.path.join(d, "capi", "libonnxruntime.so*")))
+        found += sorted(glob.glob(os.path.join(d, "capi", "libonnxruntime*.dylib")))
+        if found:
+            return found[0]
+    return None
+
+
+class Pipeline:
+    """A model folder loaded on an execution provider, ready to generate.
+
+    Args:
+        model_dir: a folder written by ``flowar.convert`` / ``flowar convert``.
+        provider: ``"auto"`` (the fastest available: tensorrt, cuda, ort-cpu, else tract),
+            or one by name: ``"ort-cpu"``, ``"cuda"``, ``"tensorrt"``, ``"tract"``. A named
+            provider that cannot be used raises ``ProviderUnavailable``; there is no
+            silent fallback.
+        threads: intra-op threads (default: the number of cores).
+        gpu: CUDA / TensorRT options as ``flowar generate --gpu`` takes them, e.g.
+            ``{"mem_limit": "8GiB", "trt_fp16": True}``.
+        device_id: GPU ordinal for cuda / tensorrt.
+        ort_lib: path to ``libonnxruntime.so`` (default: ``ORT_DYLIB_PATH``, else this
+            interpreter's ``pip install onnxruntime``; without either, ``auto`` runs on
+            tract).
+    """
+
+    def __init__(
+        self,
+        model_dir: PathLike,
+        provider: str = "auto",
+        threads: Optional[int] = None,
+        gpu: Optional[Dict[str, Any]] = None,
+        device_id: int = 0,
+        ort_lib: Optional[PathLike] = None,
+    ) -> None:
+        self._native = _flowar.Pipeline(
+            os.fspath(model_dir),
+            provider,
+            threads,
+            gpu,
+            device_id,
+            _onnxruntime_lib() if ort_lib is None else os.fspath(ort_lib),
+        )
+        self._manifest: Dict[str, Any] = json.loads(self._native.manifest_json)
+
+    @property
+    def manifest(self) -> Dict[str, Any]:
+        """The model folder's manifest (architecture, scales, classes, sampler defaults)."""
+        return self._manifest
+
+    @property
+    def provider(self) -> str:
+        """The provider running the graphs (``auto`` resolved)."""
+        return self._native.provider
+
+    @property
+    def provider_reason(self) -> str:
+        """Why that provider was chosen."""
+        return self._native.provider_reason
+
+    @property
+    def image_size(self) -> int:
+        return int(self._manifest["image_size"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._manifest["num_classes"])
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self._manifest.get("class_names", []))
+
+    def __repr__(self) -> str:
+        return (
+            f"flowar.Pipeline({os.fspath(self._native.model_dir)!r}, "
+            f"provider={self.provider!r})"
+        )
+
+    def generate(
+        self,
+        classes: Union[Class, Sequence[Class]],
+        seed: int = 0,
+        first_index: int = 0,
+        cfg: Optional[float] = None,
+        guidance: Optional[float] = None,
+        steps: Optional[Steps] = None,
+        solver: str = "euler",
+        progress: Optional[ProgressCallback] = None,
+        batch_size: int = 8,
+    ) -> np.ndarray:
+        """Generates one image per class: ``uint8`` array ``[N, H, W, 3]``.
+
+        Image ``i`` is global image ``first_index + i`` (random stream
+        ``first_index + i`` of ``seed``), so it equals ``flowar generate``'s
+        ``NNNNNN.png`` of that index. ``cfg``, ``guidance`` and ``steps`` default to the
+        model's; ``steps`` is one count or one per scale (``[25, 25, 20, 12, 8]`` or
+        ``"25,25,20,12,8"``). ``progress`` is called with a :class:`Progress` after every
+        solver step; returning ``False`` stops the run with :class:`Cancelled`, and Ctrl-C
+        raises ``KeyboardInterrupt``. The GIL is released while it runs.
+        """
+        cl = _classes(classes)
+        if first_index < 0:
+            raise ValueError(f"first_index must be 0 or more, got {first_index}")
+        indices = list(range(first_index, first_index + len(cl)))
+        buf, n, h, w = self._native.generate(
+            cl, indices, seed, cfg, guidance, _steps(steps), solver, batch_size, progress
+        )
+        return _images(buf, n, h, w)
+
+    def generate_to(
+        self,
+        out_dir: PathLike,
+        indices: Sequence[int],
+        classes: Sequence[Class],
+        seed: int = 0,
+        cfg: Optional[float] = None,
+        guidance: Optional[float] = None,
+        steps: Optional[Steps] = None,
+        solver: str = "euler",
+        progress: Optional[ProgressCallback] = None,
+        batch_size: int = 8,
+    ) -> List[str]:
+        """Generates the images at global ``indices`` (``classes[i]`` for ``indices[i]``)
+        into ``out_dir`` as ``NNNNNN.png`` with the PNG text ``flowar generate --out``
+        writes (model hash, index, class, seed, cfg, guidance, steps, solver). Returns the
+        paths written. Each file is written whole (through a rename) or not at all."""
+        paths = self._native.generate_to(
+            os.fspath(out_dir),
+            _classes(classes),
+            [int(i) for i in indices],
+            seed,
+            cfg,
+            guidance,
+            _steps(steps),
+            solver,
+            batch_size,
+            progress,
+        )
+        return [os.fspath(p) for p in paths]
+
+    def settings(
+        self,
+        seed: int = 0,
+        cfg: Optional[float] = None,
+        guidance: Optional[float] = None,
+        steps: Optional[Steps] = None,
+        solver: str = "euler",
+    ) -> Dict[str, str]:
+        """See :func:`settings`."""
+        return settings(self._native.model_dir, seed, cfg, guidance, steps, solver)
+
+
+def convert(
+    flowar: PathLike,
+    vae: PathLike,
+    out: PathLike,
+    *,
+    latent_scale: Optional[float] = None,
+    meta: Optional[PathLike] = None,
+    no_meta: bool = False,
+    weights: Optional[str] = None,
+    force: bool = False,
+    allow_nonfinite: bool = False,
+    dtype: str = "f32",
+) -> Dict[str, Any]:
+    """Converts a FlowAR checkpoint (``FlowAR-{S,L,H}.pth``, a training checkpoint or
+    ``.safetensors``) and a KL-VAE checkpoint (MAR's ``kl16.ckpt``) into a model folder,
+    as ``flowar convert`` does with the same options:
+
+    - ``meta``: a model card (``meta.json``); default: the one beside the FlowAR
+      checkpoint unless ``no_meta``;
+    - ``weights``: ``"ema"`` or ``"model"`` of a training checkpoint (default: ema when
+      present);
+    - ``latent_scale``: the VAE latent scale (default: the card's, else 0.2325);
+    - ``dtype``: ``"f32"`` or ``"f16"``; ``force`` replaces an existing folder.
+
+    Returns ``{"out", "manifest", "ignored_keys", "notes"}``. The folder is written
+    atomically: on any error (or Ctrl-C) nothing is left at ``out``.
+    """
+    r = dict(
+        _flowar.convert(
+            os.fspath(flowar),
+            os.fspath(vae),
+            os.fspath(out),
+            latent_scale,
+            None if meta is None else os.fspath(meta),
+            no_meta,
+            weights,
+            force,
+            allow_nonfinite,
+            dtype,
+        )
+    )
+    r["manifest"] = json.loads(r.pop("manifest_json"))
+    return r
+
+
+def settings(
+    model_dir: PathLike,
+    seed: int = 0,
+    cfg: Optional[float] = None,
+    guidance: Optional[float] = None,
+    steps: Optional[Steps] = None,
+    solver: str = "euler",
+) -> Dict[str, str]:
+    """The settings these arguments resolve to for a model folder (its manifest only; no
+    graphs are loaded), as an image's PNG text records them: ``model``, ``model_hash``,
+    ``seed``, ``cfg``, ``guidance``, ``steps``, ``solver``. Settings the model refuses
+    raise ``ValueError``."""
+    d = dict(
+        _flowar.settings(os.fspath(model_dir), seed, cfg, guidance, _steps(steps), solver)
+    )
+    d.pop("steps_json")
+    return d
+
+
+def read_manifest(model_dir: PathLike) -> Dict[str, Any]:
+    """A model folder's manifest, checked, without loading its graphs."""
+    return json.loads(_flowar.read_manifest(os.fspath(model_dir)))
+
+
+def read_image(path: PathLike) -> "tuple[np.ndarray, Dict[str, str]]":
+    """An image ``flowar`` wrote, fully decoded: (``uint8 [H, W, 3]``, its PNG text, e.g.
+    ``{"flowar:index": "7", "flowar:seed": "0", ...}``). A truncated or foreign file
+    raises ``ValueError``; a missing one ``FileNotFoundError``."""
+    buf, h, w, text = _flowar.read_image(os.fspath(path))
+    return _images(buf, 1, h, w)[0], dict(text)

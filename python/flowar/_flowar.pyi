@@ -1,0 +1,100 @@
+"""Types of flowar's native module (the Rust runtime and exporter). Use the ``flowar``
+package's API; these are its building blocks."""
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+_Path = Union[str, "os.PathLike[str]"]
+_Class = Union[int, str]
+_Steps = Union[int, str, List[int], None]
+
+__version__: str
+
+class Error(Exception):
+    """Base class of the errors only flowar raises."""
+
+class ModelError(Error):
+    """A model folder or checkpoint is missing parts, corrupt or inconsistent."""
+
+class ProviderUnavailable(Error):
+    """The execution provider asked for (or its library) cannot be used here."""
+
+class Cancelled(Error):
+    """A progress callback returned False, so the work stopped."""
+
+class Progress:
+    """Where the sampler is, after every solver step."""
+
+    batch: int
+    batches: int
+    scale: int
+    scales: int
+    step: int
+    steps: int
+
+class Pipeline:
+    def __init__(
+        self,
+        model_dir: _Path,
+        provider: str = "auto",
+        threads: Optional[int] = None,
+        gpu: Optional[Dict[str, Any]] = None,
+        device_id: int = 0,
+        ort_lib: Optional[_Path] = None,
+    ) -> None: ...
+    @property
+    def manifest_json(self) -> str: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def provider_reason(self) -> str: ...
+    @property
+    def model_dir(self) -> str: ...
+    def generate(
+        self,
+        classes: Sequence[_Class],
+        indices: Sequence[int],
+        seed: int,
+        cfg: Optional[float],
+        guidance: Optional[float],
+        steps: _Steps,
+        solver: str,
+        batch_size: int,
+        progress: Optional[Callable[[Progress], Optional[bool]]],
+    ) -> Tuple[bytearray, int, int, int]: ...
+    def generate_to(
+        self,
+        out_dir: _Path,
+        classes: Sequence[_Class],
+        indices: Sequence[int],
+        seed: int,
+        cfg: Optional[float],
+        guidance: Optional[float],
+        steps: _Steps,
+        solver: str,
+        batch_size: int,
+        progress: Optional[Callable[[Progress], Optional[bool]]],
+    ) -> List[str]: ...
+
+def convert(
+    flowar: _Path,
+    vae: _Path,
+    out: _Path,
+    latent_scale: Optional[float] = None,
+    meta: Optional[_Path] = None,
+    no_meta: bool = False,
+    weights: Optional[str] = None,
+    force: bool = False,
+    allow_nonfinite: bool = False,
+    dtype: str = "f32",
+) -> Dict[str, Any]: ...
+def read_image(path: _Path) -> Tuple[bytearray, int, int, Dict[str, str]]: ...
+def read_manifest(dir: _Path) -> str: ...
+def settings(
+    dir: _Path,
+    seed: int,
+    cfg: Optional[float],
+    guidance: Optional[float],
+    steps: _Steps,
+    solver: str,
+) -> Dict[str, str]: ...

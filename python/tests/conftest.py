@@ -1,0 +1,69 @@
+"""Fixtures for the Python package's tests: the demo model converted by flowar.convert,
+the `flowar` CLI (built by cargo) to compare against, and which providers to run."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import flowar
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "models" / "shapes10"
+
+
+def ort_available() -> bool:
+    try:
+        flowar.Pipeline(DEMO_CONVERTED, provider="ort-cpu", threads=1)
+        return True
+    except flowar.ProviderUnavailable:
+        return False
+
+
+DEMO_CONVERTED = None  # set by the `demo` fixture
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The bundled demo model, converted here through the Python API."""
+    global DEMO_CONVERTED
+    out = tmp_path_factory.mktemp("demo") / "converted"
+    flowar.convert(DEMO / "flowar.pth", DEMO / "vae.ckpt", out)
+    DEMO_CONVERTED = out
+    return out
+
+
+@pytest.fixture(scope="session")
+def flowar_bin() -> Path:
+    """The `flowar` CLI of this checkout (cargo builds it if it is not up to date)."""
+    subprocess.run(
+        ["cargo", "build", "--quiet", "-p", "flowar-cli"], cwd=REPO, check=True
+    )
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return target / "debug" / "flowar"
+
+
+@pytest.fixture(scope="session", params=["ort-cpu", "tract"])
+def provider(request, demo) -> str:
+    """Both CPU providers; onnxruntime may be missing only when FLOWAR_REQUIRE_ORT is unset."""
+    if request.param == "ort-cpu" and not ort_available():
+        if os.environ.get("FLOWAR_REQUIRE_ORT") == "1":
+            pytest.fail("FLOWAR_REQUIRE_ORT=1 but onnxruntime cannot be loaded")
+        pytest.skip("onnxruntime not installed (pip install onnxruntime)")
+    return request.param
+
+
+def cli_generate(flowar_bin: Path, model: Path, out: Path, *args: str) -> None:
+    """`flowar generate --model MODEL --out OUT ARGS...`, failing with its stderr."""
+    env = dict(os.environ)
+    lib = flowar._onnxruntime_lib()  # this interpreter's onnxruntime, as the package uses
+    if lib and "ORT_DYLIB_PATH" not in env:
+        env["ORT_DYLIB_PATH"] = lib
+    r = subprocess.run(
+        [str(flowar_bin), "generate", "--model", str(model), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
