@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use flowar_exporter::checkpoint::Checkpoint;
 use flowar_exporter::convert::{convert_as, ConvertRequest, ModelMeta, Precision};
+use flowar_exporter::quantize::Quantize;
 use flowar_runtime::backend::BackendOptions;
 use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
 
@@ -35,6 +36,7 @@ pub fn convert_files(
         latent_scale,
         flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
         Precision::F32,
+        None,
     )
 }
 
@@ -47,6 +49,7 @@ pub fn convert_files_with(
     latent_scale: Option<f64>,
     threshold: usize,
     precision: Precision,
+    quantize: Option<Quantize>,
 ) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("model");
@@ -56,7 +59,8 @@ pub fn convert_files_with(
         &ConvertRequest::from_checkpoints(&f, flowar, &v, vae, &out)
             .latent_scale(latent_scale)
             .meta(meta)
-            .external_data_threshold(threshold),
+            .external_data_threshold(threshold)
+            .quantize(quantize),
         precision,
     )
     .expect("convert");
@@ -78,6 +82,21 @@ pub fn convert_fixture_as(name: &str, precision: Precision) -> (tempfile::TempDi
         None,
         flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
         precision,
+        None,
+    )
+}
+
+/// Converts a fixture with the flow head's block linears quantized to int8.
+pub fn convert_fixture_quantized(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let d = fixture(name);
+    convert_files_with(
+        &d.join("flowar.pth"),
+        &d.join("vae.ckpt"),
+        ModelMeta::default(),
+        None,
+        flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
+        Precision::F32,
+        Some(Quantize::Int8),
     )
 }
 

@@ -93,8 +93,11 @@ fn graphs_pass_the_onnx_checker() {
         eprintln!("SKIPPING onnx checker: `{python} -c 'import onnx'` failed");
         return;
     }
-    for name in ["spatial", "cross"] {
-        let (_t, dir) = convert_fixture(name);
+    // Exact graphs and int8 ones (DynamicQuantizeLinear, MatMulInteger).
+    for (name, (_t, dir)) in ["spatial", "cross"]
+        .into_iter()
+        .flat_map(|n| [(n, convert_fixture(n)), (n, convert_fixture_quantized(n))])
+    {
         let m = flowar_runtime::manifest::Manifest::load(&dir).unwrap();
         let files: Vec<&str> = m
             .graphs
@@ -133,6 +136,7 @@ fn external_data_graphs_match_too() {
         None,
         0,
         flowar_exporter::convert::Precision::F32,
+        None,
     );
     assert!(dir.join("ar_step.onnx.data").is_file());
     check_model("spatial", &dir);

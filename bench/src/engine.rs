@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
+use flowar_exporter::quantize::Quantize;
 use flowar_runtime::backend::{BackendOptions, Provider};
 use flowar_runtime::manifest::{FlowKind, Manifest};
 use flowar_runtime::{Pipeline, PipelineOptions, ProviderChoice, Request, Solver, StageTimes};
@@ -64,6 +65,10 @@ pub struct Args {
     /// Graph precision of a `--preset` conversion: f32 or f16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
+    /// int8 flow-head linears in a `--preset` conversion (the opt-in fast mode; see
+    /// `flowar convert --quantize`). Not with --dtype f16.
+    #[arg(long, value_parser = ["int8"], requires = "preset")]
+    pub quantize: Option<String>,
     /// Seconds of matmul calibration per shape.
     #[arg(long, default_value_t = 1.0)]
     pub calibration_s: f64,
@@ -129,12 +134,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
 pub fn preset_model(
     preset: &str,
     precision: Precision,
+    quantize: Option<Quantize>,
     cache: &Path,
 ) -> Result<PathBuf, BenchError> {
     let p: Preset = preset.parse()?;
-    let suffix = match precision {
-        Precision::F32 => "",
-        Precision::F16 => "-f16",
+    let suffix = match (precision, quantize) {
+        (Precision::F32, None) => "",
+        (Precision::F16, None) => "-f16",
+        (_, Some(Quantize::Int8)) => "-int8",
     };
     let dir = cache.join(format!(
         "flowar-bench-{}{suffix}",
@@ -147,7 +154,9 @@ pub fn preset_model(
     let f = RandomWeights::new(format!("preset {preset}"), 0, flowar_keys(&p.flowar()));
     let v = RandomWeights::new("preset kl16".into(), 0, vae_keys(&Preset::vae()));
     convert_as(
-        &ConvertRequest::new(&f, &v, &dir).force(dir.exists()),
+        &ConvertRequest::new(&f, &v, &dir)
+            .force(dir.exists())
+            .quantize(quantize),
         precision,
     )?;
     Ok(dir)
@@ -260,7 +269,12 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
                 ),
             );
             (
-                preset_model(p, args.dtype.parse()?, &cache)?,
+                preset_model(
+                    p,
+                    args.dtype.parse()?,
+                    args.quantize.as_deref().map(str::parse).transpose()?,
+                    &cache,
+                )?,
                 format!("preset {} (random weights)", p.to_ascii_lowercase()),
             )
         }
@@ -299,6 +313,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         flow_depth: a.flow.depth,
         image_size: m.image_size,
         dtype: m.dtype.clone(),
+        quantization: m.quantization.clone(),
     };
     let settings = Settings {
         steps,

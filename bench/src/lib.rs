@@ -1,13 +1,15 @@
 //! Benchmarks of the FlowAR exporter and runtime: the engine behind `flowar bench`
-//! ([`engine`]), the analytic FLOP count it reports against ([`flops`]), the matmul
+//! ([`engine`]), the demo model's shape-and-colour check ([`demo_check`]), the analytic FLOP count it reports against ([`flops`]), the matmul
 //! calibration behind its efficiency figure ([`calibrate`]), its JSON / Markdown results
 //! ([`report`]) and chart ([`plot`]), and shared helpers for the criterion benchmarks in
 //! `benches/`.
 
 pub mod calibrate;
+pub mod demo_check;
 pub mod engine;
 pub mod flops;
 pub mod plot;
+pub mod quality;
 pub mod report;
 
 /// Peak resident memory of this process so far, in bytes (Linux `VmHWM`), if known.

@@ -78,6 +78,9 @@ pub struct ModelInfo {
     /// Graph precision from the manifest ("float32" or "float16").
     #[serde(default = "float32")]
     pub dtype: String,
+    /// The manifest's quantization scheme (`--quantize int8`), absent for exact models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
 }
 
 fn float32() -> String {

@@ -43,6 +43,9 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Measure load time, per-stage latency, throughput, memory and efficiency per provider.
     Bench(commands::bench::Args),
+    /// Measure what a faster configuration (int8 model, step schedule, other provider)
+    /// changes: per-scale token error, per-image PSNR, time, and the demo's check.
+    Compare(commands::compare::Args),
     /// Pack the folders a sample set was generated into (shards) into one .npz (arr_0:
     /// uint8 [N, H, W, 3]), checking that images 0..N-1 are there once each with one model
     /// and one set of sampler settings.
@@ -77,6 +80,7 @@ fn main() {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Pack(a) => commands::pack::run(a),
+        Command::Compare(a) => commands::compare::run(a),
     };
     if let Err(e) = result {
         if interrupted() {

@@ -14,6 +14,7 @@ pub mod graphs;
 pub mod nn;
 pub mod onnx;
 pub mod preset;
+pub mod quantize;
 pub mod weights;
 
 pub use error::{ExportError, Result};

@@ -23,6 +23,9 @@ pub fn linear(
         }
     }
     drop(w);
+    if g.quantizes(vb.prefix()) {
+        return linear_int8(g, vb, x, &wt, in_dim, out_dim, bias);
+    }
     let wname = g.weight(
         &vb.path("weight"),
         &[in_dim, out_dim],
@@ -37,6 +40,55 @@ pub fn linear(
     };
     Ok(g.scoped(vb.prefix(), |g| {
         let y = g.matmul(x, &wname);
+        match b {
+            Some(b) => {
+                let bname = g.weight(&vb.path("bias"), &[out_dim], &b, "");
+                g.add(&y, &bname)
+            }
+            None => y,
+        }
+    }))
+}
+
+/// [`linear`] with int8 weights, per output channel (see [`crate::quantize`]):
+/// `(MatMulInteger(DynamicQuantizeLinear(x), W_q) as f32) * (x_scale * W_scale) + b`,
+/// the pattern onnxruntime fuses into one kernel. Float32 activations only.
+fn linear_int8(
+    g: &mut Graph,
+    vb: &Vb,
+    x: &str,
+    wt: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+) -> Result<Val> {
+    let (q, scale) = crate::quantize::per_channel(wt, in_dim, out_dim);
+    let wq = g.weight_i8(&vb.path("weight"), &[in_dim, out_dim], &q);
+    let ws = g.aux_f32(
+        &vb.path("weight_scale"),
+        &[out_dim],
+        &scale,
+        "int8 weight scale per output channel",
+    );
+    let b = if bias {
+        Some(vb.get("bias", &[out_dim])?)
+    } else {
+        None
+    };
+    g.mark_quantized(vb.prefix());
+    Ok(g.scoped(vb.prefix(), |g| {
+        let xq = g.node_n("DynamicQuantizeLinear", &[x], vec![], 3);
+        let yi = g.node("MatMulInteger", &[&xq[0], &wq, &xq[2]], vec![]);
+        let yf = g.node(
+            "Cast",
+            &[&yi],
+            vec![crate::onnx::builder::attr_int(
+                "to",
+                crate::onnx::Elem::F32.onnx() as i64,
+            )],
+        );
+        let s = g.mul(&xq[1], &ws);
+        let y = g.mul(&yf, &s);
         match b {
             Some(b) => {
                 let bname = g.weight(&vb.path("bias"), &[out_dim], &b, "");

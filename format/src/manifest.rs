@@ -50,6 +50,11 @@ pub struct Manifest {
     /// Bounds `flowar verify` applies by default to this model's graphs.
     #[serde(default)]
     pub verify: VerifyBounds,
+    /// The quantization scheme of an opt-in fast model (`flowar convert --quantize`),
+    /// whose outputs are no longer the reference's; `None` for exact models. Which
+    /// linears it covers is each graph's `int8_linears`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
 }
 
 /// Max abs error per kind of graph output against a float32 reference.
@@ -237,6 +242,10 @@ pub struct GraphSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_data: Option<String>,
     pub parameters: usize,
+    /// Checkpoint key paths of the linears stored as int8 (`flowar convert --quantize
+    /// int8`); empty for float graphs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub int8_linears: Vec<String>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }

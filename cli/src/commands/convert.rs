@@ -54,6 +54,11 @@ pub struct Args {
     /// softmax and the time embedding stay float32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
+    /// Opt-in fast mode: int8 weights for the flow head's attention and MLP linears
+    /// (activations quantized per call). Faster on CPUs; the outputs are no longer the
+    /// reference's (see bench/README.md for the measured cost). Not with --dtype f16.
+    #[arg(long, value_parser = ["int8"])]
+    pub quantize: Option<String>,
 }
 
 pub fn print_report(r: &ConvertReport) {
@@ -188,7 +193,13 @@ pub fn run(a: Args) -> CliResult {
         source: v.as_ref(),
         cancelled: &ctrl_c,
     };
+    let quantize = a
+        .quantize
+        .as_deref()
+        .map(str::parse::<flowar_exporter::quantize::Quantize>)
+        .transpose()?;
     let mut req = ConvertRequest::new(&fc, &vc, &a.out)
+        .quantize(quantize)
         .latent_scale(a.latent_scale)
         .meta(meta)
         .force(a.force)

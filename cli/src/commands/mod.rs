@@ -1,5 +1,6 @@
 //! One module per subcommand, plus the CLI's error type.
 pub mod bench;
+pub mod compare;
 pub mod convert;
 pub mod generate;
 pub mod inspect;

@@ -259,5 +259,6 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         inputs,
         outputs,
         parameters,
+        int8_linears: Vec::new(),
     })
 }

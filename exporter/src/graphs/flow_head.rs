@@ -109,11 +109,18 @@ where
     }))
 }
 
-pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<BuiltGraph> {
+/// `quantize`: build the linears it chooses with int8 weights (float32 graphs only).
+pub fn build(
+    vb: &Vb,
+    dims: &FlowArDims,
+    act: Elem,
+    quantize: Option<crate::quantize::Quantize>,
+    version: &str,
+) -> Result<BuiltGraph> {
     let f = &dims.flow;
     let (w, c, d) = (f.width, dims.latent_channels, dims.ar.width);
     let vb = vb.pp("flownet");
-    let mut g = Graph::with_precision("flowar_flow_head", act);
+    let mut g = Graph::with_precision("flowar_flow_head", act).with_quantize(quantize);
     let inputs = vec![
         Io::new(
             io::X,
@@ -214,6 +221,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
     let v = g.to_f32(&v);
     g.output(&v, io::V, Elem::F32, &outputs[0].dims);
     let parameters = g.param_count();
+    let int8_linears = g.quantized().to_vec();
     Ok(BuiltGraph {
         model: g.finish(
             "FlowAR flow-matching head: velocity v = F(x, t, z)",
@@ -222,5 +230,6 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         inputs,
         outputs,
         parameters,
+        int8_linears,
     })
 }

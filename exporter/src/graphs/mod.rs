@@ -63,4 +63,6 @@ pub struct BuiltGraph {
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
     pub parameters: usize,
+    /// Key paths of the linears built with int8 weights (`--quantize int8`).
+    pub int8_linears: Vec<String>,
 }

@@ -101,5 +101,6 @@ pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
         inputs,
         outputs,
         parameters: 0,
+        int8_linears: Vec::new(),
     }
 }

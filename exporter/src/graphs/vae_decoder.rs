@@ -141,5 +141,6 @@ pub fn build(
         inputs,
         outputs,
         parameters,
+        int8_linears: Vec::new(),
     })
 }

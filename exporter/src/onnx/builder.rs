@@ -53,6 +53,9 @@ pub struct Graph {
     /// Element type of activations and weights; norm statistics, softmax and the time
     /// embedding always stay float32.
     act: Elem,
+    /// int8 linears (`convert --quantize`), and the key paths of those built so far.
+    quantize: Option<crate::quantize::Quantize>,
+    quantized: Vec<String>,
 }
 
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
@@ -123,7 +126,30 @@ impl Graph {
             consts: HashMap::new(),
             param_count: 0,
             act: Elem::F32,
+            quantize: None,
+            quantized: Vec::new(),
         }
+    }
+
+    /// Builds the linears `q` chooses with int8 weights (see [`crate::quantize`]).
+    pub fn with_quantize(mut self, q: Option<crate::quantize::Quantize>) -> Self {
+        self.quantize = q;
+        self
+    }
+
+    /// Whether the linear at `key_path` is to be built with int8 weights.
+    pub fn quantizes(&self, key_path: &str) -> bool {
+        self.quantize.is_some_and(|q| q.quantizes(key_path))
+    }
+
+    /// Records a linear built with int8 weights.
+    pub fn mark_quantized(&mut self, key_path: &str) {
+        self.quantized.push(key_path.to_string());
+    }
+
+    /// The key paths of the linears built with int8 weights, in build order.
+    pub fn quantized(&self) -> &[String] {
+        &self.quantized
     }
 
     /// A graph whose activations and weights are `act` (F32 or F16).
@@ -228,6 +254,25 @@ impl Graph {
     pub fn weight_f32(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
         self.param_count += data.len();
         self.add_initializer(name, dims, data, doc, Elem::F32)
+    }
+
+    /// Adds an int8 weight (a quantized linear's), counted as parameters.
+    pub fn weight_i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> Val {
+        self.param_count += data.len();
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::INT8,
+            name: name.to_string(),
+            doc_string: "int8 per output channel, stored transposed as [in, out]".into(),
+            raw_data: data.iter().map(|&x| x as u8).collect(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// Adds a float32 tensor that is not a parameter of the model (a quantization scale).
+    pub fn aux_f32(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
+        self.add_f32_initializer(name, dims, data, doc)
     }
 
     fn add_f32_initializer(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {

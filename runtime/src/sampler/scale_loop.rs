@@ -20,6 +20,9 @@ pub struct Output {
     pub images: Vec<RgbImage>,
     /// Final latents `[batch, C, G, G]`.
     pub tokens: Vec<f32>,
+    /// Each scale's tokens as its ODE ended, coarse to fine, `[batch, N_i, C]` (the
+    /// conditional rows): where two configurations part ways (`flowar compare`).
+    pub scale_tokens: Vec<Vec<f32>>,
     /// Decoded images `[batch, 3, H, W]` before quantisation.
     pub image: Vec<f32>,
     pub times: StageTimes,
@@ -51,6 +54,7 @@ pub fn run(
     let mut cache = KvCache::empty(&m, rows);
     let mut tokens_in = Resident::Host(Tensor::f32(vec![rows, 1, c], vec![0.0; rows * c]));
     let mut cond = Vec::new();
+    let mut scale_tokens = Vec::with_capacity(m.scales.len());
 
     for (i, &side) in m.scales.iter().enumerate() {
         let n = side * side;
@@ -94,6 +98,7 @@ pub fn run(
             reason: "the solver step's `x_next` is not float64".into(),
         })?;
         cond = x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        scale_tokens.push(cond[..b * n * c].to_vec());
         if i + 1 < n_scales {
             let next = m.scales[i + 1];
             let up = next_scale_tokens(&cond, b, c, side, grid, next);
@@ -135,6 +140,7 @@ pub fn run(
     Ok(Output {
         images,
         tokens: latent,
+        scale_tokens,
         image,
         times: st,
     })

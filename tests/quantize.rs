@@ -1,0 +1,105 @@
+//! `--quantize int8`: the flow head's block linears as int8, recorded in the manifest,
+//! verified against the fixtures within the bounds the manifest records, on every CPU
+//! backend; refused together with float16.
+
+use flowar_exporter::checkpoint::Checkpoint;
+use flowar_exporter::convert::{convert_as, ConvertRequest, Precision, INT8_GRAPH_BOUND};
+use flowar_exporter::quantize::Quantize;
+use flowar_runtime::manifest::Manifest;
+use flowar_runtime::verify::{self, Reference, Tolerances};
+use flowar_tests::*;
+
+#[test]
+fn int8_fixtures_verify_within_the_recorded_bounds() {
+    for name in ["spatial", "cross"] {
+        let (_t32, exact) = convert_fixture(name);
+        let (_t8, dir) = convert_fixture_quantized(name);
+        let m = Manifest::load(&dir).unwrap();
+        let m32 = Manifest::load(&exact).unwrap();
+        assert!(m.quantization.as_deref().unwrap().starts_with("int8"));
+        assert!(m32.quantization.is_none() && m32.graphs.flow_head.int8_linears.is_empty());
+        assert_ne!(
+            m.model_hash, m32.model_hash,
+            "an int8 model is another model"
+        );
+        assert_eq!(m.verify.graph, INT8_GRAPH_BOUND);
+        assert!(!m.verify.pipeline);
+        // Every block's attention and MLP linears, nothing else, and only in the flow head.
+        let linears = &m.graphs.flow_head.int8_linears;
+        let per_block = if name == "spatial" { 5 } else { 8 };
+        assert_eq!(
+            linears.len(),
+            m.architecture.flow.depth * per_block,
+            "{linears:?}"
+        );
+        assert!(linears.iter().all(|l| l.contains(".res_blocks.")
+            && (l.contains(".attn.") || l.contains(".mlp.") || l.contains(".crossattn."))));
+        assert!(m.graphs.ar_step.int8_linears.is_empty());
+        assert!(m.graphs.vae_decoder.int8_linears.is_empty());
+        let size = |d: &std::path::Path| std::fs::metadata(d.join("flow_head.onnx")).unwrap().len();
+        assert!(
+            (size(&dir) as f64) < 0.7 * size(&exact) as f64,
+            "{name}: int8 flow head {} bytes vs f32 {}",
+            size(&dir),
+            size(&exact)
+        );
+
+        let tol = Tolerances {
+            graph: m.verify.graph,
+            vae: m.verify.vae,
+            vae_u8_levels: m.verify.vae_u8_levels(),
+            pipeline: m.verify.pipeline,
+            ..Tolerances::default()
+        };
+        let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
+        for p in cpu_providers() {
+            let mut pipe = load(&dir, p);
+            let results = verify::run(&mut pipe, &reference, &tol, None).unwrap();
+            assert_eq!(results.len(), 16, "{name} on {}", p.name());
+            for r in &results {
+                eprintln!(
+                    "int8 {name} {} {}: max_abs {:.3e} (bound {:.1e})",
+                    p.name(),
+                    r.name,
+                    r.max_abs,
+                    r.bound
+                );
+                assert!(r.pass, "int8 {name} on {}: {r:?}", p.name());
+                if r.name.starts_with("flow.") {
+                    // Really quantized: far past float32 rounding.
+                    assert!(r.max_abs > 1e-3, "{name} {}: {r:?}", p.name());
+                } else {
+                    // The AR, upsampling and VAE stay float32: the exact bounds hold.
+                    let exact = if r.name.starts_with("vae.") {
+                        1e-3
+                    } else {
+                        1e-4
+                    };
+                    assert!(
+                        r.max_abs <= exact || r.name.ends_with("_u8"),
+                        "{name} {}: {r:?}",
+                        p.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_and_float16_are_refused_together() {
+    let d = fixture("spatial");
+    let f = Checkpoint::open(&d.join("flowar.pth")).unwrap();
+    let v = Checkpoint::open(&d.join("vae.ckpt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let err = convert_as(
+        &ConvertRequest::from_checkpoints(&f, &d.join("flowar.pth"), &v, &d.join("vae.ckpt"), &out)
+            .quantize(Some(Quantize::Int8)),
+        Precision::F16,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--quantize int8 and --dtype f16"), "{err}");
+    assert!(!out.exists());
+}
