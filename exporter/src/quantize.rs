@@ -88,11 +88,11 @@ mod tests {
 
     #[test]
     fn per_channel_scales_each_column_by_its_own_range() {
-        // [in=2, out=3]: columns (1, -0.5), (0, 0), (0.01, 0.02)
-        let wt = [1.0, 0.0, 0.01, -0.5, 0.0, 0.02];
+        // [in=2, out=3]: columns (1, -0.25), (0, 0), (0.012, 0.02)
+        let wt = [1.0, 0.0, 0.012, -0.25, 0.0, 0.02];
         let (q, s) = per_channel(&wt, 2, 3);
         assert_eq!(s, vec![1.0 / 63.0, 1.0, 0.02 / 63.0]);
-        assert_eq!(q, vec![63, 0, 32, -32, 0, 63]);
+        assert_eq!(q, vec![63, 0, 38, -16, 0, 63]);
         for (i, &w) in wt.iter().enumerate() {
             let back = q[i] as f32 * s[i % 3];
             assert!(

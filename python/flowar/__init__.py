@@ -247,6 +247,7 @@ def convert(
     force: bool = False,
     allow_nonfinite: bool = False,
     dtype: str = "f32",
+    quantize: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Converts a FlowAR checkpoint (``FlowAR-{S,L,H}.pth``, a training checkpoint or
     ``.safetensors``) and a KL-VAE checkpoint (MAR's ``kl16.ckpt``) into a model folder,
@@ -257,7 +258,9 @@ def convert(
     - ``weights``: ``"ema"`` or ``"model"`` of a training checkpoint (default: ema when
       present);
     - ``latent_scale``: the VAE latent scale (default: the card's, else 0.2325);
-    - ``dtype``: ``"f32"`` or ``"f16"``; ``force`` replaces an existing folder.
+    - ``dtype``: ``"f32"`` or ``"f16"``; ``force`` replaces an existing folder;
+    - ``quantize``: ``"int8"`` for the opt-in fast mode (int8 flow-head linears; the
+      outputs are no longer the reference's), not with ``dtype="f16"``.
 
     Returns ``{"out", "manifest", "ignored_keys", "notes"}``. The folder is written
     atomically: on any error (or Ctrl-C) nothing is left at ``out``.
@@ -274,6 +277,7 @@ def convert(
             force,
             allow_nonfinite,
             dtype,
+            quantize,
         )
     )
     r["manifest"] = json.loads(r.pop("manifest_json"))

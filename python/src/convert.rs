@@ -11,6 +11,7 @@ use flowar_exporter::checkpoint::{Checkpoint, Weights};
 use flowar_exporter::convert::{
     convert_as, ConvertRequest, LatentScaleSource, ModelMeta, Precision,
 };
+use flowar_exporter::quantize::Quantize;
 use flowar_exporter::weights::Cancellable;
 
 use crate::errors;
@@ -18,7 +19,7 @@ use crate::errors;
 /// Converts a FlowAR checkpoint and a KL-VAE checkpoint into a model folder; returns a
 /// summary dict (the manifest as JSON text, the state dicts used, notes for the user).
 #[pyfunction]
-#[pyo3(signature = (flowar, vae, out, latent_scale=None, meta=None, no_meta=false, weights=None, force=false, allow_nonfinite=false, dtype="f32"))]
+#[pyo3(signature = (flowar, vae, out, latent_scale=None, meta=None, no_meta=false, weights=None, force=false, allow_nonfinite=false, dtype="f32", quantize=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn convert<'py>(
     py: Python<'py>,
@@ -32,11 +33,16 @@ pub fn convert<'py>(
     force: bool,
     allow_nonfinite: bool,
     dtype: &str,
+    quantize: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     if meta.is_some() && no_meta {
         return Err(PyValueError::new_err("give meta or no_meta, not both"));
     }
     let precision: Precision = dtype.parse().map_err(errors::export)?;
+    let quantize: Option<Quantize> = quantize
+        .map(str::parse)
+        .transpose()
+        .map_err(errors::export)?;
     let weights: Weights = match weights {
         Some(w) => w.parse().map_err(errors::export)?,
         None => Weights::Auto,
@@ -78,6 +84,7 @@ pub fn convert<'py>(
             .meta(card)
             .force(force)
             .allow_nonfinite(allow_nonfinite)
+            .quantize(quantize)
             .source_file("flowar", &flowar, &f_format)
             .source_file("vae", &vae, &v_format);
         convert_as(&req, precision)

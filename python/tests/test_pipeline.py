@@ -190,6 +190,14 @@ def test_convert_mirrors_the_cli(tmp_path):
     with pytest.raises(flowar.ModelError, match="garbage.pth"):
         flowar.convert(garbage, DEMO / "vae.ckpt", tmp_path / "m4")
     assert not (tmp_path / "m4").exists()
+    q = flowar.convert(DEMO / "flowar.pth", DEMO / "vae.ckpt", tmp_path / "q8", quantize="int8")
+    assert q["manifest"]["quantization"].startswith("int8")
+    assert q["manifest"]["model_hash"] != r["manifest"]["model_hash"]
+    with pytest.raises(ValueError, match="dtype f16"):
+        flowar.convert(DEMO / "flowar.pth", DEMO / "vae.ckpt", tmp_path / "m6", quantize="int8",
+                       dtype="f16")
+    with pytest.raises(ValueError, match="int4"):
+        flowar.convert(DEMO / "flowar.pth", DEMO / "vae.ckpt", tmp_path / "m7", quantize="int4")
     with pytest.raises(ValueError, match="meta or no_meta"):
         flowar.convert(DEMO / "flowar.pth", DEMO / "vae.ckpt", tmp_path / "m5",
                        meta=DEMO / "meta.json", no_meta=True)
