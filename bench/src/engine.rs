@@ -65,7 +65,7 @@ pub struct Args {
     /// Graph precision of a `--preset` conversion: f32 or f16.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
-    /// int8 flow-head linears in a `--preset` conversion (the opt-in fast mode; see
+    /// int8 block linears in a `--preset` conversion (the opt-in fast mode; see
     /// `flowar convert --quantize`). Not with --dtype f16.
     #[arg(long, value_parser = ["int8"], requires = "preset")]
     pub quantize: Option<String>,

@@ -1,5 +1,5 @@
-//! int8 weights for the flow head's linears (`flowar convert --quantize int8`): the
-//! opt-in fast mode. Each chosen linear becomes
+//! int8 weights for the transformers' block linears (`flowar convert --quantize int8`):
+//! the opt-in fast mode. Each chosen linear becomes
 //! `DynamicQuantizeLinear(x) -> MatMulInteger(x_u8, W_i8) -> Cast -> Mul(x_scale * W_scale)`,
 //! which onnxruntime fuses into one integer-matmul kernel and tract runs as written.
 //!
@@ -9,11 +9,13 @@
 //!   `255 * 64 * 2`; 7-bit weights never reach it, so the output is the same on AVX2 and
 //!   AVX-512 machines.
 //! - Activations: quantized per call to uint8 over their own range (DynamicQuantizeLinear).
-//! - Only the linears inside the flow head's residual blocks' attention and MLP are
-//!   quantized (77% of exact mode's time is the flow head). The AR transformer, the VAE,
-//!   the time and condition embeddings, the adaLN modulation linears and the final layer
-//!   stay float32, the parts most likely to break under int8; the measured cost of this
-//!   choice is in `bench/README.md` (`flowar compare`).
+//! - Quantized: inside every block of the flow head and of the AR transformer, the
+//!   attention and MLP linears, and the flow head's per-token adaLN modulation. Float32:
+//!   the VAE, the embeddings (class, time, condition, `z_proj`), the AR blocks' adaLN (one
+//!   token per row), the final layers. Chosen by measurement (`bench/README.md`): on
+//!   FlowAR-S, adding the adaLN and AR linears to the attention/MLP-only set took 7.40 to
+//!   5.93 s/image and the finest scale's token change from 7.4% to 8.8% (relative RMS);
+//!   the demo kept every class's shape either way.
 
 use crate::error::{ExportError, Result};
 
@@ -36,15 +38,27 @@ impl Quantize {
     }
 
     /// Whether the linear at `key_path` (its checkpoint prefix, e.g.
-    /// `flownet.res_blocks.3.attn.qkv`) of the flow head is quantized.
+    /// `flownet.res_blocks.3.attn.qkv` or `decoder_blocks.1.mlp.fc2`) is quantized.
     pub fn quantizes(self, key_path: &str) -> bool {
+        // The AR transformer's blocks: `{encoder|decoder}_blocks.{k}.{attn|mlp}.{linear}`
+        // (their `ada_lin.1` acts on one token per row and stays float).
+        if let Some(rest) = key_path
+            .strip_prefix("encoder_blocks.")
+            .or_else(|| key_path.strip_prefix("decoder_blocks."))
+        {
+            return matches!(rest.split('.').nth(1), Some("attn" | "mlp"));
+        }
         let Some(rest) = key_path.split(".res_blocks.").nth(1) else {
             return false;
         };
-        // `{block}.{attn|mlp|crossattn}.{linear}`; ada_lin* stay float.
+        // The flow head's blocks: `{block}.{attn|mlp|crossattn}.{linear}` and the per-token
+        // adaLN modulation `{block}.ada_lin*`.
         let mut parts = rest.split('.');
         let _block = parts.next();
-        matches!(parts.next(), Some("attn" | "mlp" | "crossattn"))
+        matches!(
+            parts.next(),
+            Some("attn" | "mlp" | "crossattn" | "ada_lin" | "ada_lin_attn" | "ada_lin_mlp")
+        )
     }
 }
 
@@ -103,12 +117,18 @@ mod tests {
     }
 
     #[test]
-    fn only_block_attention_and_mlp_linears_are_chosen() {
+    fn only_block_linears_are_chosen() {
         let q = Quantize::Int8;
         assert!(q.quantizes("flownet.res_blocks.0.attn.qkv"));
         assert!(q.quantizes("flownet.res_blocks.11.mlp.fc2"));
         assert!(q.quantizes("flownet.res_blocks.2.crossattn.kv"));
-        assert!(!q.quantizes("flownet.res_blocks.0.ada_lin"));
+        assert!(q.quantizes("flownet.res_blocks.0.ada_lin"));
+        assert!(q.quantizes("flownet.res_blocks.1.ada_lin_mlp"));
+        assert!(q.quantizes("encoder_blocks.0.attn.qkv"));
+        assert!(q.quantizes("decoder_blocks.3.mlp.fc1_g"));
+        assert!(!q.quantizes("decoder_blocks.3.ada_lin.1"));
+        assert!(!q.quantizes("z_proj"));
+        assert!(!q.quantizes("decoder_embed"));
         assert!(!q.quantizes("flownet.final_layer.linear"));
         assert!(!q.quantizes("flownet.input_proj"));
         assert!(!q.quantizes("flownet.time_embed.mlp.0"));

@@ -54,7 +54,7 @@ pub struct Args {
     /// softmax and the time embedding stay float32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
-    /// Opt-in fast mode: int8 weights for the flow head's attention and MLP linears
+    /// Opt-in fast mode: int8 weights for the transformers' block linears (flow head and AR)
     /// (activations quantized per call). Faster on CPUs; the outputs are no longer the
     /// reference's (see bench/README.md for the measured cost). Not with --dtype f16.
     #[arg(long, value_parser = ["int8"])]

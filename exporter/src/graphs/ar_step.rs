@@ -93,10 +93,16 @@ fn add_positions(
     }))
 }
 
-pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<BuiltGraph> {
+pub fn build(
+    vb: &Vb,
+    dims: &FlowArDims,
+    act: Elem,
+    quantize: Option<crate::quantize::Quantize>,
+    version: &str,
+) -> Result<BuiltGraph> {
     let a = &dims.ar;
     let (d, c, hd) = (a.width, dims.latent_channels, a.head_dim);
-    let mut g = Graph::with_precision("flowar_ar_step", act);
+    let mut g = Graph::with_precision("flowar_ar_step", act).with_quantize(quantize);
     let cache_dims = |tok: &'static str| {
         vec![
             Dim::Sym(ROWS),
@@ -251,6 +257,7 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         g.output(&va, &vo.name, vo.elem, &vo.dims);
     }
     let parameters = g.param_count();
+    let int8_linears = g.quantized().to_vec();
     Ok(BuiltGraph {
         model: g.finish(
             "FlowAR AR transformer: one scale step with an explicit KV cache",
@@ -259,6 +266,6 @@ pub fn build(vb: &Vb, dims: &FlowArDims, act: Elem, version: &str) -> Result<Bui
         inputs,
         outputs,
         parameters,
-        int8_linears: Vec::new(),
+        int8_linears,
     })
 }
