@@ -74,6 +74,19 @@ pub fn convert_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 
 /// Converts a fixture with graphs of the given precision.
 pub fn convert_fixture_as(name: &str, precision: Precision) -> (tempfile::TempDir, PathBuf) {
+    convert_fixture_with(name, precision, None)
+}
+
+/// Converts a fixture with the transformers' block linears quantized to int8.
+pub fn convert_fixture_quantized(name: &str) -> (tempfile::TempDir, PathBuf) {
+    convert_fixture_with(name, Precision::F32, Some(Quantize::Int8))
+}
+
+fn convert_fixture_with(
+    name: &str,
+    precision: Precision,
+    quantize: Option<Quantize>,
+) -> (tempfile::TempDir, PathBuf) {
     let d = fixture(name);
     convert_files_with(
         &d.join("flowar.pth"),
@@ -82,22 +95,45 @@ pub fn convert_fixture_as(name: &str, precision: Precision) -> (tempfile::TempDi
         None,
         flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
         precision,
-        None,
+        quantize,
     )
 }
 
-/// Converts a fixture with the flow head's block linears quantized to int8.
-pub fn convert_fixture_quantized(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let d = fixture(name);
-    convert_files_with(
-        &d.join("flowar.pth"),
-        &d.join("vae.ckpt"),
-        ModelMeta::default(),
-        None,
-        flowar_exporter::convert::EXTERNAL_DATA_THRESHOLD,
-        Precision::F32,
-        Some(Quantize::Int8),
-    )
+/// Every per-graph case of fixture `name` against the model folder `dir` on each CPU
+/// backend, within the bounds the folder's manifest records (float16 and int8 folders
+/// record wider ones), printing each case as `{what} {name} {provider} {case}`.
+pub fn verify_with_manifest_bounds(
+    name: &str,
+    dir: &Path,
+    what: &str,
+) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
+    use flowar_runtime::verify::{self, Reference, Tolerances};
+    let m = flowar_runtime::manifest::Manifest::load(dir).unwrap();
+    let tol = Tolerances {
+        graph: m.verify.graph,
+        vae: m.verify.vae,
+        vae_u8_levels: m.verify.vae_u8_levels(),
+        pipeline: m.verify.pipeline,
+        ..Tolerances::default()
+    };
+    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
+    cpu_providers()
+        .into_iter()
+        .map(|p| {
+            let mut pipe = load(dir, p);
+            let results = verify::run(&mut pipe, &reference, &tol, None).unwrap();
+            for r in &results {
+                eprintln!(
+                    "{what} {name} {} {}: max_abs {:.3e} (bound {:.1e})",
+                    p.name(),
+                    r.name,
+                    r.max_abs,
+                    r.bound
+                );
+            }
+            (p, results)
+        })
+        .collect()
 }
 
 /// The CPU providers every fixture must pass on. onnxruntime is required when

@@ -1,7 +1,6 @@
 //! Every fixture, converted from its released-format checkpoints, matches the reference
 //! implementation's tensors on every CPU backend, within the fixture README's bounds.
 
-use flowar_runtime::verify::{self, Reference, Tolerances};
 use flowar_tests::*;
 
 fn check_fixture(name: &str) {
@@ -162,27 +161,8 @@ fn f16_graphs_match_within_their_manifest_bounds() {
             size(&dir),
             size(&dir32)
         );
-        let tol = Tolerances {
-            graph: m.verify.graph,
-            vae: m.verify.vae,
-            vae_u8_levels: m.verify.vae_u8_levels(),
-            pipeline: m.verify.pipeline,
-            ..Tolerances::default()
-        };
-        let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
-        for p in cpu_providers() {
-            let mut pipe = load(&dir, p);
-            let results = verify::run(&mut pipe, &reference, &tol, None).unwrap();
+        for (p, results) in verify_with_manifest_bounds(name, &dir, "f16") {
             assert_eq!(results.len(), 16, "{name} on {}", p.name());
-            for r in &results {
-                eprintln!(
-                    "f16 {name} {} {}: max_abs {:.3e} (bound {:.1e})",
-                    p.name(),
-                    r.name,
-                    r.max_abs,
-                    r.bound
-                );
-            }
             let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();
             assert!(failed.is_empty(), "f16 {name} on {}: {failed:#?}", p.name());
             // The graphs really compute in float16: the flow head is off by far more than

@@ -6,7 +6,6 @@ use flowar_exporter::checkpoint::Checkpoint;
 use flowar_exporter::convert::{convert_as, ConvertRequest, Precision, INT8_GRAPH_BOUND};
 use flowar_exporter::quantize::Quantize;
 use flowar_runtime::manifest::Manifest;
-use flowar_runtime::verify::{self, Reference, Tolerances};
 use flowar_tests::*;
 
 #[test]
@@ -51,26 +50,9 @@ fn int8_fixtures_verify_within_the_recorded_bounds() {
             size(&exact)
         );
 
-        let tol = Tolerances {
-            graph: m.verify.graph,
-            vae: m.verify.vae,
-            vae_u8_levels: m.verify.vae_u8_levels(),
-            pipeline: m.verify.pipeline,
-            ..Tolerances::default()
-        };
-        let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
-        for p in cpu_providers() {
-            let mut pipe = load(&dir, p);
-            let results = verify::run(&mut pipe, &reference, &tol, None).unwrap();
+        for (p, results) in verify_with_manifest_bounds(name, &dir, "int8") {
             assert_eq!(results.len(), 16, "{name} on {}", p.name());
             for r in &results {
-                eprintln!(
-                    "int8 {name} {} {}: max_abs {:.3e} (bound {:.1e})",
-                    p.name(),
-                    r.name,
-                    r.max_abs,
-                    r.bound
-                );
                 assert!(r.pass, "int8 {name} on {}: {r:?}", p.name());
                 if r.name.starts_with("flow.") || r.name.ends_with(".z") {
                     // Really quantized: far past float32 rounding.
