@@ -45,4 +45,6 @@ cargo test --workspace "$@"
 # build's compiled crates), then its tests against the CLI just built, on a local Ray cluster.
 PATH="$PWD/.venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" .venv/bin/python -m pip install \
   --quiet --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./python
-FLOWAR_REQUIRE_RAY=1 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests
+# `cargo test --workspace` just built the CLI the tests compare against; building it
+# alone (`-p flowar-cli`) would resolve features differently and rebuild half the tree.
+FLOWAR_CLI="${CARGO_TARGET_DIR:-$PWD/target}/debug/flowar" FLOWAR_REQUIRE_RAY=1 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests

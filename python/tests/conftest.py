@@ -36,7 +36,11 @@ def demo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def flowar_bin() -> Path:
-    """The `flowar` CLI of this checkout (cargo builds it if it is not up to date)."""
+    """The `flowar` CLI of this checkout: FLOWAR_CLI when the caller just built it
+    (scripts/test.sh, right after `cargo test --workspace`), else built here by cargo."""
+    given = os.environ.get("FLOWAR_CLI")
+    if given:
+        return Path(given)
     subprocess.run(
         ["cargo", "build", "--quiet", "-p", "flowar-cli"], cwd=REPO, check=True
     )
