@@ -113,8 +113,11 @@ pub fn request(
     if let Some(s) = steps {
         req = req.with_steps(&s.parse()?);
     }
-    let req = req.with_indices(&indices, |_| 0);
-    Ok(Request { classes, ..req })
+    Ok(Request {
+        classes,
+        image_indices: indices,
+        ..req
+    })
 }
 
 /// Takes each batch's request and its images as they are generated.
