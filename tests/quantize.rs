@@ -25,15 +25,19 @@ fn int8_fixtures_verify_within_the_recorded_bounds() {
         assert!(!m.verify.pipeline);
         // The flow head: every block's attention, MLP and adaLN linears (spatial: qkv,
         // proj, fc1_g, fc1_x, fc2, ada_lin; cross: three more attention linears and two
-        // adaLNs), nothing outside the blocks.
+        // adaLNs) and the final layer's adaLN; not the embeddings or the final linear.
         let linears = &m.graphs.flow_head.int8_linears;
         let per_block = if name == "spatial" { 6 } else { 10 };
         assert_eq!(
             linears.len(),
-            m.architecture.flow.depth * per_block,
+            m.architecture.flow.depth * per_block + 1,
             "{linears:?}"
         );
-        assert!(linears.iter().all(|l| l.contains(".res_blocks.")));
+        let final_ada = "flownet.final_layer.adaLN_modulation.1";
+        assert!(linears
+            .iter()
+            .all(|l| l.contains(".res_blocks.") || l == final_ada));
+        assert!(linears.iter().any(|l| l == final_ada));
         // The AR: every block's attention and MLP linears, not its one-token adaLN.
         let ar = &m.graphs.ar_step.int8_linears;
         let a = &m.architecture.ar;

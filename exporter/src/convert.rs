@@ -511,7 +511,8 @@ impl Precision {
 }
 
 /// Max abs error of int8 flow-head and AR outputs against the float32 reference, measured
-/// on the fixtures (largest 0.43, spatial `flow.s4.v` on ort-cpu; the AR's `ar.s4.z` 0.42;
+/// on the fixtures (largest 0.44, spatial `flow.s4.v` on ort-cpu and tract; the AR's
+/// `ar.s4.z` 0.36;
 /// see `tests/quantize.rs`). The VAE stays float32 and meets the exact bound. As for
 /// float16, the end-to-end `pipe.*` cases are not compared.
 pub const INT8_GRAPH_BOUND: f32 = 0.5;

@@ -6,6 +6,28 @@ use crate::onnx::builder::{attr_ints, attr_str};
 use crate::onnx::{Graph, Val};
 use crate::weights::Vb;
 
+/// One output block of a linear, built as its own MatMul: its initializer names, its
+/// weight stored transposed (`[in, out]`) and its bias.
+struct Part {
+    weight: String,
+    bias_name: String,
+    wt: Vec<f32>,
+    out: usize,
+    bias: Option<Vec<f32>>,
+}
+
+/// Rows `rows` of the checkpoint's `[out, in]` weight, transposed to `[in, rows.len()]`.
+fn transposed(w: &[f32], in_dim: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
+    let out = rows.len();
+    let mut wt = vec![0f32; in_dim * out];
+    for (o, row) in rows.enumerate() {
+        for i in 0..in_dim {
+            wt[i * out + o] = w[row * in_dim + i];
+        }
+    }
+    wt
+}
+
 /// `y = x W^T + b`; the weight is stored transposed (`[in, out]`) so the graph is one MatMul.
 pub fn linear(
     g: &mut Graph,
@@ -16,87 +38,136 @@ pub fn linear(
     bias: bool,
 ) -> Result<Val> {
     let w = vb.get("weight", &[out_dim, in_dim])?;
-    let mut wt = vec![0f32; w.len()];
-    for o in 0..out_dim {
-        for i in 0..in_dim {
-            wt[i * out_dim + o] = w[o * in_dim + i];
-        }
-    }
+    let wt = transposed(&w, in_dim, 0..out_dim);
     drop(w);
-    if g.quantizes(vb.prefix()) {
-        return linear_int8(g, vb, x, &wt, in_dim, out_dim, bias);
-    }
-    let wname = g.weight(
-        &vb.path("weight"),
-        &[in_dim, out_dim],
-        &wt,
-        "stored transposed as [in, out]",
-    );
-    drop(wt);
-    let b = if bias {
+    let bias = if bias {
         Some(vb.get("bias", &[out_dim])?)
     } else {
         None
     };
-    Ok(g.scoped(vb.prefix(), |g| {
-        let y = g.matmul(x, &wname);
-        match b {
-            Some(b) => {
-                let bname = g.weight(&vb.path("bias"), &[out_dim], &b, "");
-                g.add(&y, &bname)
-            }
-            None => y,
-        }
-    }))
+    let part = Part {
+        weight: vb.path("weight"),
+        bias_name: vb.path("bias"),
+        wt,
+        out: out_dim,
+        bias,
+    };
+    Ok(linear_parts(g, vb, x, in_dim, vec![part]).remove(0))
 }
 
-/// [`linear`] with int8 weights, per output channel (see [`crate::quantize`]):
-/// `(MatMulInteger(DynamicQuantizeLinear(x), W_q) as f32) * (x_scale * W_scale) + b`,
-/// the pattern onnxruntime fuses into one kernel. Float32 activations only.
-fn linear_int8(
+/// What one chunk of an adaLN modulation linear's output is (checkpoint order is the
+/// caller's `chunks` order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mod {
+    Gate,
+    Scale,
+    Shift,
+}
+
+/// An adaLN modulation linear `{vb}` (`[in] -> [chunks.len() * width]`, with bias) built as
+/// one MatMul per chunk, so no Split copies its output. A [`Mod::Scale`] chunk's bias carries
+/// the `1 +` of `norm * (1 + scale) + shift`: its output is `1 + scale`, which
+/// [`modulate`] takes.
+pub fn modulation(
     g: &mut Graph,
     vb: &Vb,
     x: &str,
-    wt: &[f32],
     in_dim: usize,
-    out_dim: usize,
-    bias: bool,
-) -> Result<Val> {
-    let (q, scale) = crate::quantize::per_channel(wt, in_dim, out_dim);
-    let wq = g.weight_i8(&vb.path("weight"), &[in_dim, out_dim], &q);
-    let ws = g.aux_f32(
-        &vb.path("weight_scale"),
-        &[out_dim],
-        &scale,
-        "int8 weight scale per output channel",
-    );
-    let b = if bias {
-        Some(vb.get("bias", &[out_dim])?)
-    } else {
-        None
-    };
-    g.mark_quantized(vb.prefix());
-    Ok(g.scoped(vb.prefix(), |g| {
-        let xq = g.node_n("DynamicQuantizeLinear", &[x], vec![], 3);
-        let yi = g.node("MatMulInteger", &[&xq[0], &wq, &xq[2]], vec![]);
-        let yf = g.node(
-            "Cast",
-            &[&yi],
-            vec![crate::onnx::builder::attr_int(
-                "to",
-                crate::onnx::Elem::F32.onnx() as i64,
-            )],
-        );
-        let s = g.mul(&xq[1], &ws);
-        let y = g.mul(&yf, &s);
-        match b {
-            Some(b) => {
-                let bname = g.weight(&vb.path("bias"), &[out_dim], &b, "");
-                g.add(&y, &bname)
+    width: usize,
+    chunks: &[Mod],
+) -> Result<Vec<Val>> {
+    let out_dim = chunks.len() * width;
+    let w = vb.get("weight", &[out_dim, in_dim])?;
+    let b = vb.get("bias", &[out_dim])?;
+    let parts = chunks
+        .iter()
+        .enumerate()
+        .map(|(k, m)| {
+            let rows = k * width..(k + 1) * width;
+            let span = format!("[{}:{}]", rows.start, rows.end);
+            let one = if *m == Mod::Scale { 1.0 } else { 0.0 };
+            Part {
+                weight: format!("{}{span}", vb.path("weight")),
+                bias_name: format!("{}{span}", vb.path("bias")),
+                wt: transposed(&w, in_dim, rows.clone()),
+                out: width,
+                bias: Some(b[rows].iter().map(|v| v + one).collect()),
             }
-            None => y,
-        }
-    }))
+        })
+        .collect();
+    Ok(linear_parts(g, vb, x, in_dim, parts))
+}
+
+/// `x W_k^T + b_k` for each part, float or (when the graph quantizes `vb`) int8 with one
+/// shared activation quantization.
+fn linear_parts(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>) -> Vec<Val> {
+    if g.quantizes(vb.prefix()) {
+        return linear_int8(g, vb, x, in_dim, parts);
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let wname = g.weight(
+                &p.weight,
+                &[in_dim, p.out],
+                &p.wt,
+                "stored transposed as [in, out]",
+            );
+            g.scoped(vb.prefix(), |g| {
+                let y = g.matmul(x, &wname);
+                match &p.bias {
+                    Some(b) => {
+                        let bname = g.weight(&p.bias_name, &[p.out], b, "");
+                        g.add(&y, &bname)
+                    }
+                    None => y,
+                }
+            })
+        })
+        .collect()
+}
+
+/// [`linear_parts`] with int8 weights, per output channel (see [`crate::quantize`]):
+/// `(MatMulInteger(DynamicQuantizeLinear(x), W_q) as f32) * (x_scale * W_scale) + b`,
+/// the pattern onnxruntime fuses into one kernel. Float32 activations only.
+fn linear_int8(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>) -> Vec<Val> {
+    g.mark_quantized(vb.prefix());
+    let xq = g.scoped(vb.prefix(), |g| {
+        g.node_n("DynamicQuantizeLinear", &[x], vec![], 3)
+    });
+    parts
+        .into_iter()
+        .map(|p| {
+            let (q, scale) = crate::quantize::per_channel(&p.wt, in_dim, p.out);
+            let wq = g.weight_i8(&p.weight, &[in_dim, p.out], &q);
+            let ws = g.aux_f32(
+                &format!("{}_scale", p.weight),
+                &[p.out],
+                &scale,
+                "int8 weight scale per output channel",
+            );
+            g.scoped(vb.prefix(), |g| {
+                let yi = g.node("MatMulInteger", &[&xq[0], &wq, &xq[2]], vec![]);
+                let yf = g.node(
+                    "Cast",
+                    &[&yi],
+                    vec![crate::onnx::builder::attr_int(
+                        "to",
+                        crate::onnx::Elem::F32.onnx() as i64,
+                    )],
+                );
+                let s = g.mul(&xq[1], &ws);
+                let y = g.mul(&yf, &s);
+                match &p.bias {
+                    Some(b) => {
+                        let bname = g.weight(&p.bias_name, &[p.out], b, "");
+                        g.add(&y, &bname)
+                    }
+                    None => y,
+                }
+            })
+        })
+        .collect()
 }
 
 /// `x * rsqrt(mean(x^2, -1) + 1e-6)`, times `weight` (float32) when the module has one.
@@ -126,11 +197,10 @@ pub fn rms_norm_weighted(g: &mut Graph, vb: &Vb, x: &str, dim: usize) -> Result<
     }))
 }
 
-/// `norm(x) * (1 + scale) + shift`.
-pub fn modulate(g: &mut Graph, normed: &str, scale: &str, shift: &str) -> Val {
-    let one = g.scalar(1.0);
-    let s1 = g.add(scale, &one);
-    let y = g.mul(normed, &s1);
+/// `norm(x) * (1 + scale) + shift`, given `one_plus_scale` (a [`Mod::Scale`] chunk of
+/// [`modulation`]).
+pub fn modulate(g: &mut Graph, normed: &str, one_plus_scale: &str, shift: &str) -> Val {
+    let y = g.mul(normed, one_plus_scale);
     g.add(&y, shift)
 }
 
@@ -145,39 +215,43 @@ pub fn mlp(g: &mut Graph, vb: &Vb, x: &str, dim: usize, hidden: usize) -> Result
     linear(g, &vb.pp("fc2"), &h, hidden, dim, true)
 }
 
-/// RoPE tables fed to a graph: `cos [tokens, hd]` and `sin [tokens, hd]` with the
-/// `rotate_half` sign folded into `sin` once per graph.
+/// RoPE tables fed to a graph (`cos`, `sin [tokens, hd]`) and the `rotate_half` matrix.
 pub struct RopeTables {
     pub cos: Val,
-    pub sin_signed: Val,
+    pub sin: Val,
+    /// `[hd, hd]`, `x @ rotate = rotate_half(x)`: a signed permutation, so the MatMul is
+    /// exact (each output is one input times +-1) and far cheaper than a Gather on the
+    /// innermost axis.
+    pub rotate: Val,
     pub head_dim: usize,
 }
 
 impl RopeTables {
-    /// Adds the sign fold for tables given as graph inputs `cos`, `sin`.
     pub fn new(g: &mut Graph, cos: Val, sin: Val, head_dim: usize) -> RopeTables {
-        let sign: Vec<f32> = (0..head_dim)
-            .map(|i| if i % 2 == 0 { -1.0 } else { 1.0 })
-            .collect();
-        let sign = g.const_f32(&[head_dim], &sign);
-        let (cos, sin_signed) = g.scoped("rope", |g| {
-            let s = g.mul(&sin, &sign);
-            (g.to_act(&cos), g.to_act(&s))
+        // rotate_half maps each pair (a, b) = (x[2k], x[2k+1]) to (-b, a).
+        let mut m = vec![0f32; head_dim * head_dim];
+        for k in 0..head_dim / 2 {
+            let (a, b) = (2 * k, 2 * k + 1);
+            m[b * head_dim + a] = -1.0;
+            m[a * head_dim + b] = 1.0;
+        }
+        let (cos, sin, rotate) = g.scoped("rope", |g| {
+            let r = g.const_act(&[head_dim, head_dim], &m);
+            (g.to_act(&cos), g.to_act(&sin), r)
         });
         RopeTables {
             cos,
-            sin_signed,
+            sin,
+            rotate,
             head_dim,
         }
     }
 
-    /// `x*cos + rotate_half(x)*sin`, where `rotate_half` maps each pair `(a, b)` to `(-b, a)`.
-    /// `x` is `[rows, heads, tokens, hd]`.
+    /// `x*cos + rotate_half(x)*sin`. `x` is `[rows, heads, tokens, hd]`.
     pub fn apply(&self, g: &mut Graph, x: &str) -> Val {
-        let swap: Vec<i64> = (0..self.head_dim as i64).map(|i| i ^ 1).collect();
-        let swapped = g.gather_const(x, &swap, false, 3);
+        let rotated = g.matmul(x, &self.rotate);
         let a = g.mul(x, &self.cos);
-        let b = g.mul(&swapped, &self.sin_signed);
+        let b = g.mul(&rotated, &self.sin);
         g.add(&a, &b)
     }
 }

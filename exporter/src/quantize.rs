@@ -10,12 +10,15 @@
 //!   AVX-512 machines.
 //! - Activations: quantized per call to uint8 over their own range (DynamicQuantizeLinear).
 //! - Quantized: inside every block of the flow head and of the AR transformer, the
-//!   attention and MLP linears, and the flow head's per-token adaLN modulation. Float32:
-//!   the VAE, the embeddings (class, time, condition, `z_proj`), the AR blocks' adaLN (one
-//!   token per row), the final layers. Chosen by measurement (`bench/README.md`): on
-//!   FlowAR-S, adding the adaLN and AR linears to the attention/MLP-only set took 7.40 to
-//!   5.93 s/image and the finest scale's token change from 7.4% to 8.8% (relative RMS);
-//!   the demo kept every class's shape either way.
+//!   attention and MLP linears; the flow head's per-token adaLN modulation, in its blocks
+//!   and its final layer. Float32: the VAE, the embeddings (class, time, condition,
+//!   `z_proj`), the AR blocks' adaLN (one token per row), the final linears. Chosen by
+//!   measurement (`bench/README.md`): on FlowAR-S, adding the blocks' adaLN and the AR
+//!   linears to the attention/MLP-only set took 7.40 to 5.93 s/image and the finest
+//!   scale's token change from 7.4% to 8.8% (relative RMS); the final adaLN then added
+//!   9.6% -> 10.4% for 1.13x more flow-head speed, while the condition embedding would
+//!   have cost 9.6% -> 13.0% for less speed and stays float. The demo kept every class's
+//!   shape throughout.
 
 use crate::error::{ExportError, Result};
 
@@ -47,6 +50,10 @@ impl Quantize {
             .or_else(|| key_path.strip_prefix("decoder_blocks."))
         {
             return matches!(rest.split('.').nth(1), Some("attn" | "mlp"));
+        }
+        // The flow head's final adaLN (per token, 2W wide); its final linear stays float.
+        if key_path == "flownet.final_layer.adaLN_modulation.1" {
+            return true;
         }
         let Some(rest) = key_path.split(".res_blocks.").nth(1) else {
             return false;
@@ -129,7 +136,9 @@ mod tests {
         assert!(!q.quantizes("decoder_blocks.3.ada_lin.1"));
         assert!(!q.quantizes("z_proj"));
         assert!(!q.quantizes("decoder_embed"));
+        assert!(q.quantizes("flownet.final_layer.adaLN_modulation.1"));
         assert!(!q.quantizes("flownet.final_layer.linear"));
+        assert!(!q.quantizes("flownet.cond_embed"));
         assert!(!q.quantizes("flownet.input_proj"));
         assert!(!q.quantizes("flownet.time_embed.mlp.0"));
         assert!("int4".parse::<Quantize>().is_err());

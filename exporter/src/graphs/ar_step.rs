@@ -10,7 +10,7 @@
 use super::{BuiltGraph, Io, PAST, ROWS, TOKENS, TOTAL};
 use crate::arch::FlowArDims;
 use crate::error::Result;
-use crate::nn::{self, RopeTables};
+use crate::nn::{self, Mod::*, RopeTables};
 use crate::onnx::{Dim, Elem, Graph, Val};
 use crate::weights::Vb;
 use flowar_format::io::ar_step as io;
@@ -28,10 +28,10 @@ fn block(
 ) -> Result<(Val, Val, Val)> {
     let a = &dims.ar;
     let d = a.width;
-    let ada = nn::linear(g, &vb.pp("ada_lin.1"), silu_c, d, 6 * d, true)?;
-    let mods = g.scoped(vb.prefix(), |g| {
-        let ada = g.unsqueeze(&ada, &[1]);
-        g.split(&ada, &[d as i64; 6], -1)
+    let chunks = [Gate, Gate, Scale, Scale, Shift, Shift];
+    let mods = nn::modulation(g, &vb.pp("ada_lin.1"), silu_c, d, d, &chunks)?;
+    let mods: Vec<Val> = g.scoped(vb.prefix(), |g| {
+        mods.iter().map(|m| g.unsqueeze(m, &[1])).collect()
     });
     let (g1, g2, s1, s2, b1, b2) = (&mods[0], &mods[1], &mods[2], &mods[3], &mods[4], &mods[5]);
 

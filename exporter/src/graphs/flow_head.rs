@@ -6,7 +6,7 @@
 use super::{BuiltGraph, Io, ROWS, TOKENS};
 use crate::arch::FlowArDims;
 use crate::error::Result;
-use crate::nn::{self, RopeTables};
+use crate::nn::{self, Mod::*, RopeTables};
 use crate::onnx::{Dim, Elem, Graph, Val};
 use crate::weights::Vb;
 use flowar_format::io::flow_head as io;
@@ -171,8 +171,14 @@ pub fn build(
         let scope = bvb.prefix().to_string();
         match f.kind {
             FlowKind::Spatial => {
-                let ada = nn::linear(&mut g, &bvb.pp("ada_lin"), &silu_ct, w, 6 * w, true)?;
-                let m = g.scoped(&scope, |g| g.split(&ada, &[w as i64; 6], -1));
+                let m = nn::modulation(
+                    &mut g,
+                    &bvb.pp("ada_lin"),
+                    &silu_ct,
+                    w,
+                    w,
+                    &[Gate, Gate, Scale, Scale, Shift, Shift],
+                )?;
                 let avb = bvb.pp("attn");
                 h = gated(&mut g, &scope, &h, &m[0], &m[2], &m[4], |g, x| {
                     self_attention(g, &avb, x, w, f.heads, &rope)
@@ -183,10 +189,9 @@ pub fn build(
                 })?;
             }
             FlowKind::Cross => {
-                let ada_a = nn::linear(&mut g, &bvb.pp("ada_lin_attn"), &silu_t, w, 3 * w, true)?;
-                let ada_m = nn::linear(&mut g, &bvb.pp("ada_lin_mlp"), &silu_ct, w, 3 * w, true)?;
-                let ma = g.scoped(&scope, |g| g.split(&ada_a, &[w as i64; 3], -1));
-                let mm = g.scoped(&scope, |g| g.split(&ada_m, &[w as i64; 3], -1));
+                let gss = [Gate, Scale, Shift];
+                let ma = nn::modulation(&mut g, &bvb.pp("ada_lin_attn"), &silu_t, w, w, &gss)?;
+                let mm = nn::modulation(&mut g, &bvb.pp("ada_lin_mlp"), &silu_ct, w, w, &gss)?;
                 let avb = bvb.pp("attn");
                 h = gated(&mut g, &scope, &h, &ma[0], &ma[1], &ma[2], |g, x| {
                     self_attention(g, &avb, x, w, f.heads, &rope)
@@ -204,16 +209,15 @@ pub fn build(
     }
 
     let fvb = vb.pp("final_layer");
-    let ada = nn::linear(
+    let m = nn::modulation(
         &mut g,
         &fvb.pp("adaLN_modulation.1"),
         &silu_ct,
         w,
-        2 * w,
-        true,
+        w,
+        &[Shift, Scale],
     )?;
     let x = g.scoped(fvb.prefix(), |g| {
-        let m = g.split(&ada, &[w as i64; 2], -1);
         let n = nn::rms_norm(g, &h, None);
         nn::modulate(g, &n, &m[1], &m[0])
     });

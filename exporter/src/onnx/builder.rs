@@ -415,12 +415,13 @@ impl Graph {
         let s = self.unary("Sigmoid", x);
         self.mul(x, &s)
     }
-    /// Exact (erf) GELU: `0.5 x (1 + erf(x / sqrt 2))`.
+    /// Exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, in the form onnxruntime fuses into
+    /// one Gelu kernel (a Div by sqrt 2; a Mul by 1/sqrt 2 stays five element-wise passes).
     pub fn gelu(&mut self, x: &str) -> Val {
-        let inv_sqrt2 = self.scalar(std::f32::consts::FRAC_1_SQRT_2);
+        let sqrt2 = self.scalar(std::f32::consts::SQRT_2);
         let one = self.scalar(1.0);
         let half = self.scalar(0.5);
-        let xs = self.mul(x, &inv_sqrt2);
+        let xs = self.div(x, &sqrt2);
         let e = self.unary("Erf", &xs);
         let e1 = self.add(&e, &one);
         let hx = self.mul(x, &half);

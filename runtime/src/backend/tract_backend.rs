@@ -4,6 +4,12 @@
 //! optimized once, and the resulting plan serves every symbolic size: tract re-resolves the
 //! symbols from the input shapes on each run.
 //!
+//! Convolution graphs (the VAE decoder) are the exception: tract picks its convolution
+//! kernels only for concrete shapes, and its lazy (in-matmul, multithreaded) im2col only for
+//! one image; a symbolic batch leaves it on a single-threaded eager im2col that was 5x
+//! onnxruntime's time. So a graph with Conv nodes whose inputs all lead with the `batch`
+//! symbol is planned for batch 1 and runs one image at a time (its images are independent).
+//!
 //! Threads: `tract-linalg` is built with its `multithread-mm` feature, and every plan gets
 //! its own rayon pool of [`BackendOptions::threads`] threads (default: the number of cores)
 //! that splits the large matrix products. `threads = 1` keeps tract single-threaded.
@@ -14,6 +20,7 @@ use std::sync::Arc;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
+use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -27,6 +34,8 @@ const BACKEND: &str = "tract";
 /// One graph, optimized and ready to run in tract.
 pub struct TractSession {
     plan: Arc<TypedRunnableModel>,
+    /// Planned for one image; a batch runs image by image (see the module docs).
+    per_image: bool,
     graph: String,
     input_names: Vec<String>,
     input_types: Vec<DatumType>,
@@ -99,6 +108,17 @@ impl TractSession {
                 ))
                 .map_err(|e| model_err("translate float16 to float32", e))?;
         }
+        let per_image = leads_with_batch(&typed)
+            .map_err(|e| model_err("read the input facts", e))?
+            && typed.nodes().iter().any(|n| n.op_is::<Conv>());
+        if per_image {
+            let subs = [(typed.symbols.sym(BATCH), TDim::Val(1))]
+                .into_iter()
+                .collect();
+            typed = typed
+                .set_symbols(&subs)
+                .map_err(|e| model_err("plan the graph for one image", e))?;
+        }
         let typed = typed
             .into_optimized()
             .map_err(|e| model_err("optimize the graph", e))?;
@@ -127,6 +147,7 @@ impl TractSession {
             .map_err(|e| model_err("plan the graph", e))?;
         Ok(TractSession {
             plan,
+            per_image,
             graph: graph_name(graph),
             input_names,
             input_types,
@@ -144,6 +165,32 @@ impl TractSession {
         &self.output_names
     }
 
+    /// Runs the batch-1 plan on each image of `inputs` (axis 0) and stacks the outputs.
+    fn run_per_image(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let images = inputs.first().map_or(0, |t| t.shape()[0]);
+        match images {
+            0 => return Err(TractError::msg("the batch holds no images")),
+            1 => return self.plan.run(inputs),
+            _ => {}
+        }
+        let mut per_output: Vec<Vec<tract_onnx::prelude::Tensor>> = Vec::new();
+        for i in 0..images {
+            let one = inputs
+                .iter()
+                .map(|t| Ok(t.slice(0, i, i + 1)?.into_tvalue()))
+                .collect::<TractResult<TVec<TValue>>>()?;
+            let outs = self.plan.run(one)?;
+            per_output.resize_with(outs.len(), Vec::new);
+            for (acc, o) in per_output.iter_mut().zip(outs) {
+                acc.push(o.into_tensor());
+            }
+        }
+        per_output
+            .iter()
+            .map(|parts| Ok(tract_onnx::prelude::Tensor::stack_tensors(0, parts)?.into_tvalue()))
+            .collect()
+    }
+
     fn err(&self, reason: impl Into<String>, source: Option<Cause>) -> Error {
         Error::Backend {
             backend: BACKEND.into(),
@@ -152,6 +199,21 @@ impl TractSession {
             source,
         }
     }
+}
+
+/// The symbol of the images axis in the exported graphs.
+const BATCH: &str = "batch";
+
+/// Whether every input's first axis is the `batch` symbol.
+fn leads_with_batch(typed: &TypedModel) -> TractResult<bool> {
+    let batch = TDim::Sym(typed.symbols.sym(BATCH));
+    let n = typed.input_outlets()?.len();
+    for ix in 0..n {
+        if typed.input_fact(ix)?.shape.iter().next() != Some(&batch) {
+            return Ok(false);
+        }
+    }
+    Ok(n > 0)
 }
 
 /// One rayon pool per thread count, shared by every plan of the process.
@@ -261,10 +323,12 @@ impl Session for TractSession {
                 .map_err(|e| self.err(format!("input `{name}` {:?}", t.shape), failure(e)))?;
             ordered.push(value);
         }
-        let outputs = self
-            .plan
-            .run(ordered)
-            .map_err(|e| self.err("", failure(e)))?;
+        let outputs = if self.per_image {
+            self.run_per_image(ordered)
+        } else {
+            self.plan.run(ordered)
+        }
+        .map_err(|e| self.err("", failure(e)))?;
         outputs
             .iter()
             .enumerate()
