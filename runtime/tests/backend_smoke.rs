@@ -261,3 +261,25 @@ fn gpu_providers_are_unavailable_on_the_cpu_wheel() {
         eprintln!("{e}");
     }
 }
+
+/// A graph output that no node produces makes tract's ONNX reader panic (found by
+/// `fuzz/`); opening such a graph must be a model error naming the file, not a panic.
+#[test]
+fn graph_output_without_a_producer_is_a_model_error() {
+    let mut bytes = std::fs::read(tiny()).unwrap();
+    // The last "present" is the graph output's name (outputs follow nodes and inputs);
+    // a same-length rename keeps the protobuf valid.
+    let at = bytes
+        .windows(7)
+        .rposition(|w| w == b"present")
+        .expect("the tiny graph names an output `present`");
+    bytes[at + 6] = b'z';
+    let path = scratch("orphan-output.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = TractSession::open(&path, &BackendOptions::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("not a well-formed ONNX graph"),
+        "{e}"
+    );
+    assert_model_error(e, &path, "tract orphan output");
+}

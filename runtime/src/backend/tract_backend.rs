@@ -54,8 +54,25 @@ impl std::fmt::Debug for TractSession {
 
 impl TractSession {
     /// Loads, types and optimizes `graph`, planned to run on `options.threads` threads.
+    ///
+    /// tract's ONNX reader panics on some malformed graphs (a graph output no node
+    /// produces, found by `fuzz/`); such a panic becomes a model error naming the file.
     pub fn open(graph: &Path, options: &BackendOptions) -> Result<TractSession> {
         check_graph_file(graph)?;
+        std::panic::catch_unwind(|| Self::load(graph, options)).unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(Error::Model {
+                path: graph.to_path_buf(),
+                reason: format!("tract failed on this graph (it panicked: {what}); the file is not a well-formed ONNX graph"),
+            })
+        })
+    }
+
+    fn load(graph: &Path, options: &BackendOptions) -> Result<TractSession> {
         let model_err = |what: &str, e: TractError| Error::Model {
             path: graph.to_path_buf(),
             reason: format!("tract could not {what}: {e:?}"),
@@ -153,6 +170,11 @@ impl TractSession {
             input_types,
             output_names,
         })
+    }
+
+    /// Whether this graph was planned for one image and runs a batch image by image.
+    pub fn per_image(&self) -> bool {
+        self.per_image
     }
 
     /// The graph's input names, in declaration order.
