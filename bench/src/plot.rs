@@ -149,7 +149,11 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
     let dark = (0x22, 0x22, 0x22);
     let title = format!("{}: seconds per image by stage", report.model.name);
     // 8x8 glyphs: double size when the title fits the width, else single.
-    let scale = if 20 + title.chars().count() as u32 * 16 <= W { 2 } else { 1 };
+    let scale = if 20 + title.chars().count() as u32 * 16 <= W {
+        2
+    } else {
+        1
+    };
     text(&mut buf, 20, 12, &title, scale, dark);
     let sub = format!(
         "{} steps ({}), cfg {}, batch {:?}; medians of {} runs; {} ({} cores), {}",

@@ -204,15 +204,94 @@ pub fn modulate(g: &mut Graph, normed: &str, one_plus_scale: &str, shift: &str) 
     g.add(&y, shift)
 }
 
-/// SwiGLU-shaped MLP with GELU: `fc2(gelu(fc1_g(x)) * fc1_x(x))`.
+/// Most hidden units one MLP chunk contracts over. tract runs a MatMul with a symbolic row
+/// count at about half its rate once the contraction passes 2048 (measured on
+/// `[512, 2730] x [2730, 1024]`: 29-34 ms against 13-16 ms with concrete rows or K <= 2048;
+/// `bench/README.md`), so wider MLPs are built in chunks of hidden units.
+pub const MLP_CHUNK: usize = 2048;
+
+/// SwiGLU-shaped MLP with GELU: `fc2(gelu(fc1_g(x)) * fc1_x(x))`. A hidden size above
+/// [`MLP_CHUNK`] is split into equal chunks: each chunk's fc1 columns and fc2 rows are their
+/// own MatMuls (no activation is sliced or concatenated), and the chunks' fc2 products are
+/// summed before fc2's bias.
 pub fn mlp(g: &mut Graph, vb: &Vb, x: &str, dim: usize, hidden: usize) -> Result<Val> {
-    let gate = linear(g, &vb.pp("fc1_g"), x, dim, hidden, true)?;
-    let lin = linear(g, &vb.pp("fc1_x"), x, dim, hidden, true)?;
-    let h = g.scoped(vb.prefix(), |g| {
-        let a = g.gelu(&gate);
-        g.mul(&a, &lin)
-    });
-    linear(g, &vb.pp("fc2"), &h, hidden, dim, true)
+    mlp_chunked(g, vb, x, dim, hidden, MLP_CHUNK)
+}
+
+/// [`mlp`] with at most `chunk` hidden units per chunk (tests choose small chunks).
+pub fn mlp_chunked(
+    g: &mut Graph,
+    vb: &Vb,
+    x: &str,
+    dim: usize,
+    hidden: usize,
+    chunk: usize,
+) -> Result<Val> {
+    let chunks = hidden.div_ceil(chunk.max(1));
+    if chunks == 1 {
+        let gate = linear(g, &vb.pp("fc1_g"), x, dim, hidden, true)?;
+        let lin = linear(g, &vb.pp("fc1_x"), x, dim, hidden, true)?;
+        let h = g.scoped(vb.prefix(), |g| {
+            let a = g.gelu(&gate);
+            g.mul(&a, &lin)
+        });
+        return linear(g, &vb.pp("fc2"), &h, hidden, dim, true);
+    }
+    let spans: Vec<std::ops::Range<usize>> = (0..chunks)
+        .map(|c| c * hidden / chunks..(c + 1) * hidden / chunks)
+        .collect();
+    let fc1 = |g: &mut Graph, name: &str| -> Result<Vec<Val>> {
+        let fvb = vb.pp(name);
+        let w = fvb.get("weight", &[hidden, dim])?;
+        let b = fvb.get("bias", &[hidden])?;
+        let parts = spans
+            .iter()
+            .map(|r| Part {
+                weight: format!("{}[{}:{}]", fvb.path("weight"), r.start, r.end),
+                bias_name: format!("{}[{}:{}]", fvb.path("bias"), r.start, r.end),
+                wt: transposed(&w, dim, r.clone()),
+                out: r.len(),
+                bias: Some(b[r.clone()].to_vec()),
+            })
+            .collect();
+        Ok(linear_parts(g, &fvb, x, dim, parts))
+    };
+    let gates = fc1(g, "fc1_g")?;
+    let lins = fc1(g, "fc1_x")?;
+    let f2 = vb.pp("fc2");
+    let w2 = f2.get("weight", &[dim, hidden])?;
+    let b2 = f2.get("bias", &[dim])?;
+    let mut sum: Option<Val> = None;
+    for ((r, gate), lin) in spans.iter().zip(&gates).zip(&lins) {
+        let h = g.scoped(vb.prefix(), |g| {
+            let a = g.gelu(gate);
+            g.mul(&a, lin)
+        });
+        // fc2's rows for this chunk: columns r of its [dim, hidden] weight, as [r.len(), dim].
+        let mut wt = vec![0f32; r.len() * dim];
+        for (i, k) in r.clone().enumerate() {
+            for o in 0..dim {
+                wt[i * dim + o] = w2[o * hidden + k];
+            }
+        }
+        let part = Part {
+            weight: format!("{}[:, {}:{}]", f2.path("weight"), r.start, r.end),
+            bias_name: String::new(),
+            wt,
+            out: dim,
+            bias: None,
+        };
+        let y = linear_parts(g, &f2, &h, r.len(), vec![part]).remove(0);
+        sum = Some(match sum {
+            None => y,
+            Some(s) => g.scoped(f2.prefix(), |g| g.add(&s, &y)),
+        });
+    }
+    let sum = sum.expect("at least two chunks");
+    Ok(g.scoped(f2.prefix(), |g| {
+        let bname = g.weight(&f2.path("bias"), &[dim], &b2, "");
+        g.add(&sum, &bname)
+    }))
 }
 
 /// RoPE tables fed to a graph (`cos`, `sin [tokens, hd]`) and the `rotate_half` matrix.

@@ -144,7 +144,9 @@ impl Graph {
 
     /// Records a linear built with int8 weights.
     pub fn mark_quantized(&mut self, key_path: &str) {
-        self.quantized.push(key_path.to_string());
+        if !self.quantized.iter().any(|k| k == key_path) {
+            self.quantized.push(key_path.to_string());
+        }
     }
 
     /// The key paths of the linears built with int8 weights, in build order.
