@@ -1,4 +1,5 @@
-//! int8 weights for the transformers' block linears (`flowar convert --quantize int8`):
+//! int8 weights for the transformers' block linears and the flow head's final adaLN
+//! (`flowar convert --quantize int8`):
 //! the opt-in fast mode. Each chosen linear becomes
 //! `DynamicQuantizeLinear(x) -> MatMulInteger(x_u8, W_i8) -> Cast -> Mul(x_scale * W_scale)`,
 //! which onnxruntime fuses into one integer-matmul kernel and tract runs as written.

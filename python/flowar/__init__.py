@@ -259,7 +259,7 @@ def convert(
       present);
     - ``latent_scale``: the VAE latent scale (default: the card's, else 0.2325);
     - ``dtype``: ``"f32"`` or ``"f16"``; ``force`` replaces an existing folder;
-    - ``quantize``: ``"int8"`` for the opt-in fast mode (int8 block linears in the flow head and AR; the
+    - ``quantize``: ``"int8"`` for the opt-in fast mode (int8 block linears in the flow head and AR, and the flow head's final adaLN; the
       outputs are no longer the reference's), not with ``dtype="f16"``.
 
     Returns ``{"out", "manifest", "ignored_keys", "notes"}``. The folder is written

@@ -55,7 +55,7 @@ pub struct Args {
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     pub dtype: String,
     /// Opt-in fast mode: int8 weights for the transformers' block linears (flow head and AR)
-    /// (activations quantized per call). Faster on CPUs; the outputs are no longer the
+    /// and the flow head's final adaLN (activations quantized per call). Faster on CPUs; the outputs are no longer the
     /// reference's (see bench/README.md for the measured cost). Not with --dtype f16.
     #[arg(long, value_parser = ["int8"])]
     pub quantize: Option<String>,
