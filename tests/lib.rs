@@ -107,7 +107,7 @@ pub fn verify_with_manifest_bounds(
     dir: &Path,
     what: &str,
 ) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
-    use flowar_runtime::verify::{self, Reference, Tolerances};
+    use flowar_runtime::verify::Tolerances;
     let m = flowar_runtime::manifest::Manifest::load(dir).unwrap();
     let tol = Tolerances {
         graph: m.verify.graph,
@@ -116,12 +116,9 @@ pub fn verify_with_manifest_bounds(
         pipeline: m.verify.pipeline,
         ..Tolerances::default()
     };
-    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
-    cpu_providers()
+    run_verify(name, dir, &tol, None)
         .into_iter()
-        .map(|p| {
-            let mut pipe = load(dir, p);
-            let results = verify::run(&mut pipe, &reference, &tol, None).unwrap();
+        .map(|(p, results)| {
             for r in &results {
                 eprintln!(
                     "{what} {name} {} {}: max_abs {:.3e} (bound {:.1e})",
@@ -134,6 +131,48 @@ pub fn verify_with_manifest_bounds(
             (p, results)
         })
         .collect()
+}
+
+/// Runs fixture `name`'s reference cases against model folder `dir` on every CPU provider.
+fn run_verify(
+    name: &str,
+    dir: &Path,
+    tol: &flowar_runtime::verify::Tolerances,
+    settings: Option<&flowar_runtime::verify::PipeSettings>,
+) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
+    use flowar_runtime::verify::{self, Reference};
+    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
+    cpu_providers()
+        .into_iter()
+        .map(|p| {
+            let mut pipe = load(dir, p);
+            (
+                p,
+                verify::run(&mut pipe, &reference, tol, settings).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs the one-input graph file `graph` on provider `p`; its first output as float32.
+pub fn run_graph(
+    p: Provider,
+    graph: &Path,
+    input: &str,
+    x: &flowar_runtime::tensor::Tensor,
+) -> Vec<f32> {
+    let opts = BackendOptions::default();
+    let mut s = flowar_runtime::backend::open_session(p, graph, &opts).unwrap();
+    s.run(&[(input, x)]).unwrap().remove(0).into_f32().unwrap()
+}
+
+/// Largest element-wise absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The CPU providers every fixture must pass on. onnxruntime is required when
@@ -184,7 +223,7 @@ pub fn verify_fixture(
     name: &str,
     dir: &Path,
 ) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
-    use flowar_runtime::verify::{self, PipeSettings, Reference, Tolerances};
+    use flowar_runtime::verify::{PipeSettings, Tolerances};
     let cfg = fixture_config(name);
     let settings = PipeSettings {
         cfg: cfg["cfg"].as_f64().unwrap(),
@@ -200,12 +239,9 @@ pub fn verify_fixture(
         pipe_u8_levels: 1,
         ..Tolerances::default()
     };
-    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
-    cpu_providers()
+    run_verify(name, dir, &tol, Some(&settings))
         .into_iter()
-        .map(|p| {
-            let mut pipe = load(dir, p);
-            let results = verify::run(&mut pipe, &reference, &tol, Some(&settings)).unwrap();
+        .map(|(p, results)| {
             // 5 flow cases, 5 AR steps, 4 upsamplings, 2 VAE, 2 pipeline.
             assert_eq!(
                 results.len(),

@@ -12,10 +12,9 @@ use flowar_exporter::nn;
 use flowar_exporter::onnx::{Dim, Elem, Graph};
 use flowar_exporter::quantize::Quantize;
 use flowar_exporter::weights::{NonFinitePolicy, Vb, WeightSource};
-use flowar_runtime::backend::{open_session, BackendOptions};
 use flowar_runtime::tensor::Tensor;
 use flowar_runtime::Provider;
-use flowar_tests::cpu_providers;
+use flowar_tests::{cpu_providers, max_abs_diff, run_graph};
 use prost::Message;
 
 const DIM: usize = 16;
@@ -92,16 +91,7 @@ fn mlp_graph(
 }
 
 fn run(p: Provider, graph: &std::path::Path, x: &Tensor) -> Vec<f32> {
-    let mut s = open_session(p, graph, &BackendOptions::default()).unwrap();
-    s.run(&[("x", x)]).unwrap().remove(0).into_f32().unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    run_graph(p, graph, "x", x)
 }
 
 #[test]
@@ -114,7 +104,7 @@ fn chunked_mlp_equals_the_whole_one() {
         let (a, b) = (run(p, &whole, &x), run(p, &chunked, &x));
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(scale > 1.0, "a test MLP with some output: {scale}");
-        let d = max_diff(&a, &b);
+        let d = max_abs_diff(&a, &b);
         assert!(
             d <= 1e-5 * scale,
             "{}: chunked vs whole differ by {d}",
@@ -135,17 +125,17 @@ fn chunked_mlp_equals_the_whole_one() {
         let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
         // Both are int8 approximations of the same MLP, each within a few percent of it.
         assert!(
-            max_diff(&exact, &a) <= 0.05 * scale,
+            max_abs_diff(&exact, &a) <= 0.05 * scale,
             "{}",
-            max_diff(&exact, &a)
+            max_abs_diff(&exact, &a)
         );
         assert!(
-            max_diff(&exact, &b) <= 0.05 * scale,
+            max_abs_diff(&exact, &b) <= 0.05 * scale,
             "{}",
-            max_diff(&exact, &b)
+            max_abs_diff(&exact, &b)
         );
         assert!(
-            max_diff(&a, &b) > 0.0,
+            max_abs_diff(&a, &b) > 0.0,
             "int8 graphs really are quantized per chunk"
         );
     }

@@ -182,51 +182,32 @@ fn f16_graphs_match_within_their_manifest_bounds() {
 /// and matches onnxruntime's batched decode within the VAE bound.
 #[test]
 fn tract_vae_decodes_a_batch_image_by_image() {
-    use flowar_runtime::backend::{open_session, BackendOptions};
+    use flowar_runtime::backend::tract_backend::TractSession;
+    use flowar_runtime::backend::BackendOptions;
     use flowar_runtime::tensor::Tensor;
     use flowar_runtime::Provider;
     let (_tmp, dir) = convert_fixture("spatial");
     let graph = dir.join("vae_decoder.onnx");
-    let opts = BackendOptions::default();
-    let shape = [16usize, 16, 16];
-    let per: usize = shape.iter().product();
+    let open =
+        |file: &str| TractSession::open(&dir.join(file), &BackendOptions::default()).unwrap();
+    assert!(open("vae_decoder.onnx").per_image());
+    assert!(!open("flow_head.onnx").per_image() && !open("ar_step.onnx").per_image());
+    let per = 16 * 16 * 16;
     let latent: Vec<f32> = (0..3 * per)
         .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
         .collect();
     let batch = Tensor::f32(vec![3, 16, 16, 16], latent.clone());
-    use flowar_runtime::backend::tract_backend::TractSession;
-    let open = |file: &str| TractSession::open(&dir.join(file), &opts).unwrap();
-    assert!(open("vae_decoder.onnx").per_image());
-    assert!(!open("flow_head.onnx").per_image() && !open("ar_step.onnx").per_image());
-    let mut tract = open_session(Provider::Tract, &graph, &opts).unwrap();
-    let name = "latent";
-    let all = tract.run(&[(name, &batch)]).unwrap().remove(0);
-    assert_eq!(all.shape[0], 3);
-    let all = all.into_f32().unwrap();
+    let all = run_graph(Provider::Tract, &graph, "latent", &batch);
     let image = all.len() / 3;
+    assert_eq!(all.len(), 3 * image);
     for k in 0..3 {
         let one = Tensor::f32(vec![1, 16, 16, 16], latent[k * per..(k + 1) * per].to_vec());
-        let alone = tract
-            .run(&[(name, &one)])
-            .unwrap()
-            .remove(0)
-            .into_f32()
-            .unwrap();
+        let alone = run_graph(Provider::Tract, &graph, "latent", &one);
         assert_eq!(alone, all[k * image..(k + 1) * image], "image {k}");
     }
     if cpu_providers().contains(&Provider::OrtCpu) {
-        let mut ort = open_session(Provider::OrtCpu, &graph, &opts).unwrap();
-        let o = ort
-            .run(&[(name, &batch)])
-            .unwrap()
-            .remove(0)
-            .into_f32()
-            .unwrap();
-        let max = o
-            .iter()
-            .zip(&all)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let o = run_graph(Provider::OrtCpu, &graph, "latent", &batch);
+        let max = max_abs_diff(&o, &all);
         assert!(max <= 1e-3, "tract vs onnxruntime: {max}");
     }
 }

@@ -16,6 +16,39 @@ struct Part {
     bias: Option<Vec<f32>>,
 }
 
+impl Part {
+    /// Rows `rows` of `{vb}`'s `[out, in]` weight `w` and bias `b` (plus `bias_plus`), named
+    /// after the checkpoint keys with the span: `{key}.weight[a:b]`.
+    fn rows(
+        vb: &Vb,
+        w: &[f32],
+        b: &[f32],
+        in_dim: usize,
+        rows: std::ops::Range<usize>,
+        bias_plus: f32,
+    ) -> Part {
+        let span = format!("[{}:{}]", rows.start, rows.end);
+        Part {
+            weight: format!("{}{span}", vb.path("weight")),
+            bias_name: format!("{}{span}", vb.path("bias")),
+            wt: transposed(w, in_dim, rows.clone()),
+            out: rows.len(),
+            bias: Some(b[rows].iter().map(|v| v + bias_plus).collect()),
+        }
+    }
+
+    /// `y + b` when the part has a bias.
+    fn add_bias(&self, g: &mut Graph, y: Val) -> Val {
+        match &self.bias {
+            Some(b) => {
+                let bname = g.weight(&self.bias_name, &[self.out], b, "");
+                g.add(&y, &bname)
+            }
+            None => y,
+        }
+    }
+}
+
 /// Rows `rows` of the checkpoint's `[out, in]` weight, transposed to `[in, rows.len()]`.
 fn transposed(w: &[f32], in_dim: usize, rows: std::ops::Range<usize>) -> Vec<f32> {
     let out = rows.len();
@@ -83,16 +116,8 @@ pub fn modulation(
         .iter()
         .enumerate()
         .map(|(k, m)| {
-            let rows = k * width..(k + 1) * width;
-            let span = format!("[{}:{}]", rows.start, rows.end);
             let one = if *m == Mod::Scale { 1.0 } else { 0.0 };
-            Part {
-                weight: format!("{}{span}", vb.path("weight")),
-                bias_name: format!("{}{span}", vb.path("bias")),
-                wt: transposed(&w, in_dim, rows.clone()),
-                out: width,
-                bias: Some(b[rows].iter().map(|v| v + one).collect()),
-            }
+            Part::rows(vb, &w, &b, in_dim, k * width..(k + 1) * width, one)
         })
         .collect();
     Ok(linear_parts(g, vb, x, in_dim, parts))
@@ -115,13 +140,7 @@ fn linear_parts(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>
             );
             g.scoped(vb.prefix(), |g| {
                 let y = g.matmul(x, &wname);
-                match &p.bias {
-                    Some(b) => {
-                        let bname = g.weight(&p.bias_name, &[p.out], b, "");
-                        g.add(&y, &bname)
-                    }
-                    None => y,
-                }
+                p.add_bias(g, y)
             })
         })
         .collect()
@@ -158,13 +177,7 @@ fn linear_int8(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>)
                 );
                 let s = g.mul(&xq[1], &ws);
                 let y = g.mul(&yf, &s);
-                match &p.bias {
-                    Some(b) => {
-                        let bname = g.weight(&p.bias_name, &[p.out], b, "");
-                        g.add(&y, &bname)
-                    }
-                    None => y,
-                }
+                p.add_bias(g, y)
             })
         })
         .collect()
@@ -246,13 +259,7 @@ pub fn mlp_chunked(
         let b = fvb.get("bias", &[hidden])?;
         let parts = spans
             .iter()
-            .map(|r| Part {
-                weight: format!("{}[{}:{}]", fvb.path("weight"), r.start, r.end),
-                bias_name: format!("{}[{}:{}]", fvb.path("bias"), r.start, r.end),
-                wt: transposed(&w, dim, r.clone()),
-                out: r.len(),
-                bias: Some(b[r.clone()].to_vec()),
-            })
+            .map(|r| Part::rows(&fvb, &w, &b, dim, r.clone(), 0.0))
             .collect();
         Ok(linear_parts(g, &fvb, x, dim, parts))
     };

@@ -85,13 +85,14 @@ fn cross_attention(
     nn::linear(g, &vb.pp("proj"), &o, w, w, true)
 }
 
-/// `h + gate * f(norm(h) * (1 + scale) + shift)` for a sub-layer `f`.
+/// `h + gate * f(norm(h) * (1 + scale) + shift)` for a sub-layer `f`, given `one_plus_scale`
+/// (see [`nn::modulation`]).
 fn gated<F>(
     g: &mut Graph,
     scope: &str,
     h: &str,
     gate: &str,
-    scale: &str,
+    one_plus_scale: &str,
     shift: &str,
     f: F,
 ) -> Result<Val>
@@ -100,7 +101,7 @@ where
 {
     let inp = g.scoped(scope, |g| {
         let n = nn::rms_norm(g, h, None);
-        nn::modulate(g, &n, scale, shift)
+        nn::modulate(g, &n, one_plus_scale, shift)
     });
     let out = f(g, &inp)?;
     Ok(g.scoped(scope, |g| {

@@ -224,7 +224,7 @@ impl TractSession {
 }
 
 /// The symbol of the images axis in the exported graphs.
-const BATCH: &str = "batch";
+const BATCH: &str = flowar_format::SymbolicDim::Batch.as_str();
 
 /// Whether every input's first axis is the `batch` symbol.
 fn leads_with_batch(typed: &TypedModel) -> TractResult<bool> {
