@@ -14,6 +14,7 @@ pub mod inputs;
 pub mod ort_backend;
 pub mod tensorrt;
 pub mod tract_backend;
+mod tract_pad;
 
 /// Which engine (and execution provider) runs the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -12,7 +12,11 @@
 //!
 //! Threads: `tract-linalg` is built with its `multithread-mm` feature, and every plan gets
 //! its own rayon pool of [`BackendOptions::threads`] threads (default: the number of cores)
-//! that splits the large matrix products. `threads = 1` keeps tract single-threaded.
+//! that splits the matrix products of [`THREADING_PANELS`] output panels or more.
+//! `threads = 1` keeps tract single-threaded.
+//!
+//! After optimization, tract's constant `Pad` nodes (one before each padded convolution) are
+//! swapped for [`super::tract_pad::RowCopyPad`], which writes the same output by row copies.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -136,9 +140,11 @@ impl TractSession {
                 .set_symbols(&subs)
                 .map_err(|e| model_err("plan the graph for one image", e))?;
         }
-        let typed = typed
+        let mut typed = typed
             .into_optimized()
             .map_err(|e| model_err("optimize the graph", e))?;
+        super::tract_pad::replace_pads(&mut typed)
+            .map_err(|e| model_err("swap in the row-copy pad", e))?;
         let input_types = (0..input_names.len())
             .map(|ix| typed.input_fact(ix).map(|f| f.datum_type))
             .collect::<TractResult<Vec<_>>>()
@@ -238,8 +244,20 @@ fn leads_with_batch(typed: &TypedModel) -> TractResult<bool> {
     Ok(n > 0)
 }
 
+/// Fewest output panels a tract matrix product needs before it is split across threads.
+///
+/// tract's default (64) keeps every product with fewer panels on the calling thread. Its
+/// matrix-vector kernels have 64-row panels, so the flow head's and the AR's products at one
+/// to a few tokens (1024 or 768 outputs: 12 to 48 panels) ran on one core while onnxruntime
+/// used both. At 8, in-process A/B on FlowAR-S (Intel Xeon, 2 threads): flow-head calls at 1
+/// and 4 tokens 1.3–1.55× faster, AR steps at 1 to 16 tokens 1.14–1.39× faster, the larger
+/// calls and the VAE unchanged; 2 and 16 were slower than 8. The split is over output tiles,
+/// so results are bit-identical. The setting is process-wide in `tract-linalg`.
+const THREADING_PANELS: usize = 8;
+
 /// One rayon pool per thread count, shared by every plan of the process.
 fn executor(threads: usize) -> Executor {
+    tract_linalg::multithread::set_threading_panel_threshold(THREADING_PANELS);
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static POOLS: OnceLock<Mutex<HashMap<usize, Executor>>> = OnceLock::new();
