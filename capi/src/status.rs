@@ -60,10 +60,7 @@ pub(crate) fn from_error(func: &str, e: &Error) -> *mut FlowarStatus {
 }
 
 pub(crate) fn from_panic(func: &str, payload: &(dyn Any + Send)) -> *mut FlowarStatus {
-    let what = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
+    let what = flowar_runtime::error::panic_message(payload)
         .unwrap_or_else(|| "unknown panic payload".into());
     new_status(
         FlowarCode::Internal,

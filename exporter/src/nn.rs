@@ -266,7 +266,8 @@ pub fn mlp_chunked(
     let gates = fc1(g, "fc1_g")?;
     let lins = fc1(g, "fc1_x")?;
     let f2 = vb.pp("fc2");
-    let w2 = f2.get("weight", &[dim, hidden])?;
+    // fc2's weight as [hidden, dim]: each chunk's rows are one contiguous block of it.
+    let w2t = transposed(&f2.get("weight", &[dim, hidden])?, hidden, 0..dim);
     let b2 = f2.get("bias", &[dim])?;
     let mut sum: Option<Val> = None;
     for ((r, gate), lin) in spans.iter().zip(&gates).zip(&lins) {
@@ -274,17 +275,10 @@ pub fn mlp_chunked(
             let a = g.gelu(gate);
             g.mul(&a, lin)
         });
-        // fc2's rows for this chunk: columns r of its [dim, hidden] weight, as [r.len(), dim].
-        let mut wt = vec![0f32; r.len() * dim];
-        for (i, k) in r.clone().enumerate() {
-            for o in 0..dim {
-                wt[i * dim + o] = w2[o * hidden + k];
-            }
-        }
         let part = Part {
             weight: format!("{}[:, {}:{}]", f2.path("weight"), r.start, r.end),
             bias_name: String::new(),
-            wt,
+            wt: w2t[r.start * dim..r.end * dim].to_vec(),
             out: dim,
             bias: None,
         };

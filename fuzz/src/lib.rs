@@ -188,10 +188,7 @@ pub fn run_one(target: &mut targets::Target, input: &[u8]) -> Result<Result<(), 
         Err(payload) => {
             let recorded = LAST_PANIC.with(|l| l.borrow_mut().take());
             Err(recorded.unwrap_or_else(|| {
-                payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                flowar_runtime::error::panic_message(&*payload)
                     .unwrap_or_else(|| "panic with a non-string payload".into())
             }))
         }

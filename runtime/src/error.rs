@@ -11,6 +11,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// An engine's own error, kept as the source of ours.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The message of a caught panic (`panic!` with a literal or a formatted string), if it has one.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A caller-supplied value is invalid (class id, steps, cfg, ...).

@@ -30,7 +30,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use super::inputs::check_host;
 use super::{check_graph_file, graph_name, BackendOptions, Resident, Session};
-use crate::error::{Cause, Error, Result};
+use crate::error::{panic_message, Cause, Error, Result};
 use crate::tensor::{Tensor as HostTensor, TensorData};
 
 const BACKEND: &str = "tract";
@@ -64,11 +64,7 @@ impl TractSession {
     pub fn open(graph: &Path, options: &BackendOptions) -> Result<TractSession> {
         check_graph_file(graph)?;
         std::panic::catch_unwind(|| Self::load(graph, options)).unwrap_or_else(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
+            let what = panic_message(&*payload).unwrap_or_else(|| "no message".into());
             Err(Error::Model {
                 path: graph.to_path_buf(),
                 reason: format!("tract failed on this graph (it panicked: {what}); the file is not a well-formed ONNX graph"),
@@ -257,9 +253,9 @@ const THREADING_PANELS: usize = 8;
 
 /// One rayon pool per thread count, shared by every plan of the process.
 fn executor(threads: usize) -> Executor {
-    tract_linalg::multithread::set_threading_panel_threshold(THREADING_PANELS);
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
+    tract_linalg::multithread::set_threading_panel_threshold(THREADING_PANELS);
     static POOLS: OnceLock<Mutex<HashMap<usize, Executor>>> = OnceLock::new();
     let mut pools = POOLS
         .get_or_init(Default::default)

@@ -63,9 +63,10 @@ impl RowCopyPad {
         let value = f32::from_bits(self.value_bits);
         let src = input.try_as_plain_ram()?.as_slice::<f32>()?;
         let mut out = Tensor::zero::<f32>(&out_shape)?;
+        let out_strides: Vec<usize> = out.strides().iter().map(|&s| s as usize).collect();
         let mut plain = out.try_as_plain_ram_mut()?;
         let dst = plain.as_slice_mut::<f32>()?;
-        if value.to_bits() != 0 {
+        if self.value_bits != 0 {
             dst.fill(value);
         }
         let rank = in_shape.len();
@@ -73,7 +74,6 @@ impl RowCopyPad {
             return Ok(out);
         }
         let row = in_shape[rank - 1];
-        let out_strides = strides(&out_shape);
         // Every input row lands contiguously in the output, shifted by the leading pads.
         let mut index = vec![0usize; rank - 1];
         for chunk in src.chunks_exact(row) {
@@ -92,15 +92,6 @@ impl RowCopyPad {
         }
         Ok(out)
     }
-}
-
-/// Row-major strides of `shape`, in elements.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for axis in (0..shape.len().saturating_sub(1)).rev() {
-        strides[axis] = strides[axis + 1] * shape[axis + 1];
-    }
-    strides
 }
 
 impl Op for RowCopyPad {

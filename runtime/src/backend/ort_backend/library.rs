@@ -52,11 +52,7 @@ pub(super) fn runtime(options: &BackendOptions) -> Result<&'static OrtRuntime, U
             })
     })
     .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
+        let what = crate::error::panic_message(&*panic).unwrap_or_else(|| "unknown panic".into());
         Err(Unavailable::new(format!(
             "loading ONNX Runtime from {} panicked: {what}",
             lib.display()
