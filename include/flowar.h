@@ -141,13 +141,16 @@ struct FlowarStatus *flowar_options_create(struct FlowarOptions **out);
 void flowar_options_destroy(struct FlowarOptions **options);
 
 // Sets an option by name from a string. Names and values:
-// - "provider": "auto" (default: TensorRT, then CUDA, then onnxruntime CPU, then tract),
-//   "ort-cpu", "cuda", "tensorrt" or "tract". A provider named explicitly that cannot be
+// - "provider": "auto" (default: TensorRT, then CUDA, then onnxruntime CPU, then tract;
+//   OpenVINO for a bfloat16 model), "ort-cpu", "cuda", "tensorrt", "openvino" or "tract".
+//   A provider named explicitly that cannot be
 //   used fails `flowar_pipeline_create` with `FLOWAR_CODE_PROVIDER_UNAVAILABLE`.
-// - "threads": onnxruntime intra-op threads, a positive integer, or "0" / "auto" for
+// - "threads": intra-op threads of onnxruntime, OpenVINO and tract, a positive integer, or "0" / "auto" for
 //   all cores.
 // - "device_id": the GPU ordinal for "cuda" / "tensorrt" (default "0").
 // - "ort_lib": path to libonnxruntime.so ("" restores the default search).
+// - "openvino_lib": path to libopenvino_c.so or its folder ("" restores the default
+//   search: OPENVINO_LIB_PATH, then the pip-installed openvino of ./.venv, then python3's).
 // - CUDA / TensorRT: "mem_limit" (bytes, or "8GiB"), "cudnn_conv_algo_search"
 //   ("exhaustive", "heuristic", "default"), "tf32" ("0"/"1", default 0), "trt_fp16"
 //   (default 1), "trt_cache_dir" (engine and timing caches; default
@@ -221,8 +224,8 @@ struct FlowarStatus *flowar_pipeline_num_scales(const struct FlowarPipeline *pip
 // `pipeline` is NULL or live; `out` is NULL or valid for a write.
 struct FlowarStatus *flowar_pipeline_buffer_size(const struct FlowarPipeline *pipeline, size_t count, size_t *out);
 
-// The name of the execution provider running the graphs ("ort-cpu", "cuda", "tensorrt"
-// or "tract"; "auto" resolves to one of them). The string belongs to the pipeline: it is
+// The name of the execution provider running the graphs ("ort-cpu", "cuda", "tensorrt",
+// "openvino" or "tract"; "auto" resolves to one of them). The string belongs to the pipeline: it is
 // valid until `flowar_pipeline_destroy`.
 //
 // # Safety

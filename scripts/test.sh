@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine with Rust, Python 3 (with venv and pip), a
 # C and a C++ compiler and valgrind (the C ABI's tests build C/C++ programs and run one
 # under valgrind): installs onnxruntime (whose wheel ships libonnxruntime.so) and the onnx
-# checker into .venv, then runs every test with onnxruntime required; then builds the Python
+# checker into .venv, and OpenVINO (whose wheel ships libopenvino_c.so and its CPU plugin),
+# then runs every test with both engines required; then builds the Python
 # package (python/, with maturin) into .venv and runs its tests, Ray's included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +31,15 @@ fi
 
 ORT_DYLIB_PATH="$PWD/$(ls -d .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
 export ORT_DYLIB_PATH
+OPENVINO_LIB_PATH="$PWD/$(ls -d .venv/lib/python3*/site-packages/openvino/libs | head -n 1)"
+export OPENVINO_LIB_PATH
 export FLOWAR_PYTHON="$PWD/.venv/bin/python"
-# Never a weakened suite: no re-blessed references, no case filter, no stand-in binary.
-unset FLOWAR_BLESS FLOWAR_HOSTILE_ONLY FLOWAR_BIN
+# Never a weakened suite: no re-blessed references, no case filter, no stand-in binary, no
+# shortened fuzzing, no probe override, no extra pytest options.
+unset FLOWAR_BLESS FLOWAR_HOSTILE_ONLY FLOWAR_BIN FLOWAR_FUZZ_SECONDS FLOWAR_FUZZ_SEED \
+  FLOWAR_VENV_PROBE PYTEST_ADDOPTS
 export FLOWAR_REQUIRE_ORT=1
+export FLOWAR_REQUIRE_OPENVINO=1
 export FLOWAR_REQUIRE_ONNX_CHECKER=1
 export FLOWAR_REQUIRE_VALGRIND=1
 

@@ -100,13 +100,28 @@ fn convert_fixture_with(
 }
 
 /// Every per-graph case of fixture `name` against the model folder `dir` on each CPU
-/// backend, within the bounds the folder's manifest records (float16 and int8 folders
-/// record wider ones), printing each case as `{what} {name} {provider} {case}`.
+/// backend that runs such a model ([`providers_for`]), within the bounds the folder's
+/// manifest records (float16 and int8 folders record wider ones), printing each case as
+/// `{what} {name} {provider} {case}`.
 pub fn verify_with_manifest_bounds(
     name: &str,
     dir: &Path,
     what: &str,
 ) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
+    let m = flowar_runtime::manifest::Manifest::load(dir).unwrap();
+    providers_for(&m)
+        .into_iter()
+        .map(|p| (p, verify_on_with_manifest_bounds(name, dir, p, what)))
+        .collect()
+}
+
+/// [`verify_with_manifest_bounds`] on provider `p` alone.
+pub fn verify_on_with_manifest_bounds(
+    name: &str,
+    dir: &Path,
+    p: Provider,
+    what: &str,
+) -> Vec<flowar_runtime::verify::CaseResult> {
     use flowar_runtime::verify::Tolerances;
     let m = flowar_runtime::manifest::Manifest::load(dir).unwrap();
     let tol = Tolerances {
@@ -116,21 +131,17 @@ pub fn verify_with_manifest_bounds(
         pipeline: m.verify.pipeline,
         ..Tolerances::default()
     };
-    run_verify(name, dir, &tol, None)
-        .into_iter()
-        .map(|(p, results)| {
-            for r in &results {
-                eprintln!(
-                    "{what} {name} {} {}: max_abs {:.3e} (bound {:.1e})",
-                    p.name(),
-                    r.name,
-                    r.max_abs,
-                    r.bound
-                );
-            }
-            (p, results)
-        })
-        .collect()
+    let results = verify_on(name, dir, p, &tol, None);
+    for r in &results {
+        eprintln!(
+            "{what} {name} {} {}: max_abs {:.3e} (bound {:.1e})",
+            p.name(),
+            r.name,
+            r.max_abs,
+            r.bound
+        );
+    }
+    results
 }
 
 /// Runs fixture `name`'s reference cases against model folder `dir` on every CPU provider.
@@ -140,18 +151,24 @@ fn run_verify(
     tol: &flowar_runtime::verify::Tolerances,
     settings: Option<&flowar_runtime::verify::PipeSettings>,
 ) -> Vec<(Provider, Vec<flowar_runtime::verify::CaseResult>)> {
-    use flowar_runtime::verify::{self, Reference};
-    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
     cpu_providers()
         .into_iter()
-        .map(|p| {
-            let mut pipe = load(dir, p);
-            (
-                p,
-                verify::run(&mut pipe, &reference, tol, settings).unwrap(),
-            )
-        })
+        .map(|p| (p, verify_on(name, dir, p, tol, settings)))
         .collect()
+}
+
+/// Runs fixture `name`'s reference cases against model folder `dir` on provider `p`.
+fn verify_on(
+    name: &str,
+    dir: &Path,
+    p: Provider,
+    tol: &flowar_runtime::verify::Tolerances,
+    settings: Option<&flowar_runtime::verify::PipeSettings>,
+) -> Vec<flowar_runtime::verify::CaseResult> {
+    use flowar_runtime::verify::{self, Reference};
+    let reference = Reference::load(&fixture(name).join("expected.safetensors")).unwrap();
+    let mut pipe = load(dir, p);
+    verify::run(&mut pipe, &reference, tol, settings).unwrap()
 }
 
 /// Runs the one-input graph file `graph` on provider `p`; its first output as float32.
@@ -166,30 +183,58 @@ pub fn run_graph(
     s.run(&[(input, x)]).unwrap().remove(0).into_f32().unwrap()
 }
 
-/// Largest element-wise absolute difference of two equally long slices.
+/// Largest element-wise absolute difference of two equally long slices. A NaN on either
+/// side panics, naming where: folding with `f32::max` drops NaN, which would call an
+/// all-NaN output identical to anything.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
+    assert_eq!(a.len(), b.len(), "max_abs_diff of unequal lengths");
+    let mut max = 0f32;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = (x - y).abs();
+        assert!(
+            !d.is_nan(),
+            "max_abs_diff: element {i} is {x} against {y} (NaN)"
+        );
+        max = max.max(d);
+    }
+    max
 }
 
-/// The CPU providers every fixture must pass on. onnxruntime is required when
-/// `FLOWAR_REQUIRE_ORT` is set (CI); elsewhere its absence skips it, loudly.
+/// The CPU providers every fixture must pass on. onnxruntime and OpenVINO are required
+/// when `FLOWAR_REQUIRE_ORT` / `FLOWAR_REQUIRE_OPENVINO` are set (CI); elsewhere a missing
+/// one is skipped, loudly.
 pub fn cpu_providers() -> Vec<Provider> {
-    let mut v = vec![Provider::Tract];
-    match flowar_runtime::backend::ort_backend::ort_available(&BackendOptions::default()) {
-        Ok(_) => v.insert(0, Provider::OrtCpu),
-        Err(why) => {
-            assert!(
-                std::env::var("FLOWAR_REQUIRE_ORT").is_err(),
-                "onnxruntime is required here: {why}"
-            );
-            eprintln!("SKIPPING ort-cpu: {why}");
+    let opts = BackendOptions::default();
+    let mut v = Vec::new();
+    for (p, var) in [
+        (Provider::OrtCpu, "FLOWAR_REQUIRE_ORT"),
+        (Provider::OpenVino, "FLOWAR_REQUIRE_OPENVINO"),
+    ] {
+        match flowar_runtime::backend::available(p, &opts) {
+            Ok(()) => v.push(p),
+            Err(why) => {
+                assert!(
+                    std::env::var(var).is_err(),
+                    "{} is required here ({var}): {why}",
+                    p.name()
+                );
+                eprintln!("SKIPPING {}: {why}", p.name());
+            }
         }
     }
+    v.push(Provider::Tract);
     v
+}
+
+/// The CPU providers that run the model `m` as it is meant to run (OpenVINO refuses int8
+/// folders; a bfloat16 folder runs on OpenVINO alone, where the CPU has bfloat16). What
+/// the others say instead is tested beside each kind of folder.
+pub fn providers_for(m: &flowar_runtime::manifest::Manifest) -> Vec<Provider> {
+    let opts = BackendOptions::default();
+    cpu_providers()
+        .into_iter()
+        .filter(|&p| flowar_runtime::provider::runs_model(p, m.into(), &opts).is_ok())
+        .collect()
 }
 
 pub fn load(dir: &Path, p: Provider) -> Pipeline {

@@ -140,3 +140,22 @@ fn chunked_mlp_equals_the_whole_one() {
         );
     }
 }
+
+/// `max_abs_diff` (this file's and the tract-vs-onnxruntime checks' yardstick) fails on a
+/// NaN on either side, and on an all-NaN output, instead of calling it no difference.
+#[test]
+fn max_abs_diff_fails_on_nan() {
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.0, 2.5]), 0.5);
+    let nan = f32::NAN;
+    for (a, b) in [
+        ([1.0, nan], [1.0, 2.0]),
+        ([1.0, 2.0], [nan, 2.0]),
+        ([nan, nan], [nan, nan]),
+        ([f32::INFINITY, 0.0], [f32::INFINITY, 0.0]),
+    ] {
+        let r = std::panic::catch_unwind(|| max_abs_diff(&a, &b));
+        let msg = r.expect_err("a NaN difference must fail");
+        let msg = msg.downcast_ref::<String>().expect("a formatted message");
+        assert!(msg.contains("NaN"), "{a:?} vs {b:?}: {msg}");
+    }
+}

@@ -1,12 +1,37 @@
 //! Every fixture, converted from its released-format checkpoints, matches the reference
 //! implementation's tensors on every CPU backend, within the fixture README's bounds.
 
+use flowar_exporter::convert::Precision;
+use flowar_runtime::manifest::{Manifest, VerifyBounds};
 use flowar_tests::*;
 
 fn check_fixture(name: &str) {
     let (_tmp, dir) = convert_fixture(name);
+    let v = Manifest::load(&dir).unwrap().verify;
+    assert_eq!((v.graph, v.vae, v.pipeline), (1e-4, 1e-3, true));
     check_model(name, &dir);
 }
+
+/// The largest error of each kind of per-graph case measured on both fixtures over every
+/// CPU provider (README "Tests"; the VAE's on OpenVINO), for [`MEASURED_MARGIN`]: the
+/// bounds (1e-4, 1e-3) are 8-80x looser, room in which a real regression (a dropped
+/// epsilon, a float16 cast, a wrong kernel on one provider) would pass unseen.
+fn measured_error(case: &str) -> Option<f64> {
+    if case.starts_with("flow.") {
+        Some(1.3e-5)
+    } else if case.starts_with("ar.") && case.ends_with(".z") {
+        Some(8.6e-6)
+    } else if case.ends_with(".upsampled") {
+        Some(1.2e-6)
+    } else if case == "vae.image" {
+        Some(1.35e-5)
+    } else {
+        None
+    }
+}
+
+/// Room above [`measured_error`] for other CPUs' kernels (AVX2 vs AVX-512 blocking).
+const MEASURED_MARGIN: f64 = 2.0;
 
 /// Runs every case of fixture `name` against the model folder `dir`.
 fn check_model(name: &str, dir: &std::path::Path) {
@@ -25,7 +50,44 @@ fn check_model(name: &str, dir: &std::path::Path) {
         }
         let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();
         assert!(failed.is_empty(), "{name} on {}: {failed:#?}", p.name());
+        // 5 flow cases, 5 AR steps, 4 upsamplings and the VAE image.
+        let measured: Vec<_> = results
+            .iter()
+            .filter_map(|r| measured_error(&r.name).map(|m| (r, m)))
+            .collect();
+        assert_eq!(measured.len(), 15, "{name} on {}", p.name());
+        let past: Vec<_> = measured
+            .iter()
+            .filter(|(r, m)| r.max_abs.is_nan() || r.max_abs > MEASURED_MARGIN * m)
+            .map(|(r, m)| format!("{} {:.3e} > {MEASURED_MARGIN} x {m:.1e}", r.name, r.max_abs))
+            .collect();
+        assert!(
+            past.is_empty(),
+            "{name} on {}: past the measured errors: {past:#?}",
+            p.name()
+        );
     }
+}
+
+/// The float32 bounds as numbers, apart from the code that states them: loosening
+/// `VerifyBounds::default()` (what a float32 manifest records) or `Tolerances::default()`
+/// (what `verify` and this suite apply) must fail here.
+#[test]
+fn float32_bounds_are_pinned() {
+    let b = VerifyBounds::default();
+    assert_eq!(
+        (b.graph, b.vae, b.pipeline, b.vae_u8_levels()),
+        (1e-4, 1e-3, true, 1)
+    );
+    let t = flowar_runtime::verify::Tolerances::default();
+    assert_eq!(
+        (t.graph, t.vae, t.vae_u8_levels, t.pipeline),
+        (1e-4, 1e-3, 1, true)
+    );
+    assert_eq!(
+        (t.pipe_tokens, t.pipe_identical, t.pipe_u8_levels),
+        (1e-3, 0.99, 2)
+    );
 }
 
 #[test]
@@ -92,11 +154,16 @@ fn graphs_pass_the_onnx_checker() {
         eprintln!("SKIPPING onnx checker: `{python} -c 'import onnx'` failed");
         return;
     }
-    // Exact graphs and int8 ones (DynamicQuantizeLinear, MatMulInteger).
-    for (name, (_t, dir)) in ["spatial", "cross"]
-        .into_iter()
-        .flat_map(|n| [(n, convert_fixture(n)), (n, convert_fixture_quantized(n))])
-    {
+    // Exact graphs, int8 ones (DynamicQuantizeLinear, MatMulInteger), float16 ones and
+    // bfloat16-product ones.
+    for (name, (_t, dir)) in ["spatial", "cross"].into_iter().flat_map(|n| {
+        [
+            (n, convert_fixture(n)),
+            (n, convert_fixture_quantized(n)),
+            (n, convert_fixture_as(n, Precision::F16)),
+            (n, convert_fixture_as(n, Precision::Bf16)),
+        ]
+    }) {
         let m = flowar_runtime::manifest::Manifest::load(&dir).unwrap();
         let files: Vec<&str> = m
             .graphs
@@ -146,14 +213,14 @@ fn external_data_graphs_match_too() {
 /// `pipe.*` cases are not compared for them (see `VerifyBounds::pipeline`).
 #[test]
 fn f16_graphs_match_within_their_manifest_bounds() {
-    use flowar_exporter::convert::Precision;
-    use flowar_runtime::manifest::Manifest;
     for name in ["spatial", "cross"] {
         let (_t32, dir32) = convert_fixture(name);
         let (_t16, dir) = convert_fixture_as(name, Precision::F16);
         let m = Manifest::load(&dir).unwrap();
         assert_eq!(m.dtype, "float16");
         assert!(!m.verify.pipeline);
+        // Pinned as numbers, not the exporter's own constants.
+        assert_eq!((m.verify.graph, m.verify.vae), (2e-2, 1e-2));
         let size = |d: &std::path::Path| std::fs::metadata(d.join("flow_head.onnx")).unwrap().len();
         assert!(
             (size(&dir) as f64) < 0.6 * size(&dir32) as f64,

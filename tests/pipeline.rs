@@ -51,7 +51,10 @@ fn batch_size_and_sharding_do_not_change_image_k() {
     let shard = pipe
         .generate(&request(&[1, 3], &[0, 2], 5), &mut |_| true)
         .unwrap();
-    let close = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x.abs_diff(*y) <= 1);
+    let close = |a: &[u8], b: &[u8]| {
+        assert_eq!(a.len(), b.len(), "images of different sizes");
+        a.iter().zip(b).all(|(x, y)| x.abs_diff(*y) <= 1)
+    };
     // Batched kernels may round differently in the last bit; pixels agree to one level.
     assert!(close(&batch.images[2].pixels, &alone.images[0].pixels));
     assert!(close(&batch.images[2].pixels, &shard.images[1].pixels));
@@ -478,11 +481,19 @@ fn heun_matches_a_float64_heun_integration() {
                 .map(|(x, (a, b))| x + 0.5 * dt * a + 0.5 * dt * b)
                 .collect();
         }
+        assert_eq!(got.len(), x.len());
+        // NaN stays NaN (and fails below): `f64::max` would drop it.
         let diff = got
             .iter()
             .zip(&x)
             .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+            .fold(0.0, |m: f64, d| {
+                if m.is_nan() || d.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(d)
+                }
+            });
         eprintln!("heun scale {scale}: max abs {diff:.3e} against the float64 reference");
         assert!(diff < 1e-9, "scale {scale}: Heun is off by {diff:e}");
 

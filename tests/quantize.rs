@@ -3,7 +3,7 @@
 //! backend; refused together with float16.
 
 use flowar_exporter::checkpoint::Checkpoint;
-use flowar_exporter::convert::{convert_as, ConvertRequest, Precision, INT8_GRAPH_BOUND};
+use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
 use flowar_exporter::quantize::Quantize;
 use flowar_runtime::manifest::Manifest;
 use flowar_tests::*;
@@ -21,7 +21,8 @@ fn int8_fixtures_verify_within_the_recorded_bounds() {
             m.model_hash, m32.model_hash,
             "an int8 model is another model"
         );
-        assert_eq!(m.verify.graph, INT8_GRAPH_BOUND);
+        // Pinned as numbers, not the exporter's own constant: loosening it must fail here.
+        assert_eq!((m.verify.graph, m.verify.vae), (0.5, 1e-3));
         assert!(!m.verify.pipeline);
         // The flow head: every block's attention, MLP and adaLN linears (spatial: qkv,
         // proj, fc1_g, fc1_x, fc2, ada_lin; cross: three more attention linears and two
@@ -77,6 +78,29 @@ fn int8_fixtures_verify_within_the_recorded_bounds() {
             }
         }
     }
+}
+
+/// OpenVINO runs int8 graphs no faster than float32: such a folder is refused there, with
+/// a pointer to onnxruntime's CPU provider, never left silently slow.
+#[test]
+fn int8_folders_are_refused_on_openvino() {
+    use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
+    if !cpu_providers().contains(&Provider::OpenVino) {
+        return; // skipped loudly by cpu_providers (a failure under FLOWAR_REQUIRE_OPENVINO)
+    }
+    let (_t, dir) = convert_fixture_quantized("spatial");
+    let opts = PipelineOptions {
+        provider: ProviderChoice::Named(Provider::OpenVino),
+        ..Default::default()
+    };
+    let err = Pipeline::load(&dir, &opts)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("int8") && err.contains("--provider ort-cpu"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -31,7 +31,7 @@ pub struct Args {
     /// Where `--preset` models are converted and kept (default: the system temp folder).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Providers to measure, comma-separated: ort-cpu, tract, cuda, tensorrt.
+    /// Providers to measure, comma-separated: ort-cpu, tract, openvino, cuda, tensorrt.
     #[arg(long, value_delimiter = ',', default_value = "ort-cpu,tract")]
     pub providers: Vec<String>,
     /// Batch sizes, comma-separated.
@@ -62,11 +62,12 @@ pub struct Args {
     /// Threads, onnxruntime library, GPU device and options, for every provider.
     #[command(flatten)]
     pub engine: flowar_runtime::cli_args::EngineArgs,
-    /// Graph precision of a `--preset` conversion: f32 or f16.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    /// Graph precision of a `--preset` conversion: f32, f16 or bf16 (see `flowar convert
+    /// --dtype`; bf16 runs on openvino only).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
     /// int8 block linears in a `--preset` conversion (the opt-in fast mode; see
-    /// `flowar convert --quantize`). Not with --dtype f16.
+    /// `flowar convert --quantize`). Not with --dtype f16 or bf16.
     #[arg(long, value_parser = ["int8"], requires = "preset")]
     pub quantize: Option<String>,
     /// Seconds of matmul calibration per shape.
@@ -141,6 +142,7 @@ pub fn preset_model(
     let suffix = match (precision, quantize) {
         (Precision::F32, None) => "",
         (Precision::F16, None) => "-f16",
+        (Precision::Bf16, None) => "-bf16",
         (_, Some(Quantize::Int8)) => "-int8",
     };
     let dir = cache.join(format!(
@@ -384,6 +386,7 @@ fn bench_provider(
             p,
             backend,
             &model_shapes(m, b, s.cfg),
+            &m.dtype,
             Duration::from_secs_f64(args.calibration_s.max(0.0)),
         )?;
         let req = Request::with_defaults(m)

@@ -37,6 +37,10 @@ impl FlowarOptions {
                 let path = value.str(name)?;
                 self.inner.backend.ort_lib = (!path.is_empty()).then(|| path.into());
             }
+            "openvino_lib" => {
+                let path = value.str(name)?;
+                self.inner.backend.openvino_lib = (!path.is_empty()).then(|| path.into());
+            }
             n if gpu::GPU_OPTION_NAMES.contains(&n) => {
                 let text = match value {
                     Value::Str(s) => s.to_string(),
@@ -47,7 +51,7 @@ impl FlowarOptions {
             }
             _ => {
                 return Err(bad(format!(
-                    "unknown option `{name}` (known: provider, threads, device_id, ort_lib, {})",
+                    "unknown option `{name}` (known: provider, threads, device_id, ort_lib, openvino_lib, {})",
                     gpu::GPU_OPTION_NAMES.join(", ")
                 )))
             }
@@ -90,13 +94,16 @@ pub unsafe extern "C" fn flowar_options_destroy(options: *mut *mut FlowarOptions
 }
 
 /// Sets an option by name from a string. Names and values:
-/// - "provider": "auto" (default: TensorRT, then CUDA, then onnxruntime CPU, then tract),
-///   "ort-cpu", "cuda", "tensorrt" or "tract". A provider named explicitly that cannot be
+/// - "provider": "auto" (default: TensorRT, then CUDA, then onnxruntime CPU, then tract;
+///   OpenVINO for a bfloat16 model), "ort-cpu", "cuda", "tensorrt", "openvino" or "tract".
+///   A provider named explicitly that cannot be
 ///   used fails `flowar_pipeline_create` with `FLOWAR_CODE_PROVIDER_UNAVAILABLE`.
-/// - "threads": onnxruntime intra-op threads, a positive integer, or "0" / "auto" for
+/// - "threads": intra-op threads of onnxruntime, OpenVINO and tract, a positive integer, or "0" / "auto" for
 ///   all cores.
 /// - "device_id": the GPU ordinal for "cuda" / "tensorrt" (default "0").
 /// - "ort_lib": path to libonnxruntime.so ("" restores the default search).
+/// - "openvino_lib": path to libopenvino_c.so or its folder ("" restores the default
+///   search: OPENVINO_LIB_PATH, then the pip-installed openvino of ./.venv, then python3's).
 /// - CUDA / TensorRT: "mem_limit" (bytes, or "8GiB"), "cudnn_conv_algo_search"
 ///   ("exhaustive", "heuristic", "default"), "tf32" ("0"/"1", default 0), "trt_fp16"
 ///   (default 1), "trt_cache_dir" (engine and timing caches; default

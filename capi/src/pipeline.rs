@@ -228,8 +228,8 @@ pub unsafe extern "C" fn flowar_pipeline_buffer_size(
     })
 }
 
-/// The name of the execution provider running the graphs ("ort-cpu", "cuda", "tensorrt"
-/// or "tract"; "auto" resolves to one of them). The string belongs to the pipeline: it is
+/// The name of the execution provider running the graphs ("ort-cpu", "cuda", "tensorrt",
+/// "openvino" or "tract"; "auto" resolves to one of them). The string belongs to the pipeline: it is
 /// valid until `flowar_pipeline_destroy`.
 ///
 /// # Safety

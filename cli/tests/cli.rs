@@ -203,6 +203,11 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
     };
     let (a, meta) = pixels(tmp.path().join("all/000003.png"));
     let (b, _) = pixels(tmp.path().join("shard1/000003.png"));
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "image 3's size in the full run and in the shard"
+    );
     assert!(a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 1));
     // Every PNG text key, with its value; the model hash is the manifest's.
     let manifest: serde_json::Value =

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::arch::{self, FlowArDims, VaeDims};
 use crate::error::{ExportError, Result};
 use crate::graphs::{ar_step, flow_head, solver_step, vae_decoder, BuiltGraph};
+pub use crate::precision::{Precision, F16_GRAPH_BOUND, F16_VAE_BOUND, INT8_GRAPH_BOUND};
 use crate::quantize::Quantize;
 use crate::weights::{check_unused, NonFinitePolicy, Vb, WeightSource};
 
@@ -395,6 +396,7 @@ fn write_graph(dir: &Path, file: &str, mut g: BuiltGraph, threshold: usize) -> R
         external_data,
         parameters: g.parameters,
         int8_linears: g.int8_linears,
+        inference_precision: g.inference_precision.map(str::to_string),
         inputs: g.inputs.iter().map(|i| i.spec()).collect(),
         outputs: g.outputs.iter().map(|o| o.spec()).collect(),
     })
@@ -470,71 +472,6 @@ pub fn detect(flowar: &dyn WeightSource, vae: &dyn WeightSource) -> Result<(Flow
     Ok((f, v))
 }
 
-/// Storage and compute type of the exported graphs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    F32,
-    /// Weights and activations in float16; RMSNorm/GroupNorm statistics, softmax and the
-    /// time-embedding sinusoid stay float32. Graph inputs and outputs stay float32.
-    F16,
-}
-
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "float32",
-            Precision::F16 => "float16",
-        }
-    }
-
-    /// The ONNX element type of activations and weights.
-    pub fn elem(self) -> crate::onnx::Elem {
-        match self {
-            Precision::F32 => crate::onnx::Elem::F32,
-            Precision::F16 => crate::onnx::Elem::F16,
-        }
-    }
-
-    /// Verification bounds: the fixture README's for float32; float16 rounding (about
-    /// 1e-3 relative per op, over every block) needs wider ones, measured on the fixtures.
-    pub fn verify_bounds(self) -> VerifyBounds {
-        match self {
-            Precision::F32 => VerifyBounds::default(),
-            Precision::F16 => VerifyBounds {
-                graph: F16_GRAPH_BOUND,
-                vae: F16_VAE_BOUND,
-                pipeline: false,
-            },
-        }
-    }
-}
-
-/// Max abs error of int8 flow-head and AR outputs against the float32 reference, measured
-/// on the fixtures (largest 0.44, spatial `flow.s4.v` on ort-cpu and tract; the AR's
-/// `ar.s4.z` 0.36;
-/// see `tests/quantize.rs`). The VAE stays float32 and meets the exact bound. As for
-/// float16, the end-to-end `pipe.*` cases are not compared.
-pub const INT8_GRAPH_BOUND: f32 = 0.5;
-
-/// Max abs error of float16 flow-head and AR outputs against the float32 reference.
-pub const F16_GRAPH_BOUND: f32 = 2e-2;
-/// Max abs error of a float16 VAE image (in [-1, 1]) against the float32 reference.
-pub const F16_VAE_BOUND: f32 = 1e-2;
-
-impl std::str::FromStr for Precision {
-    type Err = ExportError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" | "float32" => Ok(Precision::F32),
-            "f16" | "float16" => Ok(Precision::F16),
-            _ => Err(ExportError::BadArgument(format!(
-                "unknown dtype `{s}` (expected f32 or f16)"
-            ))),
-        }
-    }
-}
-
 /// Converts with float32 graphs.
 pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
     convert_as(req, Precision::F32)
@@ -542,13 +479,22 @@ pub fn convert(req: &ConvertRequest) -> Result<ConvertReport> {
 
 /// Converts with graphs of the given precision.
 pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertReport> {
-    let act = precision.elem();
-    if let (Some(_), Precision::F16) = (req.quantize, precision) {
-        return Err(ExportError::BadArgument(
-            "--quantize int8 and --dtype f16 cannot be combined: int8 linears take float32 \
-             activations (use one or the other)"
-                .into(),
-        ));
+    match (req.quantize, precision) {
+        (Some(_), Precision::F16) => {
+            return Err(ExportError::BadArgument(
+                "--quantize int8 and --dtype f16 cannot be combined: int8 linears take float32 \
+                 activations (use one or the other)"
+                    .into(),
+            ))
+        }
+        (Some(_), Precision::Bf16) => {
+            return Err(ExportError::BadArgument(
+                "--quantize int8 and --dtype bf16 cannot be combined: both choose how the same \
+                 linears compute (use one or the other)"
+                    .into(),
+            ))
+        }
+        _ => {}
     }
     if req.out.exists() && !req.force {
         return Err(ExportError::OutputExists(req.out.clone()));
@@ -578,13 +524,13 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let ar = write_graph(
         &staging.path,
         io::ar_step::FILE,
-        ar_step::build(&vb, &fd, act, req.quantize, EXPORTER_VERSION)?,
+        ar_step::build(&vb, &fd, precision, req.quantize, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     let flow = write_graph(
         &staging.path,
         io::flow_head::FILE,
-        flow_head::build(&vb, &fd, act, req.quantize, EXPORTER_VERSION)?,
+        flow_head::build(&vb, &fd, precision, req.quantize, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     let mut ignored = check_unused(req.flowar, &used.borrow(), arch::FLOWAR_IGNORED)?;
@@ -594,7 +540,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let vae = write_graph(
         &staging.path,
         io::vae_decoder::FILE,
-        vae_decoder::build(&vvb, &vd, grid, latent_scale, act, EXPORTER_VERSION)?,
+        vae_decoder::build(&vvb, &vd, grid, latent_scale, precision, EXPORTER_VERSION)?,
         req.external_data_threshold,
     )?;
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
@@ -640,6 +586,10 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     if let Some(q) = req.quantize {
         // Another model's outputs: `flowar pack` must not mix its images with exact ones.
         h.update(q.scheme().as_bytes());
+    }
+    if precision != Precision::F32 {
+        // Likewise for reduced-precision graphs (float32 hashes stay as they were).
+        h.update(precision.name().as_bytes());
     }
     let manifest = Manifest {
         format_version: FORMAT_VERSION,

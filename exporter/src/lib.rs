@@ -13,6 +13,7 @@ pub mod error;
 pub mod graphs;
 pub mod nn;
 pub mod onnx;
+pub mod precision;
 pub mod preset;
 pub mod quantize;
 pub mod weights;

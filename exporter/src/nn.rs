@@ -129,6 +129,9 @@ fn linear_parts(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>
     if g.quantizes(vb.prefix()) {
         return linear_int8(g, vb, x, in_dim, parts);
     }
+    if g.bf16_products() {
+        return linear_bf16(g, vb, x, in_dim, parts);
+    }
     parts
         .into_iter()
         .map(|p| {
@@ -140,6 +143,30 @@ fn linear_parts(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>
             );
             g.scoped(vb.prefix(), |g| {
                 let y = g.matmul(x, &wname);
+                p.add_bias(g, y)
+            })
+        })
+        .collect()
+}
+
+/// [`linear_parts`] as bfloat16 products, the way autocast computes a linear:
+/// `Cast(MatMul(Cast(x, bf16), W_bf16), f32) + b`, the weight stored as bfloat16 and the
+/// bias added in float32. One cast of `x` serves every part.
+fn linear_bf16(g: &mut Graph, vb: &Vb, x: &str, in_dim: usize, parts: Vec<Part>) -> Vec<Val> {
+    use crate::onnx::Elem;
+    let xb = g.scoped(vb.prefix(), |g| g.cast(x, Elem::Bf16));
+    parts
+        .into_iter()
+        .map(|p| {
+            let wname = g.weight_bf16(
+                &p.weight,
+                &[in_dim, p.out],
+                &p.wt,
+                "bfloat16, stored transposed as [in, out]",
+            );
+            g.scoped(vb.prefix(), |g| {
+                let y = g.matmul(&xb, &wname);
+                let y = g.cast(&y, Elem::F32);
                 p.add_bias(g, y)
             })
         })

@@ -44,8 +44,8 @@ pub struct Manifest {
     pub sampler: SamplerDefaults,
     pub rope: RopeSpec,
     pub graphs: Graphs,
-    /// Storage and compute dtype of the graphs ("float32" or "float16"); inputs and
-    /// outputs are float32 either way.
+    /// Storage and compute dtype of the graphs ("float32", "float16" or "bfloat16": weight
+    /// products in bfloat16, the rest float32); inputs and outputs are float32 either way.
     pub dtype: String,
     /// Bounds `flowar verify` applies by default to this model's graphs.
     #[serde(default)]
@@ -246,6 +246,11 @@ pub struct GraphSpec {
     /// int8`); empty for float graphs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub int8_linears: Vec<String>,
+    /// The precision an engine that chooses its own (OpenVINO's `INFERENCE_PRECISION_HINT`)
+    /// runs this graph in: `"bf16"` for the VAE of a bfloat16 folder. Absent: float32, or
+    /// whatever the graph's own types say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_precision: Option<String>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }

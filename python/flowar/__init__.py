@@ -73,22 +73,38 @@ def _classes(classes: Union[Class, Sequence[Class]]) -> List[Class]:
     return out
 
 
-def _onnxruntime_lib() -> Optional[str]:
-    """This interpreter's pip-installed onnxruntime library, unless ORT_DYLIB_PATH names
-    one: the wheel ships ``capi/libonnxruntime.so*``, which flowar loads (found without
-    importing onnxruntime, which would load a second copy)."""
-    if os.environ.get("ORT_DYLIB_PATH"):
+def _package_lib(package: str, env_var: str, patterns: Sequence[str]) -> Optional[str]:
+    """This interpreter's pip-installed library of ``package`` (found without importing
+    it, which would load a second copy), unless ``env_var`` names one."""
+    if os.environ.get(env_var):
         return None
     try:
-        spec = importlib.util.find_spec("onnxruntime")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     for d in (spec.submodule_search_locations or []) if spec else []:
-        found = sorted(glob.glob(os.path.join(d, "capi", "libonnxruntime.so*")))
-        found += sorted(glob.glob(os.path.join(d, "capi", "libonnxruntime*.dylib")))
+        found: List[str] = []
+        for pattern in patterns:
+            found += sorted(glob.glob(os.path.join(d, pattern)))
         if found:
             return found[0]
     return None
+
+
+def _onnxruntime_lib() -> Optional[str]:
+    """This interpreter's onnxruntime library, unless ORT_DYLIB_PATH names one: the wheel
+    ships ``capi/libonnxruntime.so*``."""
+    return _package_lib(
+        "onnxruntime",
+        "ORT_DYLIB_PATH",
+        ["capi/libonnxruntime.so*", "capi/libonnxruntime*.dylib"],
+    )
+
+
+def _openvino_lib() -> Optional[str]:
+    """This interpreter's OpenVINO C library, unless OPENVINO_LIB_PATH names one: the wheel
+    ships ``libs/libopenvino_c.so*``."""
+    return _package_lib("openvino", "OPENVINO_LIB_PATH", ["libs/libopenvino_c.so*"])
 
 
 class Pipeline:
@@ -96,10 +112,10 @@ class Pipeline:
 
     Args:
         model_dir: a folder written by ``flowar.convert`` / ``flowar convert``.
-        provider: ``"auto"`` (the fastest available: tensorrt, cuda, ort-cpu, else tract),
-            or one by name: ``"ort-cpu"``, ``"cuda"``, ``"tensorrt"``, ``"tract"``. A named
-            provider that cannot be used raises ``ProviderUnavailable``; there is no
-            silent fallback.
+        provider: ``"auto"`` (the fastest available: tensorrt, cuda, ort-cpu, else tract;
+            openvino for a bfloat16 model), or one by name: ``"ort-cpu"``, ``"cuda"``,
+            ``"tensorrt"``, ``"openvino"``, ``"tract"``. A named provider that cannot be
+            used raises ``ProviderUnavailable``; there is no silent fallback.
         threads: intra-op threads (default: the number of cores).
         gpu: CUDA / TensorRT options as ``flowar generate --gpu`` takes them, e.g.
             ``{"mem_limit": "8GiB", "trt_fp16": True}``.
@@ -107,6 +123,8 @@ class Pipeline:
         ort_lib: path to ``libonnxruntime.so`` (default: ``ORT_DYLIB_PATH``, else this
             interpreter's ``pip install onnxruntime``; without either, ``auto`` runs on
             tract).
+        openvino_lib: path to ``libopenvino_c.so`` or its folder (default:
+            ``OPENVINO_LIB_PATH``, else this interpreter's ``pip install openvino``).
     """
 
     def __init__(
@@ -117,6 +135,7 @@ class Pipeline:
         gpu: Optional[Dict[str, Any]] = None,
         device_id: int = 0,
         ort_lib: Optional[PathLike] = None,
+        openvino_lib: Optional[PathLike] = None,
     ) -> None:
         self._native = _flowar.Pipeline(
             os.fspath(model_dir),
@@ -125,6 +144,7 @@ class Pipeline:
             gpu,
             device_id,
             _onnxruntime_lib() if ort_lib is None else os.fspath(ort_lib),
+            _openvino_lib() if openvino_lib is None else os.fspath(openvino_lib),
         )
         self._manifest: Dict[str, Any] = json.loads(self._native.manifest_json)
 

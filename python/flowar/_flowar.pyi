@@ -41,6 +41,7 @@ class Pipeline:
         gpu: Optional[Dict[str, Any]] = None,
         device_id: int = 0,
         ort_lib: Optional[_Path] = None,
+        openvino_lib: Optional[_Path] = None,
     ) -> None: ...
     @property
     def manifest_json(self) -> str: ...

@@ -1,6 +1,10 @@
 //! `flowar._flowar.Pipeline`: a model folder loaded on a provider. Generation runs with
 //! the GIL released; every solver step it takes the GIL back briefly to call the progress
 //! callback and to notice Ctrl-C, and either stops the run.
+//!
+//! Lock order: the Pipeline's mutex is only ever taken with the GIL released (inside
+//! `py.detach`). A thread holding the mutex takes the GIL for its progress callback, so
+//! one waiting for the mutex while holding the GIL would deadlock the two.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -126,7 +130,10 @@ type BatchSink<'a> =
 
 #[pyclass(frozen, module = "flowar._flowar")]
 pub struct Pipeline {
+    /// Taken only with the GIL released (see the module's lock order).
     inner: Mutex<flowar_runtime::Pipeline>,
+    /// A copy of the pipeline's manifest, readable without the mutex.
+    manifest: flowar_runtime::manifest::Manifest,
     manifest_json: String,
     provider: String,
     provider_reason: String,
@@ -134,6 +141,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Call only inside `py.detach` (see the module's lock order).
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, flowar_runtime::Pipeline>, Error> {
         self.inner.lock().map_err(|_| Error::Poisoned {
             what: "this Pipeline".into(),
@@ -154,14 +162,11 @@ impl Pipeline {
         if batch_size == 0 {
             return Err(PyValueError::new_err("batch_size must be at least 1"));
         }
-        {
-            let pipe = self.lock().map_err(errors::runtime)?;
-            pipe.validate(req).map_err(errors::runtime)?;
-        }
         let batches = req.classes.len().div_ceil(batch_size);
         let mut raised: Option<PyErr> = None;
         let result = py.detach(|| -> Result<(), Error> {
             let mut pipe = self.lock()?;
+            pipe.validate(req)?;
             for (batch, (ix, cl)) in req
                 .image_indices
                 .chunks(batch_size)
@@ -212,7 +217,8 @@ impl Pipeline {
 #[pymethods]
 impl Pipeline {
     #[new]
-    #[pyo3(signature = (model_dir, provider="auto", threads=None, gpu=None, device_id=0, ort_lib=None))]
+    #[pyo3(signature = (model_dir, provider="auto", threads=None, gpu=None, device_id=0, ort_lib=None, openvino_lib=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         model_dir: PathBuf,
@@ -221,6 +227,7 @@ impl Pipeline {
         gpu: Option<Bound<'_, PyDict>>,
         device_id: i32,
         ort_lib: Option<PathBuf>,
+        openvino_lib: Option<PathBuf>,
     ) -> PyResult<Pipeline> {
         if threads == Some(0) {
             return Err(PyValueError::new_err("threads must be at least 1"));
@@ -251,6 +258,8 @@ impl Pipeline {
                 ort_lib,
                 device_id,
                 gpu: gpu_options,
+                openvino_lib,
+                ..BackendOptions::default()
             },
         };
         let dir = model_dir.clone();
@@ -262,6 +271,7 @@ impl Pipeline {
         Ok(Pipeline {
             provider: pipe.provider().provider.name().to_string(),
             provider_reason: pipe.provider().reason.clone(),
+            manifest: pipe.manifest().clone(),
             inner: Mutex::new(pipe),
             manifest_json,
             model_dir,
@@ -306,9 +316,15 @@ impl Pipeline {
         batch_size: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<(Bound<'py, PyByteArray>, usize, usize, usize)> {
-        let manifest = self.lock().map_err(errors::runtime)?.manifest().clone();
         let req = request(
-            &manifest, classes, indices, seed, cfg, guidance, steps, solver,
+            &self.manifest,
+            classes,
+            indices,
+            seed,
+            cfg,
+            guidance,
+            steps,
+            solver,
         )
         .map_err(errors::runtime)?;
         let mut pixels: Vec<u8> = Vec::new();
@@ -341,15 +357,26 @@ impl Pipeline {
         batch_size: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Vec<PathBuf>> {
-        let manifest = self.lock().map_err(errors::runtime)?.manifest().clone();
         let req = request(
-            &manifest, classes, indices, seed, cfg, guidance, steps, solver,
+            &self.manifest,
+            classes,
+            indices,
+            seed,
+            cfg,
+            guidance,
+            steps,
+            solver,
         )
         .map_err(errors::runtime)?;
         std::fs::create_dir_all(&out_dir).map_err(|e| errors::runtime(Error::io(&out_dir, e)))?;
         let mut written = Vec::new();
         self.run_batches(py, &req, batch_size, progress, &mut |part, images| {
-            written.extend(sample_set::save_images(&out_dir, &manifest, part, &images)?);
+            written.extend(sample_set::save_images(
+                &out_dir,
+                &self.manifest,
+                part,
+                &images,
+            )?);
             Ok(())
         })?;
         Ok(written)

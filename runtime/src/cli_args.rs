@@ -10,12 +10,16 @@ use crate::error::{Error, Result};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct EngineArgs {
-    /// Intra-op threads of onnxruntime and tract (default: the number of cores).
+    /// Intra-op threads of onnxruntime, OpenVINO and tract (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, else the pip-installed onnxruntime).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
+    /// Path to libopenvino_c.so or its folder (else OPENVINO_LIB_PATH, else the pip-installed
+    /// openvino of ./.venv, then of python3).
+    #[arg(long)]
+    pub openvino_lib: Option<PathBuf>,
     /// GPU ordinal for cuda / tensorrt.
     #[arg(long, default_value_t = 0)]
     pub device_id: i32,
@@ -49,6 +53,8 @@ impl EngineArgs {
             ort_lib: self.ort_lib.clone(),
             device_id: self.device_id,
             gpu,
+            openvino_lib: self.openvino_lib.clone(),
+            ..BackendOptions::default()
         })
     }
 }

@@ -8,7 +8,7 @@ use crate::backend::BackendOptions;
 use crate::error::Result;
 use crate::manifest::Manifest;
 use crate::model::Model;
-use crate::provider::{resolve, ProviderChoice, Resolved};
+use crate::provider::{resolve_for, ProviderChoice, Resolved};
 use crate::sampler::{scale_loop, Output, Progress, Request};
 
 /// How to load a pipeline.
@@ -26,7 +26,8 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads `dir` on the provider `options` ask for (see [`ProviderChoice`]).
     pub fn load(dir: &Path, options: &PipelineOptions) -> Result<Pipeline> {
-        let resolved = resolve(options.provider, &options.backend)?;
+        let manifest = Manifest::load(dir)?;
+        let resolved = resolve_for(options.provider, &options.backend, &manifest)?;
         let model = Model::load(dir, resolved.provider, &options.backend)?;
         Ok(Pipeline { model, resolved })
     }

@@ -149,12 +149,18 @@ pub fn compare(name: &str, got: &[f32], want: &Tensor, bound: f32) -> Result<Cas
         });
     }
     let (mut max_abs, mut max_rel) = (0f64, 0f64);
-    let mut finite = true;
+    // Both sides: `f64::max` drops NaN, so a NaN in either (a broken reference file
+    // included) would otherwise read as no difference at all.
+    let (mut finite, mut nan) = (true, false);
     for (a, b) in got.iter().zip(w) {
-        finite &= a.is_finite();
+        finite &= a.is_finite() && b.is_finite();
         let d = (*a as f64 - *b as f64).abs();
+        nan |= d.is_nan();
         max_abs = max_abs.max(d);
         max_rel = max_rel.max(d / (b.abs() as f64).max(1e-3));
+    }
+    if nan {
+        (max_abs, max_rel) = (f64::NAN, f64::NAN);
     }
     let pass = finite && max_abs <= bound as f64;
     Ok(CaseResult {
@@ -379,4 +385,55 @@ pub fn run(
         ));
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(got: &[f32], want: &[f32]) -> CaseResult {
+        let want = Tensor::f32(vec![want.len()], want.to_vec());
+        compare("case", got, &want, 1e-4).unwrap()
+    }
+
+    #[test]
+    fn equal_values_pass_and_a_difference_past_the_bound_fails() {
+        assert!(case(&[1.0, -2.0], &[1.0, -2.0]).pass);
+        let r = case(&[1.0, -2.0], &[1.0, -2.001]);
+        assert!(!r.pass && r.max_abs > 1e-4, "{r:?}");
+    }
+
+    /// A failing case, reported as NaN rather than as the largest finite difference.
+    fn fails_as_nan(got: &[f32], want: &[f32]) {
+        let r = case(got, want);
+        assert!(!r.pass, "{got:?} vs {want:?} passed: {r:?}");
+        assert!(r.max_abs.is_nan(), "{got:?} vs {want:?}: {r:?}");
+    }
+
+    #[test]
+    fn a_nan_in_the_produced_values_fails() {
+        fails_as_nan(&[1.0, f32::NAN], &[1.0, 2.0]);
+        fails_as_nan(&[f32::NAN; 2], &[1.0, 2.0]);
+    }
+
+    /// A broken reference file must not pass everything compared against it.
+    #[test]
+    fn a_nan_in_the_reference_fails() {
+        fails_as_nan(&[1.0, 2.0], &[1.0, f32::NAN]);
+        fails_as_nan(&[f32::NAN; 2], &[f32::NAN; 2]);
+    }
+
+    #[test]
+    fn an_infinity_on_either_side_fails() {
+        let inf = f32::INFINITY;
+        let cases: [(&[f32], &[f32]); 3] = [
+            (&[inf, 0.0], &[inf, 0.0]),
+            (&[0.0], &[-inf]),
+            (&[inf], &[0.0]),
+        ];
+        for (got, want) in cases {
+            let r = case(got, want);
+            assert!(!r.pass, "{got:?} vs {want:?}: {r:?}");
+        }
+    }
 }

@@ -1,8 +1,9 @@
-//! Runs the tiny KV-cache graph (tests/data/tiny_kv.onnx, made by make_tiny.py) on both
-//! backends and checks their error reporting.
+//! Runs the tiny KV-cache graph (tests/data/tiny_kv.onnx, made by make_tiny.py) on every
+//! CPU backend (tract, onnxruntime, OpenVINO) and checks their error reporting.
 
 use std::path::PathBuf;
 
+use flowar_runtime::backend::openvino_backend::{self, OpenVinoSession};
 use flowar_runtime::backend::ort_backend::{self, OrtSession};
 use flowar_runtime::backend::tract_backend::TractSession;
 use flowar_runtime::backend::{open_session, BackendOptions, Provider, Session};
@@ -33,6 +34,43 @@ fn ort_ok() -> bool {
             false
         }
     }
+}
+
+/// Whether OpenVINO can be found with the normal search; `FLOWAR_REQUIRE_OPENVINO` (CI)
+/// makes its absence a failure.
+fn openvino_ok() -> bool {
+    match openvino_backend::available(&BackendOptions::default()) {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var("FLOWAR_REQUIRE_OPENVINO").is_err(),
+                "OpenVINO is required: {why}"
+            );
+            eprintln!("SKIPPING OpenVINO checks: {why}");
+            false
+        }
+    }
+}
+
+/// A session on each engine that loads here, by backend name.
+fn sessions(opts: &BackendOptions) -> Vec<(&'static str, Box<dyn Session>)> {
+    let mut v: Vec<(&'static str, Box<dyn Session>)> = vec![(
+        "tract",
+        Box::new(TractSession::open(&tiny(), opts).unwrap()),
+    )];
+    if ort_ok() {
+        v.push((
+            "onnxruntime",
+            Box::new(OrtSession::open(Provider::OrtCpu, &tiny(), opts).unwrap()),
+        ));
+    }
+    if openvino_ok() {
+        v.push((
+            "openvino",
+            Box::new(OpenVinoSession::open(&tiny(), opts).unwrap()),
+        ));
+    }
+    v
 }
 
 struct Case {
@@ -82,37 +120,37 @@ fn run_case(s: &mut dyn Session, c: &Case) -> Vec<Tensor> {
 }
 
 #[test]
-fn both_backends_agree_with_the_reference() {
+fn every_backend_agrees_with_the_reference() {
     let opts = BackendOptions {
         threads: Some(1),
         ..Default::default()
     };
-    let mut tract = TractSession::open(&tiny(), &opts).unwrap();
+    let tract = TractSession::open(&tiny(), &opts).unwrap();
     assert_eq!(tract.input_names(), ["x", "past", "flag"]);
     assert_eq!(tract.output_names(), ["y", "present"]);
-    let mut ort = if ort_ok() {
-        Some(OrtSession::open(Provider::OrtCpu, &tiny(), &opts).unwrap())
-    } else {
-        None
-    };
-    if let Some(o) = &ort {
+    if ort_ok() {
+        let o = OrtSession::open(Provider::OrtCpu, &tiny(), &opts).unwrap();
         assert_eq!(o.input_names(), ["x", "past", "flag"]);
         assert_eq!(o.output_names(), ["y", "present"]);
     }
+    if openvino_ok() {
+        let o = OpenVinoSession::open(&tiny(), &opts).unwrap();
+        assert_eq!(o.input_names(), ["x", "past", "flag"]);
+        assert_eq!(o.output_names(), ["y", "present"]);
+    }
+    let mut all = sessions(&opts);
     // One session serves every symbolic size, including an empty past.
     for (b, n, p) in [(2, 3, 0), (2, 3, 2), (1, 1, 0), (1, 5, 7), (2, 0, 3)] {
         for flag in [true, false] {
             let c = case(b, n, p, flag);
             let (y, present) = expected(&c, flag);
-            let got = run_case(&mut tract, &c);
-            assert_eq!(
-                got,
-                vec![y.clone(), present.clone()],
-                "tract b={b} n={n} p={p} flag={flag}"
-            );
-            if let Some(o) = ort.as_mut() {
-                let got_ort = run_case(o, &c);
-                assert_eq!(got_ort, got, "ort vs tract b={b} n={n} p={p} flag={flag}");
+            for (backend, s) in all.iter_mut() {
+                let got = run_case(s.as_mut(), &c);
+                assert_eq!(
+                    got,
+                    vec![y.clone(), present.clone()],
+                    "{backend} b={b} n={n} p={p} flag={flag}"
+                );
             }
         }
     }
@@ -125,6 +163,9 @@ fn open_session_dispatches() {
     let mut providers = vec![Provider::Tract];
     if ort_ok() {
         providers.push(Provider::OrtCpu);
+    }
+    if openvino_ok() {
+        providers.push(Provider::OpenVino);
     }
     for p in providers {
         let mut s = open_session(p, &tiny(), &opts).unwrap();
@@ -157,6 +198,9 @@ fn missing_graph_is_a_model_error_naming_the_path() {
     let e = OrtSession::open(Provider::OrtCpu, &path, &opts).unwrap_err();
     assert!(e.to_string().contains("graph file not found"), "{e}");
     assert_model_error(e, &path, "ort missing");
+    let e = OpenVinoSession::open(&path, &opts).unwrap_err();
+    assert!(e.to_string().contains("graph file not found"), "{e}");
+    assert_model_error(e, &path, "openvino missing");
 }
 
 #[test]
@@ -186,23 +230,22 @@ fn corrupt_graph_is_a_model_error() {
             "ort corrupt",
         );
     }
+    if openvino_ok() {
+        assert_model_error(
+            OpenVinoSession::open(&path, &opts).unwrap_err(),
+            &path,
+            "openvino corrupt",
+        );
+    }
 }
 
 #[test]
 fn bad_inputs_are_reported_clearly() {
     let c = case(1, 2, 0, true);
     let opts = BackendOptions::default();
-    let mut sessions: Vec<(&str, Box<dyn Session>)> = vec![(
-        "tract",
-        Box::new(TractSession::open(&tiny(), &opts).unwrap()),
-    )];
-    if ort_ok() {
-        sessions.push((
-            "onnxruntime",
-            Box::new(OrtSession::open(Provider::OrtCpu, &tiny(), &opts).unwrap()),
-        ));
-    }
-    for (backend, s) in sessions.iter_mut() {
+    let mut all = sessions(&opts);
+    assert!(!all.is_empty());
+    for (backend, s) in all.iter_mut() {
         let e = s.run(&[("x", &c.x), ("past", &c.past)]).unwrap_err();
         assert!(
             matches!(&e, Error::Backend { backend: b, graph, .. } if b == backend && graph == "tiny_kv.onnx"),

@@ -50,13 +50,16 @@ pub struct Args {
     /// Convert even if weights hold NaN or Inf.
     #[arg(long)]
     pub allow_nonfinite: bool,
-    /// Graph precision: f32, or f16 (weights and activations in float16; norm statistics,
-    /// softmax and the time embedding stay float32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    /// Graph precision: f32; f16 (weights and activations in float16; norm statistics,
+    /// softmax and the time embedding stay float32); or bf16, the way autocast computes
+    /// (the transformers' linears in bfloat16 with bfloat16 weights, everything else
+    /// float32; the VAE in OpenVINO's bfloat16). bf16 runs on --provider openvino on a CPU
+    /// with AMX or AVX512-BF16 only.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
     /// Opt-in fast mode: int8 weights for the transformers' block linears (flow head and AR)
     /// and the flow head's final adaLN (activations quantized per call). Faster on CPUs; the outputs are no longer the
-    /// reference's (see bench/README.md for the measured cost). Not with --dtype f16.
+    /// reference's (see bench/README.md for the measured cost). Not with --dtype f16 or bf16.
     #[arg(long, value_parser = ["int8"])]
     pub quantize: Option<String>,
 }

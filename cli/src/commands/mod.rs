@@ -73,7 +73,7 @@ pub fn demo_model() -> Option<DemoModel> {
 /// Provider and engine options shared by generate and verify.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// auto, ort-cpu, cuda, tensorrt or tract.
+    /// auto, ort-cpu, cuda, tensorrt, openvino or tract.
     #[arg(long, default_value = "auto")]
     pub provider: String,
     #[command(flatten)]

@@ -96,13 +96,15 @@ fn add_positions(
 pub fn build(
     vb: &Vb,
     dims: &FlowArDims,
-    act: Elem,
+    precision: crate::precision::Precision,
     quantize: Option<crate::quantize::Quantize>,
     version: &str,
 ) -> Result<BuiltGraph> {
     let a = &dims.ar;
     let (d, c, hd) = (a.width, dims.latent_channels, a.head_dim);
-    let mut g = Graph::with_precision("flowar_ar_step", act).with_quantize(quantize);
+    let mut g = Graph::with_precision("flowar_ar_step", precision.elem())
+        .with_quantize(quantize)
+        .with_bf16_products(precision.bf16_products());
     let cache_dims = |tok: &'static str| {
         vec![
             Dim::Sym(ROWS),
@@ -267,5 +269,6 @@ pub fn build(
         outputs,
         parameters,
         int8_linears,
+        inference_precision: None,
     })
 }

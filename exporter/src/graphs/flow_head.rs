@@ -114,14 +114,16 @@ where
 pub fn build(
     vb: &Vb,
     dims: &FlowArDims,
-    act: Elem,
+    precision: crate::precision::Precision,
     quantize: Option<crate::quantize::Quantize>,
     version: &str,
 ) -> Result<BuiltGraph> {
     let f = &dims.flow;
     let (w, c, d) = (f.width, dims.latent_channels, dims.ar.width);
     let vb = vb.pp("flownet");
-    let mut g = Graph::with_precision("flowar_flow_head", act).with_quantize(quantize);
+    let mut g = Graph::with_precision("flowar_flow_head", precision.elem())
+        .with_quantize(quantize)
+        .with_bf16_products(precision.bf16_products());
     let inputs = vec![
         Io::new(
             io::X,
@@ -236,5 +238,6 @@ pub fn build(
         outputs,
         parameters,
         int8_linears,
+        inference_precision: None,
     })
 }

@@ -40,6 +40,7 @@ impl Io {
             dtype: match self.elem {
                 Elem::F32 => "float32",
                 Elem::F16 => "float16",
+                Elem::Bf16 => "bfloat16",
                 Elem::F64 => "float64",
                 Elem::I64 => "int64",
                 Elem::Bool => "bool",
@@ -65,4 +66,7 @@ pub struct BuiltGraph {
     pub parameters: usize,
     /// Key paths of the linears built with int8 weights (`--quantize int8`).
     pub int8_linears: Vec<String>,
+    /// The precision an engine that picks its own should run this graph in (the VAE of a
+    /// bfloat16 folder); `None`: what the graph says.
+    pub inference_precision: Option<&'static str>,
 }

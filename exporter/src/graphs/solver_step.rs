@@ -102,5 +102,6 @@ pub fn build(latent_channels: usize, version: &str) -> BuiltGraph {
         outputs,
         parameters: 0,
         int8_linears: Vec::new(),
+        inference_precision: None,
     }
 }

@@ -65,14 +65,14 @@ pub fn build(
     dims: &VaeDims,
     grid: usize,
     latent_scale: f64,
-    act: Elem,
+    precision: crate::precision::Precision,
     version: &str,
 ) -> Result<BuiltGraph> {
     let a = &dims.arch;
     let c = dims.latent_channels;
     let levels = dims.level_channels.len();
     let image = grid * a.stride;
-    let mut g = Graph::with_precision("flowar_vae_decoder", act);
+    let mut g = Graph::with_precision("flowar_vae_decoder", precision.elem());
     let inputs = vec![Io::new(
         io::LATENT,
         Elem::F32,
@@ -142,5 +142,6 @@ pub fn build(
         outputs,
         parameters,
         int8_linears: Vec::new(),
+        inference_precision: precision.vae_inference_precision(),
     })
 }

@@ -14,6 +14,8 @@ pub type Val = String;
 pub enum Elem {
     F32,
     F16,
+    /// Only the weights and inputs of bfloat16 products (`--dtype bf16`).
+    Bf16,
     /// Only the solver state (the reference keeps it in float64).
     F64,
     I64,
@@ -25,6 +27,7 @@ impl Elem {
         match self {
             Elem::F32 => data_type::FLOAT,
             Elem::F16 => data_type::FLOAT16,
+            Elem::Bf16 => data_type::BFLOAT16,
             Elem::F64 => data_type::DOUBLE,
             Elem::I64 => data_type::INT64,
             Elem::Bool => data_type::BOOL,
@@ -56,6 +59,8 @@ pub struct Graph {
     /// int8 linears (`convert --quantize`), and the key paths of those built so far.
     quantize: Option<crate::quantize::Quantize>,
     quantized: Vec<String>,
+    /// Linears compute in bfloat16 (`convert --dtype bf16`; see [`crate::precision`]).
+    bf16_products: bool,
 }
 
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
@@ -128,7 +133,24 @@ impl Graph {
             act: Elem::F32,
             quantize: None,
             quantized: Vec::new(),
+            bf16_products: false,
         }
+    }
+
+    /// Builds every linear as a bfloat16 product (see [`crate::precision`]).
+    pub fn with_bf16_products(mut self, on: bool) -> Self {
+        self.bf16_products = on;
+        self
+    }
+
+    /// Whether linears compute in bfloat16.
+    pub fn bf16_products(&self) -> bool {
+        self.bf16_products
+    }
+
+    /// `x` cast to `to`.
+    pub fn cast(&mut self, x: &str, to: Elem) -> Val {
+        self.node("Cast", &[x], vec![attr_int("to", to.onnx() as i64)])
     }
 
     /// Builds the linears `q` chooses with int8 weights (see [`crate::quantize`]).
@@ -183,7 +205,7 @@ impl Graph {
         if self.act == Elem::F32 {
             return x.to_string();
         }
-        self.node("Cast", &[x], vec![attr_int("to", to.onnx() as i64)])
+        self.cast(x, to)
     }
 
     /// A scalar constant in the activation type.
@@ -252,6 +274,12 @@ impl Graph {
         self.add_initializer(name, dims, data, doc, act)
     }
 
+    /// Adds a weight stored as bfloat16 (a bfloat16 product's), counted as parameters.
+    pub fn weight_bf16(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
+        self.param_count += data.len();
+        self.add_initializer(name, dims, data, doc, Elem::Bf16)
+    }
+
     /// Adds a weight that stays float32 whatever the activation type (norm parameters).
     pub fn weight_f32(&mut self, name: &str, dims: &[usize], data: &[f32], doc: &str) -> Val {
         self.param_count += data.len();
@@ -293,6 +321,10 @@ impl Graph {
             Elem::F16 => data
                 .iter()
                 .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            Elem::Bf16 => data
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
                 .collect(),
             Elem::F64 => data
                 .iter()

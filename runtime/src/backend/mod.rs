@@ -1,4 +1,4 @@
-//! Execution backends: onnxruntime (through `ort`) and tract, behind one trait.
+//! Execution backends: onnxruntime (through `ort`), OpenVINO and tract, behind one trait.
 //!
 //! A backend runs ONNX graphs by file and input name. It knows nothing of FlowAR: what a
 //! graph does, which inputs grow with the batch, and what a TensorRT profile should cover
@@ -11,6 +11,8 @@ use std::path::Path;
 
 pub mod gpu;
 pub mod inputs;
+mod library_search;
+pub mod openvino_backend;
 pub mod ort_backend;
 pub mod tensorrt;
 pub mod tract_backend;
@@ -22,6 +24,8 @@ pub enum Provider {
     OrtCpu,
     Cuda,
     TensorRt,
+    /// OpenVINO's CPU plugin (bfloat16 products on AMX and AVX512-BF16 CPUs).
+    OpenVino,
     Tract,
 }
 
@@ -31,14 +35,16 @@ impl Provider {
             Provider::OrtCpu => "ort-cpu",
             Provider::Cuda => "cuda",
             Provider::TensorRt => "tensorrt",
+            Provider::OpenVino => "openvino",
             Provider::Tract => "tract",
         }
     }
-    pub fn all() -> [Provider; 4] {
+    pub fn all() -> [Provider; 5] {
         [
             Provider::OrtCpu,
             Provider::Cuda,
             Provider::TensorRt,
+            Provider::OpenVino,
             Provider::Tract,
         ]
     }
@@ -54,10 +60,12 @@ impl Provider {
     }
 
     /// The provider that runs float64 graphs in place of this one: TensorRT has no float64,
-    /// so such graphs run on CUDA, on the same device.
+    /// so such graphs run on CUDA, on the same device; OpenVINO computes float64 in float32,
+    /// so they run on the host, in tract.
     pub fn for_float64(self) -> Provider {
         match self {
             Provider::TensorRt => Provider::Cuda,
+            Provider::OpenVino => Provider::Tract,
             p => p,
         }
     }
@@ -71,7 +79,7 @@ impl std::str::FromStr for Provider {
             .find(|p| p.name() == s)
             .ok_or_else(|| {
                 crate::error::Error::BadArgument(format!(
-                    "unknown provider `{s}` (expected auto, ort-cpu, cuda, tensorrt or tract)"
+                    "unknown provider `{s}` (expected auto, ort-cpu, cuda, tensorrt, openvino or tract)"
                 ))
             })
     }
@@ -88,6 +96,32 @@ pub struct BackendOptions {
     pub device_id: i32,
     /// CUDA and TensorRT settings (ignored by the CPU providers).
     pub gpu: gpu::GpuOptions,
+    /// Explicit path to `libopenvino_c.so` or its folder (else `OPENVINO_LIB_PATH`, else
+    /// the documented search).
+    pub openvino_lib: Option<std::path::PathBuf>,
+    /// The precision OpenVINO computes in (its `INFERENCE_PRECISION_HINT`); the other
+    /// engines compute what the graph says.
+    pub inference_precision: InferencePrecision,
+}
+
+/// A hint to engines that choose their own compute precision (OpenVINO). Float32 by
+/// default: reduced precision belongs in the graph, where it can be kept to the products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InferencePrecision {
+    #[default]
+    F32,
+    /// Every op in bfloat16 where the CPU has it (AMX, AVX512-BF16).
+    Bf16,
+}
+
+impl InferencePrecision {
+    /// OpenVINO's name for it.
+    pub fn openvino_name(self) -> &'static str {
+        match self {
+            InferencePrecision::F32 => "f32",
+            InferencePrecision::Bf16 => "bf16",
+        }
+    }
 }
 
 impl BackendOptions {
@@ -133,6 +167,7 @@ impl Unavailable {
 pub fn available(provider: Provider, options: &BackendOptions) -> Result<(), Unavailable> {
     match provider {
         Provider::Tract => Ok(()),
+        Provider::OpenVino => openvino_backend::available(options),
         Provider::OrtCpu | Provider::Cuda => {
             ort_backend::provider_available_with(provider, options)
         }
@@ -176,7 +211,7 @@ pub trait Session: Send {
 }
 
 /// A tensor kept where its session computes: GPU memory on CUDA and TensorRT, onnxruntime's
-/// own host buffers on its CPU provider, a plain host tensor on tract. The sampler passes
+/// own host buffers on its CPU provider, a plain host tensor on OpenVINO and tract. The sampler passes
 /// latents, the KV cache and conditions between graphs as these.
 #[derive(Debug)]
 pub enum Resident {
@@ -242,10 +277,30 @@ pub fn open_session_with(
 ) -> Result<Box<dyn Session>> {
     match provider {
         Provider::Tract => Ok(Box::new(tract_backend::TractSession::open(graph, options)?)),
-        _ => Ok(Box::new(ort_backend::OrtSession::open_with(
-            provider, graph, options, trt,
+        Provider::OpenVino => Ok(Box::new(openvino_backend::OpenVinoSession::open(
+            graph, options,
         )?)),
+        Provider::OrtCpu | Provider::Cuda | Provider::TensorRt => Ok(Box::new(
+            ort_backend::OrtSession::open_with(provider, graph, options, trt)?,
+        )),
     }
+}
+
+/// The host tensors behind `inputs`, for the engines that compute on the host (tract,
+/// OpenVINO); `Err` names an input that is an onnxruntime value instead.
+pub(crate) fn host_inputs<'a>(
+    inputs: &[(&'a str, &'a Resident)],
+    engine: &str,
+) -> std::result::Result<Vec<(&'a str, &'a Tensor)>, String> {
+    inputs
+        .iter()
+        .map(|(name, r)| match r {
+            Resident::Host(t) => Ok((*name, t)),
+            Resident::Ort(_) => Err(format!(
+                "input `{name}` is an onnxruntime value; {engine} takes host tensors"
+            )),
+        })
+        .collect()
 }
 
 /// The graph's file name, for error messages.

@@ -29,7 +29,7 @@ use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::inputs::check_host;
-use super::{check_graph_file, graph_name, BackendOptions, Resident, Session};
+use super::{check_graph_file, graph_name, host_inputs, BackendOptions, Resident, Session};
 use crate::error::{panic_message, Cause, Error, Result};
 use crate::tensor::{Tensor as HostTensor, TensorData};
 
@@ -383,18 +383,7 @@ impl Session for TractSession {
     }
 
     fn run_resident(&mut self, inputs: &[(&str, &Resident)]) -> Result<Vec<Resident>> {
-        let mut host = Vec::with_capacity(inputs.len());
-        for (name, r) in inputs {
-            match r {
-                Resident::Host(t) => host.push((*name, t)),
-                Resident::Ort(_) => {
-                    return Err(self.err(
-                        format!("input `{name}` is an onnxruntime value; tract takes host tensors"),
-                        None,
-                    ))
-                }
-            }
-        }
+        let host = host_inputs(inputs, "tract").map_err(|why| self.err(why, None))?;
         Ok(self.run(&host)?.into_iter().map(Resident::Host).collect())
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{
-    open_session_with, tensorrt::prepare_engine_cache, BackendOptions, Provider, Resident, Session,
-    TrtSetup,
+    open_session_with, tensorrt::prepare_engine_cache, BackendOptions, InferencePrecision,
+    Provider, Resident, Session, TrtSetup,
 };
 use crate::error::{Error, Result};
 use crate::manifest::{GraphSpec, Manifest};
@@ -121,7 +121,28 @@ fn open_graph(
             ),
         });
     }
-    open_session_with(provider, &path, opts, trt)
+    match spec.inference_precision.as_deref() {
+        None => open_session_with(provider, &path, opts, trt),
+        Some(hint) => {
+            let precision = match hint {
+                "bf16" => InferencePrecision::Bf16,
+                "f32" => InferencePrecision::F32,
+                other => {
+                    return Err(Error::Model {
+                        path,
+                        reason: format!(
+                            "the manifest asks for inference precision `{other}`; this runtime knows f32 and bf16 (a newer exporter wrote it?)"
+                        ),
+                    })
+                }
+            };
+            let opts = BackendOptions {
+                inference_precision: precision,
+                ..opts.clone()
+            };
+            open_session_with(provider, &path, &opts, trt)
+        }
+    }
 }
 
 impl Model {

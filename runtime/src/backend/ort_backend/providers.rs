@@ -27,6 +27,7 @@ pub fn provider_available_with(
 ) -> Result<(), Unavailable> {
     match provider {
         Provider::Tract => Ok(()),
+        Provider::OpenVino => super::super::openvino_backend::available(options),
         Provider::OrtCpu => runtime(options).map(|_| ()),
         Provider::Cuda | Provider::TensorRt => {
             let rt = runtime(options)?;
@@ -135,6 +136,6 @@ pub(super) fn register_gpu(
             // CUDA after TensorRT: it runs the nodes TensorRT does not support.
             cuda().register(builder).map_err(registering("CUDA"))
         }
-        Provider::OrtCpu | Provider::Tract => Ok(()),
+        Provider::OrtCpu | Provider::OpenVino | Provider::Tract => Ok(()),
     }
 }

@@ -70,10 +70,11 @@ impl OrtSession {
         options: &BackendOptions,
         trt: Option<&TrtSetup>,
     ) -> Result<OrtSession> {
-        if provider == Provider::Tract {
-            return Err(Error::BadArgument(
-                "OrtSession cannot run the tract provider".into(),
-            ));
+        if matches!(provider, Provider::Tract | Provider::OpenVino) {
+            return Err(Error::BadArgument(format!(
+                "OrtSession cannot run the {} provider",
+                provider.name()
+            )));
         }
         check_graph_file(graph)?;
         let unavailable = |why| Error::unavailable(provider.name(), why);

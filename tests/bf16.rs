@@ -1,0 +1,156 @@
+//! `--dtype bf16`, the way autocast computes: the transformers' linears as bfloat16
+//! products with bfloat16 weights, everything else float32, the VAE marked for OpenVINO's
+//! bfloat16. Recorded in the manifest; verified against the fixtures within the recorded
+//! bounds on OpenVINO where the CPU computes bfloat16, and refused, with what is missing,
+//! everywhere else.
+
+use flowar_exporter::checkpoint::Checkpoint;
+use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
+use flowar_exporter::quantize::Quantize;
+use flowar_runtime::backend::{openvino_backend, BackendOptions};
+use flowar_runtime::manifest::Manifest;
+use flowar_runtime::{Error, Pipeline, PipelineOptions, Provider, ProviderChoice};
+use flowar_tests::*;
+
+/// What OpenVINO's CPU plugin says of this CPU; `None` where OpenVINO is missing (a
+/// failure under FLOWAR_REQUIRE_OPENVINO).
+fn capabilities() -> Option<openvino_backend::CpuCapabilities> {
+    match openvino_backend::cpu_capabilities(&BackendOptions::default()) {
+        Ok(c) => {
+            eprintln!("OpenVINO CPU: {} [{}]", c.device, c.capabilities.join(" "));
+            Some(c)
+        }
+        Err(why) => {
+            assert!(
+                std::env::var("FLOWAR_REQUIRE_OPENVINO").is_err(),
+                "OpenVINO is required here: {why}"
+            );
+            eprintln!("SKIPPING the OpenVINO runs: {why}");
+            None
+        }
+    }
+}
+
+fn load_err(dir: &std::path::Path, choice: ProviderChoice) -> String {
+    let opts = PipelineOptions {
+        provider: choice,
+        backend: BackendOptions::default(),
+    };
+    match Pipeline::load(dir, &opts) {
+        Ok(_) => panic!("{choice:?} loaded a bfloat16 folder"),
+        Err(e @ Error::ProviderUnavailable { .. }) => e.to_string(),
+        Err(other) => panic!("{choice:?}: expected ProviderUnavailable, got {other}"),
+    }
+}
+
+#[test]
+fn bf16_folders_record_their_precision_and_store_products_in_bf16() {
+    for name in ["spatial", "cross"] {
+        let (_t32, exact) = convert_fixture(name);
+        let (_tb, dir) = convert_fixture_as(name, Precision::Bf16);
+        let m = Manifest::load(&dir).unwrap();
+        let m32 = Manifest::load(&exact).unwrap();
+        assert_eq!(m.dtype, "bfloat16");
+        assert_ne!(
+            m.model_hash, m32.model_hash,
+            "bf16 graphs are another model"
+        );
+        // Pinned here, independently of the exporter's constants.
+        assert_eq!((m.verify.graph, m.verify.vae), (0.15, 0.12));
+        assert!(!m.verify.pipeline);
+        assert_eq!(
+            m.graphs.vae_decoder.inference_precision.as_deref(),
+            Some("bf16")
+        );
+        for g in [
+            &m.graphs.ar_step,
+            &m.graphs.flow_head,
+            &m.graphs.solver_step,
+        ] {
+            assert_eq!(g.inference_precision, None, "{}", g.file);
+        }
+        // Graph inputs and outputs stay float32.
+        assert_eq!(m.graphs.flow_head.inputs, m32.graphs.flow_head.inputs);
+        for file in ["flow_head.onnx", "ar_step.onnx"] {
+            let size = |d: &std::path::Path| std::fs::metadata(d.join(file)).unwrap().len();
+            assert!(
+                (size(&dir) as f64) < 0.6 * size(&exact) as f64,
+                "{name}/{file}: bf16 {} bytes vs f32 {}",
+                size(&dir),
+                size(&exact)
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_fixtures_verify_on_openvino_where_the_cpu_computes_bf16() {
+    let Some(caps) = capabilities() else { return };
+    for name in ["spatial", "cross"] {
+        let (_t, dir) = convert_fixture_as(name, Precision::Bf16);
+        if !caps.has_bf16() {
+            let err = load_err(&dir, ProviderChoice::Named(Provider::OpenVino));
+            assert!(err.contains("neither AMX nor AVX512-BF16"), "{err}");
+            eprintln!("this CPU has no bf16, refused as it should be: {err}");
+            continue;
+        }
+        let results = verify_on_with_manifest_bounds(name, &dir, Provider::OpenVino, "bf16");
+        assert_eq!(results.len(), 16, "{name}");
+        for r in &results {
+            assert!(r.pass, "bf16 {name}: {r:?}");
+            if r.name.starts_with("flow.") || r.name.ends_with(".z") {
+                // Really computed in bfloat16: far past float32 rounding.
+                assert!(r.max_abs > 1e-4, "{name}: {r:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_folders_are_refused_where_bf16_is_not_native() {
+    let (_t, dir) = convert_fixture_as("spatial", Precision::Bf16);
+    let err = load_err(&dir, ProviderChoice::Named(Provider::Tract));
+    assert!(err.contains("tract has no native bfloat16"), "{err}");
+    assert!(err.contains("--provider openvino"), "{err}");
+    if cpu_providers().contains(&Provider::OrtCpu) {
+        let err = load_err(&dir, ProviderChoice::Named(Provider::OrtCpu));
+        assert!(
+            err.contains("onnxruntime's CPU provider has no bfloat16"),
+            "{err}"
+        );
+    }
+    // `auto` picks OpenVINO where it runs the folder, and says why it cannot elsewhere.
+    match capabilities() {
+        Some(c) if c.has_bf16() => {
+            let pipe = load(&dir, Provider::OpenVino);
+            assert_eq!(pipe.provider().provider, Provider::OpenVino);
+            let auto = Pipeline::load(&dir, &PipelineOptions::default()).unwrap();
+            assert_eq!(auto.provider().provider, Provider::OpenVino);
+        }
+        _ => {
+            let err = load_err(&dir, ProviderChoice::Auto);
+            assert!(
+                err.contains("no provider here runs this bfloat16 model"),
+                "{err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_and_int8_are_refused_together() {
+    let d = fixture("spatial");
+    let f = Checkpoint::open(&d.join("flowar.pth")).unwrap();
+    let v = Checkpoint::open(&d.join("vae.ckpt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let err = convert_as(
+        &ConvertRequest::from_checkpoints(&f, &d.join("flowar.pth"), &v, &d.join("vae.ckpt"), &out)
+            .quantize(Some(Quantize::Int8)),
+        Precision::Bf16,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--quantize int8 and --dtype bf16"), "{err}");
+    assert!(!out.exists());
+}
