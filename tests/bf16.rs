@@ -4,9 +4,7 @@
 //! bounds on OpenVINO where the CPU computes bfloat16, and refused, with what is missing,
 //! everywhere else.
 
-use flowar_exporter::checkpoint::Checkpoint;
-use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
-use flowar_exporter::quantize::Quantize;
+use flowar_exporter::convert::Precision;
 use flowar_runtime::backend::{openvino_backend, BackendOptions};
 use flowar_runtime::manifest::Manifest;
 use flowar_runtime::{Error, Pipeline, PipelineOptions, Provider, ProviderChoice};
@@ -22,7 +20,7 @@ fn capabilities() -> Option<openvino_backend::CpuCapabilities> {
         }
         Err(why) => {
             assert!(
-                std::env::var("FLOWAR_REQUIRE_OPENVINO").is_err(),
+                std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
                 "OpenVINO is required here: {why}"
             );
             eprintln!("SKIPPING the OpenVINO runs: {why}");
@@ -71,10 +69,12 @@ fn bf16_folders_record_their_precision_and_store_products_in_bf16() {
         }
         // Graph inputs and outputs stay float32.
         assert_eq!(m.graphs.flow_head.inputs, m32.graphs.flow_head.inputs);
-        for file in ["flow_head.onnx", "ar_step.onnx"] {
+        // The linears' weights halve; what stays float32 (the fixture AR's 1001-class
+        // embedding table, norms, positions) keeps the AR file above half.
+        for (file, most) in [("flow_head.onnx", 0.6), ("ar_step.onnx", 0.75)] {
             let size = |d: &std::path::Path| std::fs::metadata(d.join(file)).unwrap().len();
             assert!(
-                (size(&dir) as f64) < 0.6 * size(&exact) as f64,
+                (size(&dir) as f64) < most * size(&exact) as f64,
                 "{name}/{file}: bf16 {} bytes vs f32 {}",
                 size(&dir),
                 size(&exact)
@@ -139,18 +139,6 @@ fn bf16_folders_are_refused_where_bf16_is_not_native() {
 
 #[test]
 fn bf16_and_int8_are_refused_together() {
-    let d = fixture("spatial");
-    let f = Checkpoint::open(&d.join("flowar.pth")).unwrap();
-    let v = Checkpoint::open(&d.join("vae.ckpt")).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("model");
-    let err = convert_as(
-        &ConvertRequest::from_checkpoints(&f, &d.join("flowar.pth"), &v, &d.join("vae.ckpt"), &out)
-            .quantize(Some(Quantize::Int8)),
-        Precision::Bf16,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = int8_conversion_refused_with(Precision::Bf16);
     assert!(err.contains("--quantize int8 and --dtype bf16"), "{err}");
-    assert!(!out.exists());
 }

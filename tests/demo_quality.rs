@@ -114,6 +114,49 @@ fn float16_graphs_draw_every_class_too() {
     check_all_classes(&dir, "float16 graphs");
 }
 
+/// End to end in bfloat16 products on OpenVINO, where the CPU computes bfloat16: at least
+/// 28 of 30 images pass (the reference's own autocast passes 29/30). Where the CPU has no
+/// bfloat16, loading is refused with what is missing.
+#[test]
+fn bf16_graphs_draw_the_classes_on_openvino() {
+    use flowar_runtime::backend::{openvino_backend, BackendOptions};
+    use flowar_runtime::{PipelineOptions, Provider, ProviderChoice};
+    let caps = match openvino_backend::cpu_capabilities(&BackendOptions::default()) {
+        Ok(c) => c,
+        Err(why) => {
+            assert!(
+                std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
+                "OpenVINO is required here: {why}"
+            );
+            eprintln!("SKIPPING: OpenVINO is not installed: {why}");
+            return;
+        }
+    };
+    let (_t, dir) = convert_demo_as(None, Precision::Bf16);
+    if !caps.has_bf16() {
+        let opts = PipelineOptions {
+            provider: ProviderChoice::Named(Provider::OpenVino),
+            ..Default::default()
+        };
+        let err = Pipeline::load(&dir, &opts)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("neither AMX nor AVX512-BF16"), "{err}");
+        eprintln!("no bf16 on this CPU; refused as it should be: {err}");
+        return;
+    }
+    let meta = meta();
+    let mut pipe = load(&dir, Provider::OpenVino);
+    let failures = misses(&mut pipe, &meta, None, &[0, 1, 2]);
+    assert!(
+        failures.len() <= 2,
+        "bf16 on openvino: {} misses:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// Negative control: the same check rejects images whose class condition was ignored
 /// (every image generated as class 0).
 #[test]

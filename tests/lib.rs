@@ -214,7 +214,7 @@ pub fn cpu_providers() -> Vec<Provider> {
             Ok(()) => v.push(p),
             Err(why) => {
                 assert!(
-                    std::env::var(var).is_err(),
+                    std::env::var(var).as_deref() != Ok("1"),
                     "{} is required here ({var}): {why}",
                     p.name()
                 );
@@ -298,4 +298,23 @@ pub fn verify_fixture(
             (p, results)
         })
         .collect()
+}
+
+/// The error converting the spatial fixture with `precision` and int8 linears, after
+/// checking that no output folder was left.
+pub fn int8_conversion_refused_with(precision: Precision) -> String {
+    let d = fixture("spatial");
+    let f = Checkpoint::open(&d.join("flowar.pth")).unwrap();
+    let v = Checkpoint::open(&d.join("vae.ckpt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let err = convert_as(
+        &ConvertRequest::from_checkpoints(&f, &d.join("flowar.pth"), &v, &d.join("vae.ckpt"), &out)
+            .quantize(Some(Quantize::Int8)),
+        precision,
+    )
+    .expect_err("int8 with a reduced precision must be refused")
+    .to_string();
+    assert!(!out.exists(), "a refused conversion left {}", out.display());
+    err
 }

@@ -148,7 +148,7 @@ fn graphs_pass_the_onnx_checker() {
         .output();
     if !probe.map(|o| o.status.success()).unwrap_or(false) {
         assert!(
-            std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").is_err(),
+            std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").as_deref() != Ok("1"),
             "the onnx Python package is required ({python})"
         );
         eprintln!("SKIPPING onnx checker: `{python} -c 'import onnx'` failed");

@@ -2,9 +2,7 @@
 //! verified against the fixtures within the bounds the manifest records, on every CPU
 //! backend; refused together with float16.
 
-use flowar_exporter::checkpoint::Checkpoint;
-use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
-use flowar_exporter::quantize::Quantize;
+use flowar_exporter::convert::Precision;
 use flowar_runtime::manifest::Manifest;
 use flowar_tests::*;
 
@@ -105,18 +103,6 @@ fn int8_folders_are_refused_on_openvino() {
 
 #[test]
 fn int8_and_float16_are_refused_together() {
-    let d = fixture("spatial");
-    let f = Checkpoint::open(&d.join("flowar.pth")).unwrap();
-    let v = Checkpoint::open(&d.join("vae.ckpt")).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("model");
-    let err = convert_as(
-        &ConvertRequest::from_checkpoints(&f, &d.join("flowar.pth"), &v, &d.join("vae.ckpt"), &out)
-            .quantize(Some(Quantize::Int8)),
-        Precision::F16,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = int8_conversion_refused_with(Precision::F16);
     assert!(err.contains("--quantize int8 and --dtype f16"), "{err}");
-    assert!(!out.exists());
 }

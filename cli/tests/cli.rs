@@ -443,6 +443,14 @@ fn presets_report_released_parameter_counts() {
         t.contains("FlowAR total 171.7M") && t.contains("vae_decoder 38.2M"),
         "{t}"
     );
+    // The released FlowAR-S sampler settings are the manifest's defaults (L's and H's:
+    // exporter/src/convert.rs, from their detected architectures).
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["sampler"],
+        serde_json::json!({"cfg": 4.3, "guidance": 0.9, "steps": 25})
+    );
 }
 
 /// `--noise-file` replays the reference's recorded noise through the CLI and reproduces
@@ -657,4 +665,242 @@ fn generate_takes_a_per_scale_step_schedule() {
         assert_eq!(o.status.code(), Some(2), "{steps}: {}", text(&o));
         assert!(text(&o).contains(needle), "{steps}: {}", text(&o));
     }
+}
+
+/// `flowar generate --model DIR` with neither `--out` nor `--grid` writes the labelled grid
+/// as `flowar-grid.png` in the working directory, and nothing else there.
+#[test]
+fn generate_without_out_writes_flowar_grid_png_in_the_working_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let cwd = tmp.path().join("work");
+    std::fs::create_dir(&cwd).unwrap();
+    let o = flowar(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--provider",
+            "tract",
+            "--steps",
+            "2",
+            "--class",
+            "3",
+            "917",
+        ],
+        &cwd,
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("wrote grid flowar-grid.png"),
+        "{t}"
+    );
+    let names: Vec<String> = std::fs::read_dir(&cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["flowar-grid.png"]);
+    let file = std::fs::File::open(cwd.join("flowar-grid.png")).unwrap();
+    let r = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let info = r.info();
+    // Two 256-px tiles side by side (zoom 1), each cell 8 px wider than the image.
+    assert_eq!((info.width, info.height), (2 * (256 + 8), 256 + 20));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    let text: Vec<(&str, &str)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.as_str(), t.text.as_str()))
+        .collect();
+    assert_eq!(text, [("flowar:model", manifest["name"].as_str().unwrap())]);
+}
+
+/// tract's `--threads`: 1 and 2 threads give bit-identical images (its products are split
+/// over output tiles), and 0 is refused before any work.
+#[test]
+fn tract_threads_give_identical_images_and_zero_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let gen = |threads: &str| {
+        flowar(
+            &[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--provider",
+                "tract",
+                "--threads",
+                threads,
+                "--steps",
+                "3",
+                "--class",
+                "3",
+                "917",
+                "--batch-size",
+                "2",
+                "--out",
+                &format!("t{threads}"),
+            ],
+            tmp.path(),
+        )
+    };
+    let pixels = |p: PathBuf| {
+        let file = std::fs::File::open(p).unwrap();
+        let mut r = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; r.output_buffer_size().unwrap()];
+        r.next_frame(&mut buf).unwrap();
+        buf
+    };
+    for threads in ["1", "2"] {
+        let o = gen(threads);
+        assert!(o.status.success(), "--threads {threads}: {}", text(&o));
+    }
+    for k in 0..2 {
+        let name = format!("{k:06}.png");
+        let (one, two) = (
+            pixels(tmp.path().join("t1").join(&name)),
+            pixels(tmp.path().join("t2").join(&name)),
+        );
+        assert_eq!(one.len(), 256 * 256 * 3);
+        assert!(one == two, "image {k} differs between 1 and 2 threads");
+    }
+    let o = gen("0");
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("--threads must be at least 1"), "{t}");
+    assert!(
+        !tmp.path().join("t0").exists(),
+        "--threads 0 left an output folder"
+    );
+}
+
+/// `a` and `b` are the same JSON, floats equal to within a few ulps.
+fn same_json(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs()),
+                "{at}: {x} vs {y}"
+            );
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                same_json(x, y, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert!(x.keys().eq(y.keys()), "{at}: keys differ");
+            for (k, x) in x {
+                same_json(x, &y[k], &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+/// `flowar bench --from-json` re-renders a report `flowar bench --json` saved: the same
+/// Markdown (also printed), the same chart and the same JSON, without measuring again;
+/// the reports under bench/results that the READMEs quote re-render too.
+#[test]
+fn bench_from_json_re_renders_a_saved_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let o = flowar(
+        &[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--providers",
+            "tract",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+            "--calibration-s",
+            "0.01",
+            "--quiet",
+            "--json",
+            "run.json",
+            "--markdown",
+            "run.md",
+            "--plot",
+            "run.png",
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = flowar(
+        &[
+            "bench",
+            "--from-json",
+            "run.json",
+            "--json",
+            "again.json",
+            "--markdown",
+            "again.md",
+            "--plot",
+            "again.png",
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let read = |name: &str| std::fs::read(tmp.path().join(name)).unwrap();
+    let md = String::from_utf8(read("run.md")).unwrap();
+    assert!(md.contains("| tract |"), "{md}");
+    assert_eq!(String::from_utf8(read("again.md")).unwrap(), md);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim_end(), md.trim_end());
+    // The same report; serde_json reads a float back to within one ulp, not always to
+    // the same bits, so a re-written float may differ in its last digit.
+    let json = |name: &str| -> serde_json::Value { serde_json::from_slice(&read(name)).unwrap() };
+    same_json(&json("again.json"), &json("run.json"), "report");
+    assert!(read("run.png").starts_with(b"\x89PNG"));
+    assert!(read("again.png") == read("run.png"), "the same chart");
+    // Measuring and re-rendering are exclusive.
+    let both = flowar(
+        &[
+            "bench",
+            "--from-json",
+            "run.json",
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&results).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let o = flowar(
+            &[
+                "bench",
+                "--from-json",
+                path.to_str().unwrap(),
+                "--quiet",
+                "--markdown",
+                "saved.md",
+            ],
+            tmp.path(),
+        );
+        assert!(o.status.success(), "{}: {}", path.display(), text(&o));
+        let saved = String::from_utf8(read("saved.md")).unwrap();
+        assert!(saved.contains("\n| "), "{}: {saved}", path.display());
+        seen += 1;
+    }
+    assert!(seen > 0, "no saved reports in {}", results.display());
 }

@@ -175,7 +175,7 @@ fn shards_from_slurm_and_kubernetes_pack_into_one_npz() {
         Ok(o) if o.status.success() => {}
         Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'numpy'") => {
             assert!(
-                std::env::var_os("FLOWAR_REQUIRE_ONNX_CHECKER").is_none(),
+                std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").as_deref() != Ok("1"),
                 "numpy is required here"
             );
             eprintln!("SKIPPING the numpy check: {python} has no numpy");
@@ -253,4 +253,124 @@ fn pack_refuses_gaps_duplicates_and_mixed_settings_and_writes_nothing() {
     );
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(text(&again).contains("--force"));
+}
+
+/// `flowar pack` refuses a set whose halves differ in any one recorded setting (model hash,
+/// cfg, guidance, steps, solver; the seed is in the test above), naming the setting and
+/// both values, and refuses an image that is not 8-bit RGB; either way it writes nothing.
+#[test]
+fn pack_refuses_each_mixed_setting_and_non_rgb_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    // Another model: the same weights under another latent scale hash differently.
+    let other = convert_spatial_with(tmp.path(), "m2", &["--latent-scale", "0.3"]);
+    let gen = |model: &Path, out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--count",
+            "2",
+            "--provider",
+            "tract",
+            "--out",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        if !extra.contains(&"--steps") {
+            a.extend(["--steps", "2"]);
+        }
+        let o = flowar(&a, tmp.path());
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    let hash = |m: &Path| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(m.join("manifest.json")).unwrap())
+                .unwrap();
+        v["model_hash"].as_str().unwrap().to_string()
+    };
+    assert_ne!(hash(&model), hash(&other));
+    gen(&model, "a0", &["--shard", "0/2"]);
+    let out = tmp.path().join("out.npz");
+    let cases: [(&str, &Path, &[&str], String); 5] = [
+        (
+            "model",
+            &other,
+            &[],
+            format!(
+                "flowar:model_hash `{}`, {} has `{}`",
+                hash(&model),
+                Path::new("model/000001.png").display(),
+                hash(&other)
+            ),
+        ),
+        (
+            "cfg",
+            &model,
+            &["--cfg", "2.5"],
+            "flowar:cfg `4.3`, ".into(),
+        ),
+        (
+            "guidance",
+            &model,
+            &["--guidance", "0.5"],
+            "flowar:guidance `0.9`, ".into(),
+        ),
+        (
+            "steps",
+            &model,
+            &["--steps", "3"],
+            "flowar:steps `2`, ".into(),
+        ),
+        (
+            "solver",
+            &model,
+            &["--solver", "heun"],
+            "flowar:solver `euler`, ".into(),
+        ),
+    ];
+    for (dir, m, extra, needle) in cases {
+        let mut extra = extra.to_vec();
+        extra.extend(["--shard", "1/2"]);
+        gen(m, dir, &extra);
+        let o = flowar(
+            &["pack", "a0", dir, "--out", out.to_str().unwrap()],
+            tmp.path(),
+        );
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{dir}: {t}");
+        assert!(t.contains("the set mixes settings"), "{dir}: {t}");
+        assert!(t.contains(&needle), "{dir}: `{needle}` not in {t}");
+        assert!(!out.exists(), "{dir} left an output");
+    }
+    // The other half of a0's own run packs, so only the one setting differed above.
+    gen(&model, "a1", &["--shard", "1/2"]);
+    let ok = flowar(
+        &["pack", "a0", "a1", "--out", out.to_str().unwrap()],
+        tmp.path(),
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    std::fs::remove_file(&out).unwrap();
+
+    // An image that is not 8-bit RGB (here RGBA) is refused by name, before any pixels.
+    let rgba = tmp.path().join("rgba");
+    std::fs::create_dir(&rgba).unwrap();
+    let file = std::fs::File::create(rgba.join("000001.png")).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 256, 256);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().unwrap();
+    w.write_image_data(&vec![7u8; 256 * 256 * 4]).unwrap();
+    w.finish().unwrap();
+    let o = flowar(
+        &["pack", "a0", "rgba", "--out", out.to_str().unwrap()],
+        tmp.path(),
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("000001.png: Rgba Eight-bit, expected 8-bit RGB as flowar writes"),
+        "{t}"
+    );
+    assert!(!out.exists(), "a non-RGB image left an output");
 }

@@ -165,3 +165,83 @@ fn missing_gpu_providers_are_clear_errors_and_auto_falls_back_with_a_log_line() 
     assert!(t.contains("not available: tensorrt ("), "{t}");
     assert!(t.contains("cuda ("), "{t}");
 }
+
+/// `--provider auto` without onnxruntime anywhere it searches (no --ort-lib, no
+/// ORT_DYLIB_PATH, no `python3` on PATH, no `.venv` in the working directory) runs on
+/// tract and says so and why: on stderr, and in run.json.
+#[test]
+fn auto_falls_back_to_tract_when_onnxruntime_is_nowhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    // A working directory without .venv, and a PATH of one empty folder.
+    let cwd = tmp.path().join("work");
+    let empty = tmp.path().join("empty-bin");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&empty).unwrap();
+    let generate = |provider: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowar"))
+            .args([
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--provider",
+                provider,
+                "--steps",
+                "2",
+                "--class",
+                "3",
+                "--out",
+                "images",
+            ])
+            .env_remove("ORT_DYLIB_PATH")
+            .env("PATH", &empty)
+            .current_dir(&cwd)
+            .output()
+            .unwrap()
+    };
+    // The premise: asked for by name, onnxruntime is an error naming each place searched.
+    let named = generate("ort-cpu");
+    let t = text(&named);
+    assert_eq!(named.status.code(), Some(1), "{t}");
+    for searched in [
+        "--ort-lib (not given)",
+        "ORT_DYLIB_PATH (not set)",
+        "python3's onnxruntime package (could not run python3",
+        ".venv/lib/python3*/site-packages/onnxruntime/capi/",
+    ] {
+        assert!(t.contains(searched), "`{searched}` not in {t}");
+    }
+    assert!(!cwd.join("images").exists(), "{t}");
+
+    let o = generate("auto");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("provider: "))
+        .unwrap_or_else(|| panic!("no provider line: {t}"));
+    assert!(
+        line.starts_with(
+            "provider: tract (auto: tract, the pure-Rust CPU engine, because onnxruntime is not usable ("
+        ),
+        "{line}"
+    );
+    // The log line gives each skipped provider's first reason.
+    for why in [
+        "ort-cpu (no ONNX Runtime library found",
+        "tensorrt (",
+        "cuda (",
+    ] {
+        assert!(line.contains(why), "`{why}` not in {line}");
+    }
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cwd.join("images/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["provider"], "tract");
+    let reason = run["provider_reason"].as_str().unwrap();
+    assert!(
+        line.contains(reason),
+        "run.json's reason `{reason}` vs {line}"
+    );
+}

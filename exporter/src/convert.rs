@@ -643,3 +643,42 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         ignored_keys: ignored,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preset::{flowar_keys, FlowArSpec, Preset, RandomWeights};
+
+    fn detected(spec: &FlowArSpec) -> FlowArDims {
+        let keys = RandomWeights::new("preset".into(), 0, flowar_keys(spec));
+        arch::detect_flowar(&keys).unwrap()
+    }
+
+    /// The released sampler settings land in the manifest of each released size, told
+    /// apart by the architecture detected from its keys and shapes alone (no weights are
+    /// read): S cfg 4.3 / guidance 0.9 / 25 steps, L 2.4 / 0.9 / 25, H 2.4 / 0.7 / 50. Any
+    /// other size gets S's, under the generic name.
+    #[test]
+    fn released_sizes_get_their_released_sampler_defaults() {
+        for (preset, cfg, guidance, steps) in [
+            (Preset::S, 4.3, 0.9, 25),
+            (Preset::L, 2.4, 0.9, 25),
+            (Preset::H, 2.4, 0.7, 50),
+        ] {
+            let (s, name) = released_sampler(&detected(&preset.flowar()));
+            assert_eq!(
+                (s.cfg, s.guidance, s.steps),
+                (cfg, guidance, steps),
+                "{}",
+                preset.name()
+            );
+            assert_eq!(name, preset.name());
+        }
+        let other = FlowArSpec {
+            width: 512,
+            ..Preset::L.flowar()
+        };
+        let (s, name) = released_sampler(&detected(&other));
+        assert_eq!((s.cfg, s.guidance, s.steps, name), (4.3, 0.9, 25, "flowar"));
+    }
+}

@@ -395,27 +395,95 @@ impl Manifest {
         dir.join(&spec.file)
     }
 
-    /// Resolves a class given as an id or a name.
+    /// Resolves a class given as an id or a name (see [`resolve_class`]).
     pub fn class_id(&self, s: &str) -> Result<usize> {
-        if let Ok(id) = s.parse::<usize>() {
-            if id < self.num_classes {
-                return Ok(id);
-            }
-            return Err(FormatError::UnknownClass(format!(
-                "class id {id} is out of range: this model has classes 0..{}",
-                self.num_classes - 1
-            )));
+        resolve_class(ClassRef::Text(s), self.num_classes, &self.class_names)
+    }
+}
+
+/// A class as a caller gives it: an id, or text that is an id or a class name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassRef<'a> {
+    Id(i64),
+    Text(&'a str),
+}
+
+/// Resolves a class against a model's `num_classes` and `class_names`: the one rule of
+/// the CLI's `--class` (through [`Manifest::class_id`]) and of the Python package's
+/// `Pipeline.generate` and `flowar.ray.class_list`. Text that is a whole number is an id,
+/// other text a class name; an id must be in `0..num_classes`. Either failure is a
+/// [`FormatError::UnknownClass`] saying what the model has.
+pub fn resolve_class(c: ClassRef<'_>, num_classes: usize, class_names: &[String]) -> Result<usize> {
+    let out_of_range = |id: &dyn std::fmt::Display| {
+        FormatError::UnknownClass(format!(
+            "class id {id} is out of range: this model has classes 0..{}",
+            num_classes.saturating_sub(1)
+        ))
+    };
+    let s = match c {
+        ClassRef::Id(id) => {
+            return usize::try_from(id)
+                .ok()
+                .filter(|&i| i < num_classes)
+                .ok_or_else(|| out_of_range(&id))
         }
-        if let Some(i) = self.class_names.iter().position(|n| n == s) {
-            return Ok(i);
-        }
-        let hint = if self.class_names.is_empty() {
-            "this model has no class names; use a number".to_string()
-        } else {
-            format!("known names: {}", self.class_names.join(", "))
+        ClassRef::Text(s) => s,
+    };
+    // A whole number, signed or not, of any length.
+    let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return match digits.parse::<usize>() {
+            Ok(id) if !s.starts_with('-') && id < num_classes => Ok(id),
+            _ => Err(out_of_range(&s)),
         };
-        Err(FormatError::UnknownClass(format!(
-            "unknown class `{s}` ({hint})"
-        )))
+    }
+    if let Some(i) = class_names.iter().position(|n| n == s) {
+        return Ok(i);
+    }
+    let hint = if class_names.is_empty() {
+        "this model has no class names; use a number".to_string()
+    } else {
+        format!("known names: {}", class_names.join(", "))
+    };
+    Err(FormatError::UnknownClass(format!(
+        "unknown class `{s}` ({hint})"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids, ids as text and names resolve by one rule; anything else says what the model
+    /// has.
+    #[test]
+    fn classes_resolve_by_id_or_name() {
+        let names: Vec<String> = ["cat", "dog", "7"].map(String::from).to_vec();
+        let r = |c| resolve_class(c, 10, &names).map_err(|e| e.to_string());
+        assert_eq!(r(ClassRef::Id(0)), Ok(0));
+        assert_eq!(r(ClassRef::Id(9)), Ok(9));
+        assert_eq!(r(ClassRef::Text("9")), Ok(9));
+        assert_eq!(r(ClassRef::Text("dog")), Ok(1));
+        // Text that is a number is an id, even where a class is named so.
+        assert_eq!(r(ClassRef::Text("7")), Ok(7));
+        let range = "is out of range: this model has classes 0..9";
+        assert_eq!(r(ClassRef::Id(10)), Err(format!("class id 10 {range}")));
+        assert_eq!(r(ClassRef::Id(-1)), Err(format!("class id -1 {range}")));
+        assert_eq!(r(ClassRef::Text("10")), Err(format!("class id 10 {range}")));
+        assert_eq!(r(ClassRef::Text("-1")), Err(format!("class id -1 {range}")));
+        let huge = "123456789012345678901234567890";
+        assert_eq!(
+            r(ClassRef::Text(huge)),
+            Err(format!("class id {huge} {range}"))
+        );
+        assert_eq!(r(ClassRef::Text("+3")), Ok(3));
+        assert_eq!(
+            r(ClassRef::Text("wolf")),
+            Err("unknown class `wolf` (known names: cat, dog, 7)".into())
+        );
+        assert_eq!(
+            resolve_class(ClassRef::Text("cat"), 10, &[]).map_err(|e| e.to_string()),
+            Err("unknown class `cat` (this model has no class names; use a number)".into())
+        );
     }
 }

@@ -62,17 +62,6 @@ def _steps(steps: Optional[Steps]) -> Any:
     return [int(s) for s in steps]
 
 
-def _classes(classes: Union[Class, Sequence[Class]]) -> List[Class]:
-    if isinstance(classes, (int, str, np.integer)):
-        classes = [classes]
-    out: List[Class] = []
-    for c in classes:
-        if isinstance(c, (bool, float)) or not isinstance(c, (int, str, np.integer)):
-            raise TypeError(f"a class is an id (int) or a name (str), got {c!r}")
-        out.append(c if isinstance(c, str) else int(c))
-    return out
-
-
 def _package_lib(package: str, env_var: str, patterns: Sequence[str]) -> Optional[str]:
     """This interpreter's pip-installed library of ``package`` (found without importing
     it, which would load a second copy), unless ``env_var`` names one."""
@@ -175,6 +164,10 @@ class Pipeline:
     def class_names(self) -> List[str]:
         return list(self._manifest.get("class_names", []))
 
+    def _class_ids(self, classes: Union[Class, Sequence[Class]]) -> List[int]:
+        """Ids of classes given by id or name, by the rule of ``flowar generate --class``."""
+        return _flowar.class_ids(classes, self.num_classes, self.class_names)
+
     def __repr__(self) -> str:
         return (
             f"flowar.Pipeline({os.fspath(self._native.model_dir)!r}, "
@@ -203,7 +196,7 @@ class Pipeline:
         solver step; returning ``False`` stops the run with :class:`Cancelled`, and Ctrl-C
         raises ``KeyboardInterrupt``. The GIL is released while it runs.
         """
-        cl = _classes(classes)
+        cl = self._class_ids(classes)
         if first_index < 0:
             raise ValueError(f"first_index must be 0 or more, got {first_index}")
         indices = list(range(first_index, first_index + len(cl)))
@@ -231,7 +224,7 @@ class Pipeline:
         paths written. Each file is written whole (through a rename) or not at all."""
         paths = self._native.generate_to(
             os.fspath(out_dir),
-            _classes(classes),
+            self._class_ids(classes),
             [int(i) for i in indices],
             seed,
             cfg,

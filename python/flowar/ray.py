@@ -54,27 +54,10 @@ def class_list(
     if classes is None:
         ids = list(range(len(names) or int(manifest["num_classes"])))
     else:
-        if isinstance(classes, (int, str)):
-            classes = [classes]
-        ids = []
-        for c in classes:
-            if isinstance(c, str) and not c.isdigit():
-                if c not in names:
-                    known = ", ".join(names) if names else "none (this model names no classes)"
-                    raise ValueError(f"unknown class name `{c}`; known names: {known}")
-                ids.append(names.index(c))
-            elif isinstance(c, bool) or not isinstance(c, (int, str)):
-                raise TypeError(f"a class is an id (int) or a name (str), got {c!r}")
-            else:
-                ids.append(int(c))
+        # The rule of `flowar generate --class` and flowar.Pipeline, in the runtime.
+        ids = flowar._flowar.class_ids(classes, int(manifest["num_classes"]), names)
         if not ids:
             raise ValueError("classes is empty")
-        bad = [c for c in ids if not 0 <= c < int(manifest["num_classes"])]
-        if bad:
-            raise ValueError(
-                f"class id {bad[0]} is out of range: this model has classes "
-                f"0..{int(manifest['num_classes']) - 1}"
-            )
     return [ids[k % len(ids)] for k in range(count)]
 
 

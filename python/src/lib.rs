@@ -3,6 +3,7 @@
 //! errors as Python exceptions. `flowar/__init__.py` builds the public API on it (numpy
 //! arrays, the manifest as a dict); `flowar/_flowar.pyi` types it.
 
+mod classes;
 mod convert;
 mod errors;
 mod pipeline;
@@ -98,6 +99,7 @@ fn _flowar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Cancelled", py.get_type::<errors::Cancelled>())?;
     m.add_class::<pipeline::Pipeline>()?;
     m.add_class::<pipeline::Progress>()?;
+    m.add_function(wrap_pyfunction!(classes::class_ids, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(read_image, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;

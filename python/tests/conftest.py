@@ -13,9 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "models" / "shapes10"
 
 
-def ort_available() -> bool:
+def required(var: str) -> bool:
+    """`FLOWAR_REQUIRE_*=1` makes a missing engine a failure, as in the Rust tests."""
+    return os.environ.get(var) == "1"
+
+
+def provider_available(name: str) -> bool:
     try:
-        flowar.Pipeline(DEMO_CONVERTED, provider="ort-cpu", threads=1)
+        flowar.Pipeline(DEMO_CONVERTED, provider=name, threads=1)
         return True
     except flowar.ProviderUnavailable:
         return False
@@ -48,13 +53,18 @@ def flowar_bin() -> Path:
     return target / "debug" / "flowar"
 
 
-@pytest.fixture(scope="session", params=["ort-cpu", "tract"])
+REQUIRE = {"ort-cpu": "FLOWAR_REQUIRE_ORT", "openvino": "FLOWAR_REQUIRE_OPENVINO"}
+
+
+@pytest.fixture(scope="session", params=["ort-cpu", "openvino", "tract"])
 def provider(request, demo) -> str:
-    """Both CPU providers; onnxruntime may be missing only when FLOWAR_REQUIRE_ORT is unset."""
-    if request.param == "ort-cpu" and not ort_available():
-        if os.environ.get("FLOWAR_REQUIRE_ORT") == "1":
-            pytest.fail("FLOWAR_REQUIRE_ORT=1 but onnxruntime cannot be loaded")
-        pytest.skip("onnxruntime not installed (pip install onnxruntime)")
+    """Every CPU provider; onnxruntime and OpenVINO may be missing only when their
+    FLOWAR_REQUIRE_* variable is not 1."""
+    var = REQUIRE.get(request.param)
+    if var and not provider_available(request.param):
+        if required(var):
+            pytest.fail(f"{var}=1 but {request.param} cannot be loaded")
+        pytest.skip(f"{request.param} not installed (pip install onnxruntime openvino)")
     return request.param
 
 

@@ -113,7 +113,7 @@ def test_a_folder_of_other_settings_is_refused(cluster, demo, tmp_path):
 def test_bad_arguments_are_refused_before_any_work(cluster, demo, tmp_path):
     with pytest.raises(ValueError, match="count"):
         fray.generate_dataset(demo, 0, out_dir=tmp_path)
-    with pytest.raises(ValueError, match="unknown class name"):
+    with pytest.raises(ValueError, match="unknown class `dodecahedron`"):
         run(demo, tmp_path, classes=["dodecahedron"])
     with pytest.raises(ValueError, match="step schedule|one count per scale"):
         run(demo, tmp_path, steps=[25, 25])
@@ -134,3 +134,10 @@ def test_class_lists_follow_the_cli_rule(demo):
     assert all(default.count(c) == 3 for c in range(10))
     with pytest.raises(ValueError, match="out of range"):
         fray.class_list(m, 3, [m["num_classes"]])
+    # The runtime's rule, as for flowar.Pipeline: numpy ids, ids as text, one name alone.
+    assert fray.class_list(m, 3, [np.int64(2), "7"]) == [2, 7, 2]
+    assert fray.class_list(m, 2, "teal-cross") == [9, 9]
+    with pytest.raises(ValueError, match="classes is empty"):
+        fray.class_list(m, 3, [])
+    with pytest.raises(TypeError, match="a class is an id"):
+        fray.class_list(m, 3, [True])

@@ -82,12 +82,17 @@ impl SampleFile {
     }
 }
 
-/// Reads and fully decodes an image of a set, so a truncated file is an error (which a
-/// resumed run takes as "not done yet").
-pub fn read_image(path: &Path) -> Result<SampleFile> {
+/// A PNG of a set, its header read (size and text; no pixels decoded yet).
+pub type PngReader = png::Reader<std::io::BufReader<std::fs::File>>;
+
+/// Opens an image of a set and reads its header, refusing anything but the 8-bit RGB that
+/// flowar writes: a missing file is an [`Error::Io`], a foreign one an
+/// [`Error::BadArgument`] naming the file. `flowar pack` and [`read_image`] both read
+/// through here.
+pub fn open_png(path: &Path) -> Result<PngReader> {
     let bad = |why: String| Error::BadArgument(format!("{}: {why}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
         .read_info()
         .map_err(|e| bad(format!("not a readable PNG: {e}")))?;
     let (color, depth) = (reader.info().color_type, reader.info().bit_depth);
@@ -96,6 +101,14 @@ pub fn read_image(path: &Path) -> Result<SampleFile> {
             "{color:?} {depth:?}-bit, expected 8-bit RGB as flowar writes"
         )));
     }
+    Ok(reader)
+}
+
+/// Reads and fully decodes an image of a set, so a truncated file is an error (which a
+/// resumed run takes as "not done yet").
+pub fn read_image(path: &Path) -> Result<SampleFile> {
+    let bad = |why: String| Error::BadArgument(format!("{}: {why}", path.display()));
+    let mut reader = open_png(path)?;
     let size = reader
         .output_buffer_size()
         .ok_or_else(|| bad("image too large".into()))?;
@@ -155,5 +168,47 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 20]).unwrap();
         let err = read_image(&path).unwrap_err().to_string();
         assert!(err.contains("000005.png"), "{err}");
+    }
+
+    /// Only the 8-bit RGB that flowar writes is read: RGBA, grey and 16-bit files are
+    /// refused by name, a missing file is an I/O error.
+    #[test]
+    fn only_8_bit_rgb_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, color, depth, channels, bytes) in [
+            ("rgba", png::ColorType::Rgba, png::BitDepth::Eight, 4, 1),
+            (
+                "grey",
+                png::ColorType::Grayscale,
+                png::BitDepth::Eight,
+                1,
+                1,
+            ),
+            ("rgb16", png::ColorType::Rgb, png::BitDepth::Sixteen, 3, 2),
+        ] {
+            let path = dir.path().join(format!("{name}.png"));
+            let file = std::fs::File::create(&path).unwrap();
+            let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 2, 2);
+            enc.set_color(color);
+            enc.set_depth(depth);
+            let mut w = enc.write_header().unwrap();
+            w.write_image_data(&vec![9u8; 2 * 2 * channels * bytes])
+                .unwrap();
+            w.finish().unwrap();
+            let want = format!(
+                "{}: {color:?} {depth:?}-bit, expected 8-bit RGB as flowar writes",
+                path.display()
+            );
+            for err in [
+                read_image(&path).unwrap_err(),
+                open_png(&path).map(|_| ()).unwrap_err(),
+            ] {
+                assert!(matches!(&err, Error::BadArgument(m) if *m == want), "{err}");
+            }
+        }
+        let missing = open_png(&dir.path().join("none.png"))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(missing, Error::Io { .. }), "{missing}");
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use flowar_runtime::sample_set::{index_of, SETTINGS};
+use flowar_runtime::sample_set::{index_of, open_png, PngReader, SETTINGS};
 
 use super::{CliError, CliResult};
 
@@ -99,21 +99,19 @@ fn find_images(dirs: &[PathBuf]) -> CliResult<BTreeMap<u64, PathBuf>> {
     Ok(found)
 }
 
+/// An image of the set opened as the runtime reads one (8-bit RGB only); a foreign file
+/// fails the pack (exit 1) rather than being bad usage.
+fn open(path: &Path) -> CliResult<PngReader> {
+    open_png(path).map_err(|e| match e {
+        flowar_runtime::Error::BadArgument(msg) => bad(msg),
+        e => CliError::Runtime(e),
+    })
+}
+
 /// Reads an image's size and settings from its header (no pixels).
 fn read_header(path: &Path, k: u64) -> CliResult<Image> {
-    let file = std::fs::File::open(path).map_err(io(path))?;
-    let reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .map_err(|e| bad(format!("{}: not a readable PNG: {e}", path.display())))?;
+    let reader = open(path)?;
     let info = reader.info();
-    if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
-        return Err(bad(format!(
-            "{}: {:?} {:?}-bit, expected 8-bit RGB as flowar writes",
-            path.display(),
-            info.color_type,
-            info.bit_depth
-        )));
-    }
     let text: BTreeMap<&str, &str> = info
         .uncompressed_latin1_text
         .iter()
@@ -301,10 +299,7 @@ pub fn run(a: Args) -> CliResult {
         if crate::interrupted() {
             return Err(CliError::Failed("packing interrupted by Ctrl-C".into()));
         }
-        let file = std::fs::File::open(&img.path).map_err(io(&img.path))?;
-        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-            .read_info()
-            .map_err(|e| bad(format!("{}: {e}", img.path.display())))?;
+        let mut reader = open(&img.path)?;
         pixels.resize(reader.output_buffer_size().unwrap_or(frame), 0);
         let info = reader
             .next_frame(&mut pixels)

@@ -51,15 +51,42 @@ pub(super) fn load(options: &BackendOptions) -> Result<&'static Path, Unavailabl
     Ok(LOADED.get().expect("just set"))
 }
 
-/// A new OpenVINO core (each session has its own, so its properties are its own).
-pub(super) fn core(options: &BackendOptions) -> Result<Core, Unavailable> {
+/// The process's one OpenVINO core, created on first use and never freed. Freeing the
+/// last core unloads the CPU plugin while its worker threads still sleep in its code: the
+/// next signal that wakes one (Ctrl-C) returned into unmapped memory and crashed the
+/// process (seen in the Python tests). One core is also what OpenVINO advises.
+static CORE: OnceLock<Mutex<Core>> = OnceLock::new();
+
+/// Runs `f` on the process's core, one caller at a time: device properties are core state,
+/// so a session sets its own and compiles under the same lock.
+pub(super) fn with_core<T>(
+    options: &BackendOptions,
+    f: impl FnOnce(&mut Core) -> T,
+) -> Result<T, Unavailable> {
     let lib = load(options)?;
-    Core::new().map_err(|e| {
-        Unavailable::caused_by(
-            format!("OpenVINO from {} could not create its core", lib.display()),
-            e.to_string(),
-        )
-    })
+    let core = match CORE.get() {
+        Some(c) => c,
+        None => {
+            let _guard = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            match CORE.get() {
+                Some(c) => c,
+                None => {
+                    let core = Core::new().map_err(|e| {
+                        Unavailable::caused_by(
+                            format!("OpenVINO from {} could not create its core", lib.display()),
+                            e.to_string(),
+                        )
+                    })?;
+                    let _ = CORE.set(Mutex::new(core));
+                    CORE.get().expect("just set")
+                }
+            }
+        }
+    };
+    // A panic while holding the lock leaves the core as usable as before: OpenVINO's own
+    // state is not ours to poison.
+    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(f(&mut core))
 }
 
 /// The library is process-global: an explicit request for a different one cannot be honoured.
@@ -155,7 +182,10 @@ impl CpuCapabilities {
 
 /// Asks the CPU plugin for its name and capabilities (loading the library if needed).
 pub fn cpu_capabilities(options: &BackendOptions) -> Result<CpuCapabilities, Unavailable> {
-    let core = core(options)?;
+    with_core(options, |core| ask_cpu(core))?
+}
+
+fn ask_cpu(core: &Core) -> Result<CpuCapabilities, Unavailable> {
     let ask = |key: PropertyKey| {
         core.get_property(&DeviceType::CPU, &key).map_err(|e| {
             Unavailable::caused_by(

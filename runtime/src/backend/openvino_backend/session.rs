@@ -7,7 +7,7 @@ use openvino::{CompiledModel, DeviceType, ElementType, InferRequest, RwPropertyK
 use super::super::inputs::check_host;
 use super::super::tensorrt::cache_root;
 use super::super::{check_graph_file, graph_name, host_inputs, BackendOptions, Resident, Session};
-use super::library::core;
+use super::library::with_core;
 use super::value::{element_type, fill, from_host, to_host, ValueError};
 use super::BACKEND;
 use crate::error::{Cause, Error, Result};
@@ -91,60 +91,9 @@ impl OpenVinoSession {
     pub fn open(graph: &Path, options: &BackendOptions) -> Result<OpenVinoSession> {
         check_graph_file(graph)?;
         let name = graph_name(graph);
-        let mut core = core(options)
-            .map_err(|why| Error::unavailable(crate::Provider::OpenVino.name(), why))?;
-        for (key, value) in cpu_properties(options) {
-            core.set_property(&DeviceType::CPU, &key, &value)
-                .map_err(|e| {
-                    backend_error(
-                        &name,
-                        format!("setting {} = {value} failed", key.as_ref()),
-                        Some(e.into()),
-                    )
-                })?;
-        }
-        let path = graph.to_str().ok_or_else(|| Error::Model {
-            path: graph.to_path_buf(),
-            reason: "OpenVINO takes UTF-8 paths only".into(),
-        })?;
-        let model = core
-            .read_model_from_file(path, "")
-            .map_err(|e| Error::Model {
-                path: graph.to_path_buf(),
-                reason: format!("OpenVINO could not read the graph: {e}"),
-            })?;
-        let ports = |n: usize,
-                     get: &dyn Fn(
-            usize,
-        ) -> std::result::Result<
-            openvino::Node,
-            openvino::InferenceError,
-        >| {
-            (0..n)
-                .map(|i| {
-                    let node = get(i)?;
-                    Ok((node.get_name()?, node.get_element_type()?))
-                })
-                .collect::<std::result::Result<Vec<(String, ElementType)>, openvino::InferenceError>>()
-        };
-        let describe = |e: openvino::InferenceError| Error::Model {
-            path: graph.to_path_buf(),
-            reason: format!("OpenVINO could not list the graph's inputs and outputs: {e}"),
-        };
-        let inputs = model
-            .get_inputs_len()
-            .and_then(|n| ports(n, &|i| model.get_input_by_index(i)))
-            .map_err(describe)?;
-        let outputs = model
-            .get_outputs_len()
-            .and_then(|n| ports(n, &|i| model.get_output_by_index(i)))
-            .map_err(describe)?;
-        let mut compiled =
-            core.compile_model(&model, DeviceType::CPU)
-                .map_err(|e| Error::Model {
-                    path: graph.to_path_buf(),
-                    reason: format!("OpenVINO could not compile the graph for the CPU: {e}"),
-                })?;
+        let (mut compiled, inputs, outputs) =
+            with_core(options, |core| compile(core, graph, &name, options))
+                .map_err(|why| Error::unavailable(crate::Provider::OpenVino.name(), why))??;
         let request = compiled.create_infer_request().map_err(|e| {
             backend_error(
                 &name,
@@ -175,6 +124,67 @@ impl OpenVinoSession {
     fn err(&self, reason: impl Into<String>, source: Option<Cause>) -> Error {
         backend_error(&self.graph, reason, source)
     }
+}
+
+/// A graph's input and output names with their element types.
+type Ports = Vec<(String, ElementType)>;
+
+/// Reads `graph` and compiles it for the CPU on `core` with `options`' properties.
+fn compile(
+    core: &mut openvino::Core,
+    graph: &Path,
+    name: &str,
+    options: &BackendOptions,
+) -> Result<(CompiledModel, Ports, Ports)> {
+    for (key, value) in cpu_properties(options) {
+        core.set_property(&DeviceType::CPU, &key, &value)
+            .map_err(|e| {
+                backend_error(
+                    name,
+                    format!("setting {} = {value} failed", key.as_ref()),
+                    Some(e.into()),
+                )
+            })?;
+    }
+    let path = graph.to_str().ok_or_else(|| Error::Model {
+        path: graph.to_path_buf(),
+        reason: "OpenVINO takes UTF-8 paths only".into(),
+    })?;
+    let model = core
+        .read_model_from_file(path, "")
+        .map_err(|e| Error::Model {
+            path: graph.to_path_buf(),
+            reason: format!("OpenVINO could not read the graph: {e}"),
+        })?;
+    type NodeAt<'a> =
+        &'a dyn Fn(usize) -> std::result::Result<openvino::Node, openvino::InferenceError>;
+    let ports = |n: usize, get: NodeAt<'_>| {
+        (0..n)
+            .map(|i| {
+                let node = get(i)?;
+                Ok((node.get_name()?, node.get_element_type()?))
+            })
+            .collect::<std::result::Result<Ports, openvino::InferenceError>>()
+    };
+    let describe = |e: openvino::InferenceError| Error::Model {
+        path: graph.to_path_buf(),
+        reason: format!("OpenVINO could not list the graph's inputs and outputs: {e}"),
+    };
+    let inputs = model
+        .get_inputs_len()
+        .and_then(|n| ports(n, &|i| model.get_input_by_index(i)))
+        .map_err(describe)?;
+    let outputs = model
+        .get_outputs_len()
+        .and_then(|n| ports(n, &|i| model.get_output_by_index(i)))
+        .map_err(describe)?;
+    let compiled = core
+        .compile_model(&model, DeviceType::CPU)
+        .map_err(|e| Error::Model {
+            path: graph.to_path_buf(),
+            reason: format!("OpenVINO could not compile the graph for the CPU: {e}"),
+        })?;
+    Ok((compiled, inputs, outputs))
 }
 
 /// A failure running `graph`, with OpenVINO's error as its source.
