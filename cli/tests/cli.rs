@@ -224,6 +224,7 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
             "flowar:model_hash",
             manifest["model_hash"].as_str().unwrap().to_string(),
         ),
+        ("flowar:dtype", "float32".into()),
         ("flowar:index", "3".into()),
         ("flowar:class", "917".into()),
         ("flowar:seed", "0".into()),
@@ -265,6 +266,7 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
                 "cfg",
                 "classes",
                 "count",
+                "dtype",
                 "guidance",
                 "indices",
                 "model",
@@ -284,6 +286,7 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
         assert_eq!(run["model"], model.display().to_string(), "{dir}");
         assert_eq!(run["model_name"], manifest["name"], "{dir}");
         assert_eq!(run["model_hash"], manifest["model_hash"], "{dir}");
+        assert_eq!(run["dtype"], "float32", "{dir}");
         assert_eq!(run["provider"], "tract", "{dir}");
         assert_eq!(run["provider_reason"], "asked for by name", "{dir}");
         assert_eq!(run["classes"], serde_json::json!(classes), "{dir}");

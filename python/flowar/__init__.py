@@ -271,9 +271,11 @@ def convert(
     - ``weights``: ``"ema"`` or ``"model"`` of a training checkpoint (default: ema when
       present);
     - ``latent_scale``: the VAE latent scale (default: the card's, else 0.2325);
-    - ``dtype``: ``"f32"`` or ``"f16"``; ``force`` replaces an existing folder;
+    - ``dtype``: ``"f32"``, ``"f16"``, or ``"bf16"`` (the transformers' linears as bfloat16
+      products, the rest float32, as autocast computes; runs on ``provider="openvino"`` on a
+      CPU with AMX or AVX512-BF16); ``force`` replaces an existing folder;
     - ``quantize``: ``"int8"`` for the opt-in fast mode (int8 block linears in the flow head and AR, and the flow head's final adaLN; the
-      outputs are no longer the reference's), not with ``dtype="f16"``.
+      outputs are no longer the reference's), not with ``dtype="f16"`` or ``"bf16"``.
 
     Returns ``{"out", "manifest", "ignored_keys", "notes"}``. The folder is written
     atomically: on any error (or Ctrl-C) nothing is left at ``out``.

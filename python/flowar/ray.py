@@ -303,6 +303,7 @@ def generate_dataset(
         "model": model_dir,
         "model_name": resolved["model"],
         "model_hash": resolved["model_hash"],
+        "dtype": resolved["dtype"],
         "provider": prov,
         "provider_reason": reason,
         "classes": class_of,

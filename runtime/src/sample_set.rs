@@ -38,6 +38,8 @@ pub fn png_text(m: &Manifest, req: &Request, index: u64, class: usize) -> Vec<(S
     vec![
         ("flowar:model".into(), m.name.clone()),
         ("flowar:model_hash".into(), m.model_hash.clone()),
+        // The graphs' precision (float32, float16, bfloat16); also part of the model hash.
+        ("flowar:dtype".into(), m.dtype.clone()),
         ("flowar:index".into(), index.to_string()),
         ("flowar:class".into(), class.to_string()),
         ("flowar:seed".into(), req.seed.to_string()),

@@ -325,6 +325,7 @@ pub fn run(a: Args) -> CliResult {
             "model": model_path.display().to_string(),
             "model_name": m.name,
             "model_hash": m.model_hash,
+            "dtype": m.dtype,
             "provider": pipe.provider().provider.name(),
             "provider_reason": pipe.provider().reason,
             "classes": indices.iter().map(|&k| class_of(k)).collect::<Vec<_>>(),
