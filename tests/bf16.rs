@@ -7,7 +7,7 @@
 use flowar_exporter::convert::Precision;
 use flowar_runtime::backend::{openvino_backend, BackendOptions};
 use flowar_runtime::manifest::Manifest;
-use flowar_runtime::{Error, Pipeline, PipelineOptions, Provider, ProviderChoice};
+use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
 use flowar_tests::*;
 
 /// What OpenVINO's CPU plugin says of this CPU; `None` where OpenVINO is missing (a
@@ -26,18 +26,6 @@ fn capabilities() -> Option<openvino_backend::CpuCapabilities> {
             eprintln!("SKIPPING the OpenVINO runs: {why}");
             None
         }
-    }
-}
-
-fn load_err(dir: &std::path::Path, choice: ProviderChoice) -> String {
-    let opts = PipelineOptions {
-        provider: choice,
-        backend: BackendOptions::default(),
-    };
-    match Pipeline::load(dir, &opts) {
-        Ok(_) => panic!("{choice:?} loaded a bfloat16 folder"),
-        Err(e @ Error::ProviderUnavailable { .. }) => e.to_string(),
-        Err(other) => panic!("{choice:?}: expected ProviderUnavailable, got {other}"),
     }
 }
 
@@ -89,7 +77,7 @@ fn bf16_fixtures_verify_on_openvino_where_the_cpu_computes_bf16() {
     for name in ["spatial", "cross"] {
         let (_t, dir) = convert_fixture_as(name, Precision::Bf16);
         if !caps.has_bf16() {
-            let err = load_err(&dir, ProviderChoice::Named(Provider::OpenVino));
+            let err = load_refused(&dir, ProviderChoice::Named(Provider::OpenVino));
             assert!(err.contains("neither AMX nor AVX512-BF16"), "{err}");
             eprintln!("this CPU has no bf16, refused as it should be: {err}");
             continue;
@@ -109,11 +97,11 @@ fn bf16_fixtures_verify_on_openvino_where_the_cpu_computes_bf16() {
 #[test]
 fn bf16_folders_are_refused_where_bf16_is_not_native() {
     let (_t, dir) = convert_fixture_as("spatial", Precision::Bf16);
-    let err = load_err(&dir, ProviderChoice::Named(Provider::Tract));
+    let err = load_refused(&dir, ProviderChoice::Named(Provider::Tract));
     assert!(err.contains("tract has no native bfloat16"), "{err}");
     assert!(err.contains("--provider openvino"), "{err}");
     if cpu_providers().contains(&Provider::OrtCpu) {
-        let err = load_err(&dir, ProviderChoice::Named(Provider::OrtCpu));
+        let err = load_refused(&dir, ProviderChoice::Named(Provider::OrtCpu));
         assert!(
             err.contains("onnxruntime's CPU provider has no bfloat16"),
             "{err}"
@@ -128,7 +116,7 @@ fn bf16_folders_are_refused_where_bf16_is_not_native() {
             assert_eq!(auto.provider().provider, Provider::OpenVino);
         }
         _ => {
-            let err = load_err(&dir, ProviderChoice::Auto);
+            let err = load_refused(&dir, ProviderChoice::Auto);
             assert!(
                 err.contains("no provider here runs this bfloat16 model"),
                 "{err}"

@@ -120,7 +120,7 @@ fn float16_graphs_draw_every_class_too() {
 #[test]
 fn bf16_graphs_draw_the_classes_on_openvino() {
     use flowar_runtime::backend::{openvino_backend, BackendOptions};
-    use flowar_runtime::{PipelineOptions, Provider, ProviderChoice};
+    use flowar_runtime::{Provider, ProviderChoice};
     let caps = match openvino_backend::cpu_capabilities(&BackendOptions::default()) {
         Ok(c) => c,
         Err(why) => {
@@ -134,14 +134,7 @@ fn bf16_graphs_draw_the_classes_on_openvino() {
     };
     let (_t, dir) = convert_demo_as(None, Precision::Bf16);
     if !caps.has_bf16() {
-        let opts = PipelineOptions {
-            provider: ProviderChoice::Named(Provider::OpenVino),
-            ..Default::default()
-        };
-        let err = Pipeline::load(&dir, &opts)
-            .err()
-            .expect("refused")
-            .to_string();
+        let err = load_refused(&dir, ProviderChoice::Named(Provider::OpenVino));
         assert!(err.contains("neither AMX nor AVX512-BF16"), "{err}");
         eprintln!("no bf16 on this CPU; refused as it should be: {err}");
         return;

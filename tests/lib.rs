@@ -318,3 +318,17 @@ pub fn int8_conversion_refused_with(precision: Precision) -> String {
     assert!(!out.exists(), "a refused conversion left {}", out.display());
     err
 }
+
+/// The message loading `dir` on `choice` is refused with, which must be a provider that
+/// cannot run this model (`ProviderUnavailable`), not any other failure.
+pub fn load_refused(dir: &Path, choice: ProviderChoice) -> String {
+    let opts = PipelineOptions {
+        provider: choice,
+        backend: BackendOptions::default(),
+    };
+    match Pipeline::load(dir, &opts) {
+        Ok(_) => panic!("{choice:?} loaded {}", dir.display()),
+        Err(e @ flowar_runtime::Error::ProviderUnavailable { .. }) => e.to_string(),
+        Err(other) => panic!("{choice:?}: expected ProviderUnavailable, got {other}"),
+    }
+}

@@ -82,19 +82,12 @@ fn int8_fixtures_verify_within_the_recorded_bounds() {
 /// a pointer to onnxruntime's CPU provider, never left silently slow.
 #[test]
 fn int8_folders_are_refused_on_openvino() {
-    use flowar_runtime::{Pipeline, PipelineOptions, Provider, ProviderChoice};
+    use flowar_runtime::{Provider, ProviderChoice};
     if !cpu_providers().contains(&Provider::OpenVino) {
         return; // skipped loudly by cpu_providers (a failure under FLOWAR_REQUIRE_OPENVINO)
     }
     let (_t, dir) = convert_fixture_quantized("spatial");
-    let opts = PipelineOptions {
-        provider: ProviderChoice::Named(Provider::OpenVino),
-        ..Default::default()
-    };
-    let err = Pipeline::load(&dir, &opts)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = load_refused(&dir, ProviderChoice::Named(Provider::OpenVino));
     assert!(
         err.contains("int8") && err.contains("--provider ort-cpu"),
         "{err}"
