@@ -277,7 +277,9 @@ fn check_all_classes_within_90_percent(
     what: &str,
 ) {
     let meta = meta();
-    for p in cpu_providers() {
+    // Every CPU backend that runs this model (OpenVINO refuses int8 folders).
+    let m = flowar_runtime::manifest::Manifest::load(dir).unwrap();
+    for p in providers_for(&m) {
         let mut pipe = load(dir, p);
         let classes: Vec<usize> = (0..meta.names.len()).collect();
         let mut failures = Vec::new();

@@ -156,8 +156,10 @@ fn c_example_writes_images() {
 /// long run's figures.) No time is asserted.
 #[test]
 fn soak_threads_and_create_destroy_cycles() {
-    // Measured: at most 2.7 MB on either provider; the OpenVINO leak grew 136 MB.
-    const CYCLE_GROWTH_KB: i64 = 16 * 1024;
+    // Measured over the 7 cycles: tract -17.9 to +17.8 MB (allocator arenas of the
+    // threads each pipeline starts; more under a loaded machine), OpenVINO +2.3 MB; the
+    // OpenVINO port leak grew 136 MB.
+    const CYCLE_GROWTH_KB: i64 = 64 * 1024;
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("capi_soak");
     cc_shared(&[root().join("bench/soak/capi_soak.c")], &exe, &[]);

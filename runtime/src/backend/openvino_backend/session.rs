@@ -166,10 +166,12 @@ fn compile(
             path: graph.to_path_buf(),
             reason: format!("OpenVINO could not compile the graph for the CPU: {e}"),
         })?;
-    // Ports of the compiled model, not of `model`: the crate never frees a port, and a
-    // port of the read model's outputs holds its whole graph, weights included (measured:
-    // the S flow head's 165 MB leaked per session). The compiled model's ports hold only
-    // its own small stand-in nodes.
+    // The crate never frees a port. A port of the read model's inputs holds only its
+    // Parameter node, and carries the graph's own input name and type (the compiled
+    // model's may be renamed by fused casts, e.g. `Cast_0` for a float16 graph's `tokens`).
+    // A port of the read model's outputs would hold its whole graph, weights included
+    // (measured: the S flow head's 165 MB leaked per session), so outputs, used by index,
+    // are named from the compiled model's ports, which hold only small stand-in nodes.
     type NodeAt<'a> =
         &'a dyn Fn(usize) -> std::result::Result<openvino::Node, openvino::InferenceError>;
     let ports = |n: usize, get: NodeAt<'_>| {
@@ -184,9 +186,9 @@ fn compile(
         path: graph.to_path_buf(),
         reason: format!("OpenVINO could not list the graph's inputs and outputs: {e}"),
     };
-    let inputs = compiled
-        .get_input_size()
-        .and_then(|n| ports(n, &|i| compiled.get_input_by_index(i)))
+    let inputs = model
+        .get_inputs_len()
+        .and_then(|n| ports(n, &|i| model.get_input_by_index(i)))
         .map_err(describe)?;
     let outputs = compiled
         .get_output_size()
