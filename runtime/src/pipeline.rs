@@ -28,7 +28,7 @@ impl Pipeline {
     pub fn load(dir: &Path, options: &PipelineOptions) -> Result<Pipeline> {
         let manifest = Manifest::load(dir)?;
         let resolved = resolve_for(options.provider, &options.backend, &manifest)?;
-        let model = Model::load(dir, resolved.provider, &options.backend)?;
+        let model = Model::load_from(dir, manifest, resolved.provider, &options.backend)?;
         Ok(Pipeline { model, resolved })
     }
 

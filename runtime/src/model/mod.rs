@@ -121,34 +121,40 @@ fn open_graph(
             ),
         });
     }
-    match spec.inference_precision.as_deref() {
-        None => open_session_with(provider, &path, opts, trt),
-        Some(hint) => {
-            let precision = match hint {
-                "bf16" => InferencePrecision::Bf16,
-                "f32" => InferencePrecision::F32,
-                other => {
-                    return Err(Error::Model {
-                        path,
-                        reason: format!(
-                            "the manifest asks for inference precision `{other}`; this runtime knows f32 and bf16 (a newer exporter wrote it?)"
-                        ),
-                    })
-                }
-            };
-            let opts = BackendOptions {
-                inference_precision: precision,
-                ..opts.clone()
-            };
-            open_session_with(provider, &path, &opts, trt)
+    let inference_precision = match spec.inference_precision.as_deref() {
+        None => opts.inference_precision,
+        Some("f32") => InferencePrecision::F32,
+        Some("bf16") => InferencePrecision::Bf16,
+        Some(other) => {
+            return Err(Error::Model {
+                path,
+                reason: format!(
+                    "the manifest asks for inference precision `{other}`; this runtime knows f32 and bf16 (a newer exporter wrote it?)"
+                ),
+            })
         }
-    }
+    };
+    let opts = BackendOptions {
+        inference_precision,
+        ..opts.clone()
+    };
+    open_session_with(provider, &path, &opts, trt)
 }
 
 impl Model {
     pub fn load(dir: &Path, provider: Provider, opts: &BackendOptions) -> Result<Model> {
+        Self::load_from(dir, Manifest::load(dir)?, provider, opts)
+    }
+
+    /// [`Model::load`] with `dir`'s manifest already read (the pipeline reads it first to
+    /// choose the provider).
+    pub fn load_from(
+        dir: &Path,
+        manifest: Manifest,
+        provider: Provider,
+        opts: &BackendOptions,
+    ) -> Result<Model> {
         let start = Instant::now();
-        let manifest = Manifest::load(dir)?;
         let g = &manifest.graphs;
         let cache = provider
             .builds_engines()
