@@ -522,6 +522,31 @@ fn make_input(name: &str, spec: &Value, dir: &Path, made: &BTreeMap<String, Path
             let c = spec["latent_channels"].as_u64().unwrap() as usize;
             flowar_fuzz::seeds::to_safetensors(&flowar_fuzz::seeds::tiny_vae(c))
         }
+        // A copy of the folder `from` (a diffusers VAE folder), with the files in `remove`
+        // removed and the fields in `config_set` set in its config.json (a string in
+        // `config_text` replaces the whole file).
+        "folder" => {
+            copy_dir(
+                &source_path(spec["from"].as_str().expect("`from`"), made),
+                &path,
+            );
+            for f in spec["remove"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                std::fs::remove_file(path.join(f.as_str().unwrap())).unwrap();
+            }
+            let config = path.join("config.json");
+            if let Some(text) = spec["config_text"].as_str() {
+                std::fs::write(&config, text).unwrap();
+            }
+            if let Some(set) = spec["config_set"].as_object() {
+                let mut c: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+                for (k, v) in set {
+                    c[k] = v.clone();
+                }
+                std::fs::write(&config, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+            }
+            return path;
+        }
         "model" => {
             edit_model(
                 &path,
@@ -694,7 +719,7 @@ fn load_cases() -> Vec<Value> {
 
 /// The cases `hostile/cases.json` holds: one lost from the file (a bad merge, a cut edit)
 /// fails here instead of shrinking the corpus unseen. Update it with the file.
-const CORPUS_CASES: usize = 135;
+const CORPUS_CASES: usize = 149;
 
 #[test]
 fn hostile_corpus() {

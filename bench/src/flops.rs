@@ -116,10 +116,18 @@ pub fn vae_flops(m: &Manifest, batch: usize) -> f64 {
     let levels = v.ch_mult.len();
     let mut side = m.final_grid();
     let mut ch = v.ch * v.ch_mult[levels - 1];
-    let mut total = conv(side, m.latent_channels, v.z_channels, 1) // post_quant_conv
+    let post_quant_conv = match v.post_quant_conv {
+        true => conv(side, m.latent_channels, v.z_channels, 1),
+        false => 0.0,
+    };
+    let mid_attn = match v.mid_attention {
+        true => attn(side, ch),
+        false => 0.0,
+    };
+    let mut total = post_quant_conv
         + conv(side, v.z_channels, ch, 3) // conv_in
         + 2.0 * resnet(side, ch, ch)
-        + attn(side, ch);
+        + mid_attn;
     for l in (0..levels).rev() {
         let cout = v.ch * v.ch_mult[l];
         for _ in 0..=v.num_res_blocks {

@@ -422,6 +422,22 @@ fn inspect_describes_checkpoints_and_models() {
         tmp.path(),
     );
     assert!(text(&v).contains("KL-VAE decoder"), "{}", text(&v));
+    // A diffusers VAE folder: its architecture checked against its config, and the rule.
+    let d = flowar(
+        &[
+            "inspect",
+            fixture("flux-f8c16").join("vae").to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let t = text(&d);
+    assert!(d.status.success(), "{t}");
+    assert!(
+        t.contains("\"layout\":\"diffusers\"")
+            && t.contains("\"stride\":8")
+            && t.contains("latent = tokens / 0.3611 + 0.1159"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -456,15 +472,11 @@ fn presets_report_released_parameter_counts() {
     );
 }
 
-/// `--noise-file` replays the reference's recorded noise through the CLI and reproduces
-/// the fixture's images: what `flowar verify` checks on the library, checked on the PNGs a
-/// user gets. Bounds as in the parity suite (tests/parity.rs): none more than one level
-/// off, at least 99.8% identical (measured 99.93% here on tract).
-#[test]
-fn noise_file_replay_reproduces_the_fixture_images() {
-    let tmp = tempfile::tempdir().unwrap();
-    let model = convert_spatial(tmp.path());
-    let f = fixture("spatial");
+/// Replays fixture `name`'s recorded noise with `flowar generate --noise-file` on the
+/// model folder `model` and `provider`; compares the PNGs with the fixture's
+/// `pipe.image_u8`: (share of identical bytes, largest difference).
+fn replay_fixture_noise(name: &str, model: &Path, provider: &str, tmp: &Path) -> (f64, u8) {
+    let f = fixture(name);
     let bytes = std::fs::read(f.join("expected.safetensors")).unwrap();
     let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // The recorded noise under the names --noise-file reads: noise.s{i}.
@@ -476,7 +488,7 @@ fn noise_file_replay_reproduces_the_fixture_images() {
             )
         })
         .collect();
-    let noise_file = tmp.path().join("noise.safetensors");
+    let noise_file = tmp.join(format!("noise-{name}.safetensors"));
     safetensors::serialize_to_file(noise, None, &noise_file).unwrap();
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(f.join("config.json")).unwrap()).unwrap();
@@ -486,7 +498,7 @@ fn noise_file_replay_reproduces_the_fixture_images() {
         .iter()
         .map(|l| l.to_string())
         .collect();
-    let out = tmp.path().join("replay");
+    let out = tmp.join(format!("replay-{name}-{provider}"));
     let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--class"];
     args.extend(labels.iter().map(String::as_str));
     let (c, g, s) = (
@@ -504,15 +516,16 @@ fn noise_file_replay_reproduces_the_fixture_images() {
         "--noise-file",
         noise_file.to_str().unwrap(),
         "--provider",
-        "tract",
+        provider,
         "--out",
         out.to_str().unwrap(),
     ]);
-    let o = flowar(&args, tmp.path());
+    let o = flowar(&args, tmp);
     assert!(o.status.success(), "{}", text(&o));
     let want = reference.tensor("pipe.image_u8").unwrap();
     let per_image: usize = want.shape()[1..].iter().product();
     let (mut same, mut worst) = (0usize, 0u8);
+    let mut images = 0;
     for (k, expected) in want.data().chunks(per_image).enumerate() {
         let file = std::fs::File::open(out.join(format!("{k:06}.png"))).unwrap();
         let mut r = png::Decoder::new(std::io::BufReader::new(file))
@@ -520,21 +533,105 @@ fn noise_file_replay_reproduces_the_fixture_images() {
             .unwrap();
         let mut got = vec![0; r.output_buffer_size().unwrap()];
         r.next_frame(&mut got).unwrap();
-        assert_eq!(got.len(), expected.len(), "image {k}");
+        assert_eq!(got.len(), expected.len(), "{name} image {k}");
         for (a, b) in got.iter().zip(expected) {
             same += (a == b) as usize;
             worst = worst.max(a.abs_diff(*b));
         }
+        images += 1;
     }
+    assert_eq!(images, labels.len(), "{name}: one image per label");
     let share = same as f64 / want.data().len() as f64;
     eprintln!(
-        "noise replay: {:.4}% identical, max {worst} level(s)",
+        "{name} noise replay on {provider}: {:.4}% identical, max {worst} level(s)",
         share * 100.0
     );
+    (share, worst)
+}
+
+/// `--noise-file` replays the reference's recorded noise through the CLI and reproduces
+/// the fixture's images: what `flowar verify` checks on the library, checked on the PNGs a
+/// user gets. Bounds as in the parity suite (tests/parity.rs): none more than one level
+/// off, at least 99.8% identical (measured 99.93% here on tract).
+#[test]
+fn noise_file_replay_reproduces_the_fixture_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let (share, worst) = replay_fixture_noise("spatial", &model, "tract", tmp.path());
     assert!(
         share >= 0.998 && worst <= 1,
         "{share} identical, max {worst}"
     );
+}
+
+/// The fixtures on diffusers-layout VAEs, as a user runs them: `convert --vae DIR` (saying
+/// where the decode rule came from and that the encoder is not exported), `verify`, and
+/// generate replaying the recorded noise, on onnxruntime and tract, to the reference's
+/// pixels (measured 99.96% identical or more, one level at most; bounds as above).
+#[test]
+fn diffusers_vae_fixtures_convert_verify_and_replay_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut providers = vec!["tract"];
+    if ort_here("diffusers_vae_fixtures_convert_verify_and_replay_through_the_cli") {
+        providers.push("ort-cpu");
+    }
+    for (name, rule) in [
+        (
+            "flux-f8c16",
+            "tokens / 0.3611 (from the VAE's config.json) + 0.1159 (from the VAE's config.json)",
+        ),
+        (
+            "sd-f8c4",
+            "tokens / 0.18215 (from the VAE's config.json) + 0 (default)",
+        ),
+    ] {
+        let f = fixture(name);
+        let model = tmp.path().join(name);
+        let o = convert(
+            tmp.path(),
+            &f.join("flowar.pth"),
+            &f.join("vae"),
+            &model,
+            &[],
+        );
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains(rule), "{name}: {t}");
+        assert!(
+            t.contains("key(s): VAE encoder; only decoding is exported"),
+            "{name}: {t}"
+        );
+        let inspect = text(&flowar(&["inspect", model.to_str().unwrap()], tmp.path()));
+        assert!(
+            inspect.contains("\"layout\": \"diffusers\"") && inspect.contains("\"latent_shift\""),
+            "{inspect}"
+        );
+        for p in &providers {
+            let reference = f.join("expected.safetensors");
+            let v = flowar(
+                &[
+                    "verify",
+                    "--model",
+                    model.to_str().unwrap(),
+                    "--reference",
+                    reference.to_str().unwrap(),
+                    "--provider",
+                    p,
+                ],
+                tmp.path(),
+            );
+            let vt = text(&v);
+            assert!(
+                v.status.success() && vt.contains("all 4 case(s) within bounds"),
+                "{name} on {p}: {vt}"
+            );
+            let (share, worst) = replay_fixture_noise(name, &model, p, tmp.path());
+            assert!(
+                share >= 0.998 && worst <= 1,
+                "{name} on {p}: {share} identical, max {worst}"
+            );
+        }
+    }
 }
 
 /// `flowar generate` with no `--model` uses the bundled demo: it redoes a cached

@@ -123,14 +123,14 @@ fn the_demo_converts_with_the_model_card_beside_it_unless_told_not_to() {
         "{t}"
     );
     assert_eq!(latent_scale(&with), card["latent_scale"].as_f64().unwrap());
-    assert!(!t.contains("latent scale: 0.2325"), "{t}");
+    assert!(!t.contains("tokens / 0.2325"), "{t}");
 
     let without = tmp.path().join("without");
     let (ok, t) = run_convert(tmp.path(), &f, &v, &without, &["--no-meta"]);
     assert!(ok, "{t}");
     assert!(t.contains("ignoring") && t.contains("(--no-meta)"), "{t}");
     assert!(
-        t.contains("latent scale: 0.2325"),
+        t.contains("tokens / 0.2325 (default)") && t.contains("kl16 scale"),
         "the fallback is said: {t}"
     );
     assert_eq!(latent_scale(&without), 0.2325);

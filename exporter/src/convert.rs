@@ -17,10 +17,13 @@ use sha2::{Digest, Sha256};
 
 use crate::arch::{self, FlowArDims, VaeDims};
 use crate::error::{ExportError, Result};
+use crate::graphs::vae_decoder::LatentNorm;
 use crate::graphs::{ar_step, flow_head, solver_step, vae_decoder, BuiltGraph};
 pub use crate::precision::{Precision, F16_GRAPH_BOUND, F16_VAE_BOUND, INT8_GRAPH_BOUND};
 use crate::quantize::Quantize;
+use crate::vae_checkpoint::{DiffusersVaeConfig, VaeCheckpoint};
 use crate::weights::{check_unused, NonFinitePolicy, Vb, WeightSource};
+use flowar_format::manifest::VaeLayout;
 
 pub const EXPORTER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The latent scale of MAR's kl16, used by every released FlowAR.
@@ -33,6 +36,8 @@ pub const DEFAULT_LATENT_SCALE: f64 = 0.2325;
 pub struct ModelMeta {
     pub name: Option<String>,
     pub latent_scale: Option<f64>,
+    /// Added after the division by the scale (diffusers' `shift_factor`).
+    pub latent_shift: Option<f64>,
     /// Class names, from class 0 (a model may name only its first classes).
     #[serde(default)]
     pub classes: Vec<String>,
@@ -55,7 +60,7 @@ pub struct MetaFlowar {
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 pub struct MetaVae {
-    /// Channels of the VAE decoder's input after `post_quant_conv`.
+    /// Channels the VAE decoder's `conv_in` takes (after `post_quant_conv`, if any).
     pub z_channels: Option<usize>,
 }
 
@@ -145,7 +150,7 @@ impl ModelMeta {
                 "vae.z_channels",
                 z,
                 v.arch.z_channels,
-                "post_quant_conv.weight",
+                "decoder.conv_in.weight",
             );
         }
         if let Some(s) = self.image_size.filter(|&s| s != image_size) {
@@ -155,25 +160,48 @@ impl ModelMeta {
     }
 }
 
-/// Where the latent scale of a conversion came from.
+/// Where the latent scale (or shift) of a conversion came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LatentScaleSource {
-    /// `--latent-scale` / [`ConvertRequest::latent_scale`].
+    /// `--latent-scale` / `--latent-shift` ([`ConvertRequest::latent_scale`]).
     Given,
     /// The model card.
     Meta,
-    /// [`DEFAULT_LATENT_SCALE`], MAR's kl16 value that every released FlowAR uses.
+    /// The diffusers VAE's `config.json` (`scaling_factor`, `shift_factor`).
+    VaeConfig,
+    /// The default: for the scale [`DEFAULT_LATENT_SCALE`], MAR's kl16 value that every
+    /// released FlowAR uses; for the shift 0.
     Default,
+}
+
+impl LatentScaleSource {
+    /// Picks the first of: given, model card, VAE config, default.
+    fn pick(
+        given: Option<f64>,
+        meta: Option<f64>,
+        config: Option<f64>,
+        default: f64,
+    ) -> (f64, Self) {
+        match (given, meta, config) {
+            (Some(v), _, _) => (v, LatentScaleSource::Given),
+            (None, Some(v), _) => (v, LatentScaleSource::Meta),
+            (None, None, Some(v)) => (v, LatentScaleSource::VaeConfig),
+            (None, None, None) => (default, LatentScaleSource::Default),
+        }
+    }
 }
 
 /// What to convert and how.
 pub struct ConvertRequest<'a> {
     pub flowar: &'a dyn WeightSource,
     pub vae: &'a dyn WeightSource,
+    /// The config of a diffusers-layout VAE (required for one, refused for LDM weights).
+    pub vae_config: Option<&'a DiffusersVaeConfig>,
     /// Files the sources were read from, hashed into the manifest (empty for presets).
     pub source_files: Vec<(String, PathBuf, String)>,
     pub out: PathBuf,
     pub latent_scale: Option<f64>,
+    pub latent_shift: Option<f64>,
     pub meta: ModelMeta,
     pub force: bool,
     pub allow_nonfinite: bool,
@@ -197,9 +225,11 @@ impl<'a> ConvertRequest<'a> {
         ConvertRequest {
             flowar,
             vae,
+            vae_config: None,
             source_files: Vec::new(),
             out: out.into(),
             latent_scale: None,
+            latent_shift: None,
             meta: ModelMeta::default(),
             force: false,
             allow_nonfinite: false,
@@ -228,6 +258,29 @@ impl<'a> ConvertRequest<'a> {
             .source_file("vae", vae_path, vae.format())
     }
 
+    /// Converts a FlowAR checkpoint and a VAE opened in any layout ([`VaeCheckpoint`]),
+    /// recording the files read (the VAE's config too) as sources.
+    pub fn from_files(
+        flowar: &'a crate::checkpoint::Checkpoint,
+        flowar_path: &Path,
+        vae: &'a VaeCheckpoint,
+        out: impl Into<PathBuf>,
+    ) -> ConvertRequest<'a> {
+        let mut req = ConvertRequest::new(flowar, vae, out)
+            .vae_config(vae.config())
+            .source_file("flowar", flowar_path, flowar.format());
+        for (role, path, format) in vae.source_files() {
+            req = req.source_file(&role, path, &format);
+        }
+        req
+    }
+
+    /// The config of a diffusers-layout VAE (see [`VaeCheckpoint::config`]).
+    pub fn vae_config(mut self, config: Option<&'a DiffusersVaeConfig>) -> Self {
+        self.vae_config = config;
+        self
+    }
+
     /// Records a checkpoint file the weights came from (`role` is `flowar` or `vae`,
     /// `format` the reader's name); its sha256 goes into the manifest and the model hash.
     pub fn source_file(mut self, role: &str, path: impl Into<PathBuf>, format: &str) -> Self {
@@ -241,9 +294,16 @@ impl<'a> ConvertRequest<'a> {
         self
     }
 
-    /// Overrides the latent scale (`None` keeps the model card's or the default).
+    /// Overrides the latent scale (`None` keeps the model card's, the VAE config's or the
+    /// default).
     pub fn latent_scale(mut self, scale: Option<f64>) -> Self {
         self.latent_scale = scale;
+        self
+    }
+
+    /// Overrides the latent shift (`None` keeps the model card's, the VAE config's or 0).
+    pub fn latent_shift(mut self, shift: Option<f64>) -> Self {
+        self.latent_shift = shift;
         self
     }
 
@@ -265,12 +325,89 @@ impl<'a> ConvertRequest<'a> {
     }
 }
 
+/// Lines telling the user which state dict of a checkpoint was read and whether DDP's key
+/// prefix was stripped (`role` is `flowar` or `vae`).
+pub fn checkpoint_notes(role: &str, ck: &crate::checkpoint::Checkpoint) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(name) = ck.selected_state_dict() {
+        let others: Vec<&str> = ck
+            .state_dicts()
+            .iter()
+            .filter(|s| !s.selected)
+            .map(|s| s.name.as_str())
+            .collect();
+        let also = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" (also holds: {})", others.join(", "))
+        };
+        notes.push(format!(
+            "{role}: converting the state dict `{name}` of {}{also}",
+            ck.path().display()
+        ));
+    }
+    if let Some(prefix) = ck.stripped_prefix() {
+        notes.push(format!(
+            "{role}: stripped the `{prefix}` prefix (DistributedDataParallel) from every key of {}",
+            ck.path().display()
+        ));
+    }
+    notes
+}
+
+/// What the user should know about the two inputs of [`ConvertRequest::from_files`]: the
+/// state dicts read, prefixes stripped, where the VAE's weights and config were found.
+pub fn source_notes(flowar: &crate::checkpoint::Checkpoint, vae: &VaeCheckpoint) -> Vec<String> {
+    let mut notes = checkpoint_notes("flowar", flowar);
+    notes.extend(checkpoint_notes("vae", vae.checkpoint()));
+    notes.extend(vae.notes().iter().cloned());
+    if let Some(c) = vae.config() {
+        notes.push(format!(
+            "vae: diffusers AutoencoderKL ({} latent channels) with its config {}",
+            c.latent_channels,
+            c.path.display()
+        ));
+    }
+    notes
+}
+
+impl ConvertReport {
+    /// The decode rule the model folder applies, and where its numbers came from; with a
+    /// warning when the scale is the kl16 default that nothing confirmed.
+    pub fn latent_norm_note(&self) -> String {
+        let m = &self.manifest;
+        let from = |s: LatentScaleSource| match s {
+            LatentScaleSource::Given => "given",
+            LatentScaleSource::Meta => "from the model card",
+            LatentScaleSource::VaeConfig => "from the VAE's config.json",
+            LatentScaleSource::Default => "default",
+        };
+        let mut line = format!(
+            "decode rule: latent = tokens / {} ({}) + {} ({})",
+            m.latent_scale,
+            from(self.latent_scale_source),
+            m.latent_shift,
+            from(self.latent_shift_source)
+        );
+        if self.latent_scale_source == LatentScaleSource::Default {
+            line.push_str(&format!(
+                "; {DEFAULT_LATENT_SCALE} is the released FlowAR's kl16 scale (no --latent-scale, \
+                 no {META_FILE} and no VAE config giving one): a model trained with another VAE \
+                 scale generates wrong images with it"
+            ));
+        }
+        line
+    }
+}
+
 /// What a conversion produced.
 #[derive(Debug)]
 pub struct ConvertReport {
     pub manifest: Manifest,
     /// Where `manifest.latent_scale` came from.
     pub latent_scale_source: LatentScaleSource,
+    /// Where `manifest.latent_shift` came from.
+    pub latent_shift_source: LatentScaleSource,
     pub ignored_keys: Vec<(String, &'static str)>,
 }
 
@@ -456,16 +593,49 @@ impl Drop for StagingDir {
     }
 }
 
-/// Detects both architectures and checks that they fit together.
-pub fn detect(flowar: &dyn WeightSource, vae: &dyn WeightSource) -> Result<(FlowArDims, VaeDims)> {
+/// Detects both architectures (checking a diffusers VAE's config against its weights) and
+/// checks that they fit together.
+pub fn detect(
+    flowar: &dyn WeightSource,
+    vae: &dyn WeightSource,
+    vae_config: Option<&DiffusersVaeConfig>,
+) -> Result<(FlowArDims, VaeDims)> {
     let f = arch::detect_flowar(flowar)?;
-    let v = arch::detect_vae(vae)?;
+    let mut v = arch::detect_vae(vae)?;
+    match (v.arch.layout, vae_config) {
+        (VaeLayout::Diffusers, Some(c)) => arch::apply_config(&mut v, c, &vae.origin())?,
+        (VaeLayout::Diffusers, None) => {
+            return Err(ExportError::Config {
+                origin: vae.origin(),
+                reason: "diffusers-layout VAE weights need their config.json (scaling_factor, \
+                         shift_factor, norm_num_groups): give the VAE's folder"
+                    .into(),
+            })
+        }
+        (VaeLayout::Ldm, Some(c)) => {
+            return Err(ExportError::Config {
+                origin: c.path.display().to_string(),
+                reason: format!(
+                    "describes a diffusers AutoencoderKL, but {} is in the LDM layout",
+                    vae.origin()
+                ),
+            })
+        }
+        (VaeLayout::Ldm, None) => {}
+    }
     if f.latent_channels != v.latent_channels {
+        let key = if v.arch.post_quant_conv {
+            "post_quant_conv.weight"
+        } else {
+            "decoder.conv_in.weight"
+        };
         return Err(ExportError::Mismatch(format!(
-            "{} works on {} latent channels (z_proj.weight) but {} decodes {} (post_quant_conv.weight)",
+            "{} works on {} latent channels (z_proj.weight) but {} decodes {} ({key}); a FlowAR \
+             trained on this VAE has {} channels",
             flowar.origin(),
             f.latent_channels,
             vae.origin(),
+            v.latent_channels,
             v.latent_channels
         )));
     }
@@ -499,17 +669,29 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     if req.out.exists() && !req.force {
         return Err(ExportError::OutputExists(req.out.clone()));
     }
-    let (latent_scale, latent_scale_source) = match (req.latent_scale, req.meta.latent_scale) {
-        (Some(s), _) => (s, LatentScaleSource::Given),
-        (None, Some(s)) => (s, LatentScaleSource::Meta),
-        (None, None) => (DEFAULT_LATENT_SCALE, LatentScaleSource::Default),
-    };
+    let (latent_scale, latent_scale_source) = LatentScaleSource::pick(
+        req.latent_scale,
+        req.meta.latent_scale,
+        req.vae_config.map(DiffusersVaeConfig::scaling_factor),
+        DEFAULT_LATENT_SCALE,
+    );
     if !(latent_scale.is_finite() && latent_scale > 0.0) {
         return Err(ExportError::BadArgument(format!(
             "latent scale {latent_scale} must be a positive number"
         )));
     }
-    let (fd, vd) = detect(req.flowar, req.vae)?;
+    let (latent_shift, latent_shift_source) = LatentScaleSource::pick(
+        req.latent_shift,
+        req.meta.latent_shift,
+        req.vae_config.and_then(|c| c.shift_factor),
+        0.0,
+    );
+    if !latent_shift.is_finite() {
+        return Err(ExportError::BadArgument(format!(
+            "latent shift {latent_shift} must be a finite number"
+        )));
+    }
+    let (fd, vd) = detect(req.flowar, req.vae, req.vae_config)?;
     let grid = *fd.scales.last().expect("detected scales are non-empty");
     req.meta.check(&fd, &vd, grid * vd.arch.stride)?;
     let policy = if req.allow_nonfinite {
@@ -540,7 +722,17 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let vae = write_graph(
         &staging.path,
         io::vae_decoder::FILE,
-        vae_decoder::build(&vvb, &vd, grid, latent_scale, precision, EXPORTER_VERSION)?,
+        vae_decoder::build(
+            &vvb,
+            &vd,
+            grid,
+            LatentNorm {
+                scale: latent_scale,
+                shift: latent_shift,
+            },
+            precision,
+            EXPORTER_VERSION,
+        )?,
         req.external_data_threshold,
     )?;
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
@@ -583,6 +775,10 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         }
     }
     h.update(latent_scale.to_le_bytes());
+    if latent_shift != 0.0 {
+        // Only hashed when there is one, so kl16 hashes stay as they were.
+        h.update(latent_shift.to_le_bytes());
+    }
     if let Some(q) = req.quantize {
         // Another model's outputs: `flowar pack` must not mix its images with exact ones.
         h.update(q.scheme().as_bytes());
@@ -601,6 +797,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         latent_channels: fd.latent_channels,
         image_size: grid * vd.arch.stride,
         latent_scale,
+        latent_shift,
         num_classes: fd.num_classes,
         null_class: fd.num_classes,
         class_names: req.meta.classes.clone(),
@@ -640,6 +837,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     Ok(ConvertReport {
         manifest,
         latent_scale_source,
+        latent_shift_source,
         ignored_keys: ignored,
     })
 }

@@ -25,6 +25,9 @@ pub enum ExportError {
     },
     #[error("{origin}: {reason}")]
     UnknownLayout { origin: String, reason: String },
+    /// A VAE's `config.json` is unreadable, missing, or disagrees with its weights.
+    #[error("{origin}: {reason}")]
+    Config { origin: String, reason: String },
     #[error("{origin}: {count} key(s) that no FlowAR/KL-VAE inference path uses: {keys}")]
     UnexpectedKeys {
         origin: String,

@@ -1,6 +1,7 @@
 //! The FlowAR exporter: released checkpoints in, portable ONNX graphs and a manifest out.
 //!
 //! `checkpoint` reads PyTorch zip and safetensors files without executing pickle code,
+//! `vae_checkpoint` finds a VAE's weights (and a diffusers folder's `config.json`),
 //! `arch` derives the architecture from key names and shapes, `graphs` builds the four
 //! graphs (AR step, flow head, VAE decoder, solver step) with the `onnx` builder, and
 //! `convert` writes the model folder atomically. What goes into the folder (file and
@@ -16,6 +17,7 @@ pub mod onnx;
 pub mod precision;
 pub mod preset;
 pub mod quantize;
+pub mod vae_checkpoint;
 pub mod weights;
 
 pub use error::{ExportError, Result};

@@ -407,9 +407,45 @@ pub fn conv2d(g: &mut Graph, vb: &Vb, x: &str, cin: usize, cout: usize, k: usize
     }))
 }
 
-/// GroupNorm (32 groups, eps 1e-6, affine) on `[batch, ch, h, w]`, decomposed into
+/// A 1x1 projection stored either as a conv (`weight [out, in, 1, 1]`, the LDM layout) or
+/// as a linear (`weight [out, in]`, diffusers' attention): either way one 1x1 Conv.
+pub fn conv1x1_or_linear(g: &mut Graph, vb: &Vb, x: &str, cin: usize, cout: usize) -> Result<Val> {
+    let found = vb.shape(
+        "weight",
+        &format!("[{cout}, {cin}] or [{cout}, {cin}, 1, 1]"),
+    )?;
+    let stored: &[usize] = if found.len() == 2 {
+        &[cout, cin]
+    } else {
+        &[cout, cin, 1, 1]
+    };
+    let w = vb.get("weight", stored)?;
+    let b = vb.get("bias", &[cout])?;
+    Ok(g.scoped(vb.prefix(), |g| {
+        let wn = g.weight(&vb.path("weight"), &[cout, cin, 1, 1], &w, "");
+        let bn = g.weight(&vb.path("bias"), &[cout], &b, "");
+        g.node(
+            "Conv",
+            &[x, &wn, &bn],
+            vec![
+                attr_ints("kernel_shape", &[1, 1]),
+                attr_ints("strides", &[1, 1]),
+            ],
+        )
+    }))
+}
+
+/// GroupNorm (`groups` groups, eps 1e-6, affine) on `[batch, ch, h, w]`, decomposed into
 /// ReduceMean so every engine and opset agrees on its semantics; float32 throughout.
-pub fn group_norm(g: &mut Graph, vb: &Vb, x: &str, ch: usize, h: usize, w: usize) -> Result<Val> {
+pub fn group_norm(
+    g: &mut Graph,
+    vb: &Vb,
+    x: &str,
+    ch: usize,
+    groups: usize,
+    hw: (usize, usize),
+) -> Result<Val> {
+    let (h, w) = hw;
     let gamma = vb.get("weight", &[ch])?;
     let beta = vb.get("bias", &[ch])?;
     Ok(g.scoped(vb.prefix(), |g| {
@@ -421,7 +457,7 @@ pub fn group_norm(g: &mut Graph, vb: &Vb, x: &str, ch: usize, h: usize, w: usize
         );
         let bn = g.weight_f32(&vb.path("bias"), &[ch, 1, 1], &beta, "stored as [ch, 1, 1]");
         let x = g.to_f32(x);
-        let grouped = g.reshape(&x, &[0, 32, -1]);
+        let grouped = g.reshape(&x, &[0, groups as i64, -1]);
         let mean = g.reduce_mean(&grouped, &[2]);
         let centered = g.sub(&grouped, &mean);
         let sq = g.mul(&centered, &centered);

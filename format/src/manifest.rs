@@ -36,6 +36,10 @@ pub struct Manifest {
     pub image_size: usize,
     /// Latents are divided by this before decoding; the division is inside the VAE graph.
     pub latent_scale: f64,
+    /// Added after the division (`latent = tokens / latent_scale + latent_shift`, the
+    /// diffusers rule; SD3 and FLUX VAEs have one), also inside the VAE graph. 0 for kl16.
+    #[serde(default)]
+    pub latent_shift: f64,
     pub num_classes: usize,
     pub null_class: usize,
     /// Names of the first classes (a model may name only the classes it was trained on).
@@ -158,16 +162,65 @@ pub struct FlowArch {
     pub mlp_hidden: usize,
 }
 
+/// The key layout a VAE's weights were read in; the decoder graph follows it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VaeLayout {
+    /// The original latent-diffusion layout (`decoder.mid.block_1`, `decoder.up.{l}`):
+    /// MAR's kl16, SD `.ckpt` files, FLUX's `ae.safetensors`.
+    #[default]
+    Ldm,
+    /// diffusers' `AutoencoderKL` (`decoder.mid_block.resnets.0`, `decoder.up_blocks.{i}`)
+    /// with its `config.json`.
+    Diffusers,
+}
+
+impl VaeLayout {
+    pub fn name(self) -> &'static str {
+        match self {
+            VaeLayout::Ldm => "ldm",
+            VaeLayout::Diffusers => "diffusers",
+        }
+    }
+}
+
+fn kl_kind() -> String {
+    "AutoencoderKL".into()
+}
+
+fn thirty_two() -> usize {
+    32
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VaeArch {
+    /// The autoencoder family (`AutoencoderKL`: a KL-regularised continuous latent).
+    #[serde(default = "kl_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub layout: VaeLayout,
     pub ch: usize,
     pub ch_mult: Vec<usize>,
     pub num_res_blocks: usize,
     pub z_channels: usize,
     /// Up-path levels (by index) that carry attention blocks.
     pub attn_levels: Vec<usize>,
-    /// Pixels per latent cell along each axis.
+    /// Pixels per latent cell along each axis (the downsampling factor: 16 for kl16, 8
+    /// for the SD and FLUX VAEs).
     pub stride: usize,
+    /// GroupNorm groups of every norm in the decoder.
+    #[serde(default = "thirty_two")]
+    pub norm_groups: usize,
+    /// Whether the middle block has its self-attention (diffusers' `mid_block_add_attention`).
+    #[serde(default = "yes")]
+    pub mid_attention: bool,
+    /// Whether a 1x1 `post_quant_conv` runs before the decoder (FLUX's VAE has none).
+    #[serde(default = "yes")]
+    pub post_quant_conv: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -358,6 +411,12 @@ impl Manifest {
             return bad(format!(
                 "latent_scale {} must be a positive number",
                 self.latent_scale
+            ));
+        }
+        if !self.latent_shift.is_finite() {
+            return bad(format!(
+                "latent_shift {} must be a finite number",
+                self.latent_shift
             ));
         }
         if self.null_class < self.num_classes {

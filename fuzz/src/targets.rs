@@ -241,7 +241,7 @@ fn exercise_checkpoint(path: &Path) -> Result<(), String> {
     let f = arch::detect_flowar(&ck);
     let v = arch::detect_vae(&ck);
     if let (Ok(_), Ok(_)) = (&f, &v) {
-        let _ = flowar_exporter::convert::detect(&ck, &ck);
+        let _ = flowar_exporter::convert::detect(&ck, &ck, None);
     }
     // Detection failing is a normal outcome (most seeds are not whole models).
     let _ = (f, v);

@@ -254,6 +254,7 @@ def convert(
     out: PathLike,
     *,
     latent_scale: Optional[float] = None,
+    latent_shift: Optional[float] = None,
     meta: Optional[PathLike] = None,
     no_meta: bool = False,
     weights: Optional[str] = None,
@@ -263,14 +264,17 @@ def convert(
     quantize: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Converts a FlowAR checkpoint (``FlowAR-{S,L,H}.pth``, a training checkpoint or
-    ``.safetensors``) and a KL-VAE checkpoint (MAR's ``kl16.ckpt``) into a model folder,
+    ``.safetensors``) and a KL-VAE (MAR's ``kl16.ckpt``, another LDM-layout checkpoint, or a
+    diffusers ``AutoencoderKL`` folder such as SD's or FLUX's ``vae/``) into a model folder,
     as ``flowar convert`` does with the same options:
 
     - ``meta``: a model card (``meta.json``); default: the one beside the FlowAR
       checkpoint unless ``no_meta``;
     - ``weights``: ``"ema"`` or ``"model"`` of a training checkpoint (default: ema when
       present);
-    - ``latent_scale``: the VAE latent scale (default: the card's, else 0.2325);
+    - ``latent_scale``, ``latent_shift``: the decode rule ``tokens / scale + shift``
+      (default: the card's, else a diffusers config's ``scaling_factor`` and
+      ``shift_factor``, else 0.2325 and 0);
     - ``dtype``: ``"f32"``, ``"f16"``, or ``"bf16"`` (the transformers' linears as bfloat16
       products, the rest float32, as autocast computes; runs on ``provider="openvino"`` on a
       CPU with AMX or AVX512-BF16); ``force`` replaces an existing folder;
@@ -286,6 +290,7 @@ def convert(
             os.fspath(vae),
             os.fspath(out),
             latent_scale,
+            latent_shift,
             None if meta is None else os.fspath(meta),
             no_meta,
             weights,

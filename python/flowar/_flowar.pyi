@@ -82,6 +82,7 @@ def convert(
     vae: _Path,
     out: _Path,
     latent_scale: Optional[float] = None,
+    latent_shift: Optional[float] = None,
     meta: Optional[_Path] = None,
     no_meta: bool = False,
     weights: Optional[str] = None,

@@ -8,10 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use flowar_exporter::checkpoint::{Checkpoint, Weights};
-use flowar_exporter::convert::{
-    convert_as, ConvertRequest, LatentScaleSource, ModelMeta, Precision,
-};
+use flowar_exporter::convert::{convert_as, source_notes, ConvertRequest, ModelMeta, Precision};
 use flowar_exporter::quantize::Quantize;
+use flowar_exporter::vae_checkpoint::VaeCheckpoint;
 use flowar_exporter::weights::Cancellable;
 
 use crate::errors;
@@ -19,7 +18,7 @@ use crate::errors;
 /// Converts a FlowAR checkpoint and a KL-VAE checkpoint into a model folder; returns a
 /// summary dict (the manifest as JSON text, the state dicts used, notes for the user).
 #[pyfunction]
-#[pyo3(signature = (flowar, vae, out, latent_scale=None, meta=None, no_meta=false, weights=None, force=false, allow_nonfinite=false, dtype="f32", quantize=None))]
+#[pyo3(signature = (flowar, vae, out, latent_scale=None, latent_shift=None, meta=None, no_meta=false, weights=None, force=false, allow_nonfinite=false, dtype="f32", quantize=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn convert<'py>(
     py: Python<'py>,
@@ -27,6 +26,7 @@ pub fn convert<'py>(
     vae: PathBuf,
     out: PathBuf,
     latent_scale: Option<f64>,
+    latent_shift: Option<f64>,
     meta: Option<PathBuf>,
     no_meta: bool,
     weights: Option<&str>,
@@ -51,18 +51,8 @@ pub fn convert<'py>(
         ModelMeta::choose(Some(&flowar), meta.as_deref(), no_meta).map_err(errors::export)?;
     let mut notes: Vec<String> = said.into_iter().collect();
     let f = Checkpoint::open_with(&flowar, weights).map_err(|e| errors::export(e.into()))?;
-    let v = Checkpoint::open(&vae).map_err(|e| errors::export(e.into()))?;
-    for (role, ck) in [("flowar", &f), ("vae", &v)] {
-        if let Some(name) = ck.selected_state_dict() {
-            notes.push(format!("{role}: converted the state dict `{name}`"));
-        }
-        if let Some(prefix) = ck.stripped_prefix() {
-            notes.push(format!(
-                "{role}: stripped the `{prefix}` prefix from every key"
-            ));
-        }
-    }
-    let (f_format, v_format) = (f.format().to_string(), v.format().to_string());
+    let v = VaeCheckpoint::open(&vae).map_err(errors::export)?;
+    notes.extend(source_notes(&f, &v));
     let report = py.detach(|| {
         // Checked once per tensor read, with the GIL taken only for that check.
         let interrupted = || {
@@ -79,14 +69,18 @@ pub fn convert<'py>(
                 cancelled: &interrupted,
             },
         );
-        let req = ConvertRequest::new(&fc, &vc, &out)
+        let mut req = ConvertRequest::new(&fc, &vc, &out)
+            .vae_config(v.config())
             .latent_scale(latent_scale)
+            .latent_shift(latent_shift)
             .meta(card)
             .force(force)
             .allow_nonfinite(allow_nonfinite)
             .quantize(quantize)
-            .source_file("flowar", &flowar, &f_format)
-            .source_file("vae", &vae, &v_format);
+            .source_file("flowar", &flowar, f.format());
+        for (role, path, format) in v.source_files() {
+            req = req.source_file(&role, path, &format);
+        }
         convert_as(&req, precision)
     });
     let report = report.map_err(|e| match e {
@@ -95,12 +89,7 @@ pub fn convert<'py>(
         }
         e => errors::export(e),
     })?;
-    if report.latent_scale_source == LatentScaleSource::Default {
-        notes.push(format!(
-            "latent scale: {} (the released FlowAR default: no latent_scale and no meta.json giving one)",
-            report.manifest.latent_scale
-        ));
-    }
+    notes.push(report.latent_norm_note());
     let d = PyDict::new(py);
     d.set_item("out", &out)?;
     d.set_item(

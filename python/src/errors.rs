@@ -75,6 +75,7 @@ pub fn export(e: ExportError) -> PyErr {
         | ExportError::MissingKey { .. }
         | ExportError::Shape { .. }
         | ExportError::UnknownLayout { .. }
+        | ExportError::Config { .. }
         | ExportError::UnexpectedKeys { .. }
         | ExportError::NonFinite { .. }
         | ExportError::Mismatch(_)

@@ -213,6 +213,33 @@ def test_convert_mirrors_the_cli(tmp_path):
                        meta=DEMO / "meta.json", no_meta=True)
 
 
+FIXTURES = DEMO.parent.parent / "tests" / "fixtures"
+
+
+def test_convert_reads_a_diffusers_vae_folder(tmp_path):
+    """A FlowAR on a FLUX-style diffusers VAE: the decode rule comes from the VAE's
+    config.json, the caller's latent_shift overrides it, and a config that disagrees with
+    the weights is refused naming the field, with nothing left behind."""
+    fx = FIXTURES / "flux-f8c16"
+    r = flowar.convert(fx / "flowar.pth", fx / "vae", tmp_path / "m")
+    m = r["manifest"]
+    assert (m["latent_scale"], m["latent_shift"]) == (0.3611, 0.1159)
+    assert m["architecture"]["vae"]["layout"] == "diffusers"
+    assert any("from the VAE's config.json" in n for n in r["notes"]), r["notes"]
+    r2 = flowar.convert(fx / "flowar.pth", fx / "vae", tmp_path / "m2", latent_shift=0.0)
+    assert r2["manifest"]["latent_shift"] == 0.0
+    bad = tmp_path / "bad-vae"
+    bad.mkdir()
+    cfg = json.loads((fx / "vae" / "config.json").read_text())
+    cfg["layers_per_block"] = 2
+    (bad / "config.json").write_text(json.dumps(cfg))
+    os.symlink(fx / "vae" / "diffusion_pytorch_model.safetensors",
+               bad / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(flowar.ModelError, match="`layers_per_block` is 2"):
+        flowar.convert(fx / "flowar.pth", bad, tmp_path / "m3")
+    assert not (tmp_path / "m3").exists()
+
+
 def test_read_image_refuses_a_truncated_file(demo, tmp_path):
     pipe = flowar.Pipeline(demo, provider="tract", threads=1)
     [path] = pipe.generate_to(tmp_path, [0], [0])

@@ -50,6 +50,9 @@ pub struct PipeSettings {
     pub cfg: f64,
     pub guidance: f64,
     pub steps: usize,
+    /// The class labels of the pipe case, for references that do not record them as
+    /// `ar.labels` (the fixtures without AR cases keep them in config.json's `labels`).
+    pub labels: Vec<usize>,
 }
 
 /// One compared tensor.
@@ -350,7 +353,19 @@ pub fn run(
         let s = settings.ok_or_else(|| {
             Error::BadArgument("the reference has pipe.* cases: give --cfg, --guidance and --steps (or a config.json beside it)".into())
         })?;
-        let labels = reference.i64("ar.labels")?;
+        let labels: Vec<usize> = if reference.has("ar.labels") {
+            reference
+                .i64("ar.labels")?
+                .iter()
+                .map(|&l| l as usize)
+                .collect()
+        } else if !s.labels.is_empty() {
+            s.labels.clone()
+        } else {
+            return Err(Error::BadArgument(
+                "the reference has pipe.* cases but no ar.labels: give their labels (config.json's `labels` beside it)".into(),
+            ));
+        };
         let noise: Vec<Vec<f32>> = (0..m.scales.len())
             .map(|i| {
                 reference
@@ -360,7 +375,7 @@ pub fn run(
             .collect::<Result<_>>()?;
         let req = Request::with_defaults(&m)
             .with_sampler(Some(s.cfg), Some(s.guidance), Some(s.steps))
-            .with_images(labels.iter().map(|&l| l as usize).collect(), 0)?
+            .with_images(labels, 0)?
             .with_solver(Solver::Euler)
             .with_noise(Some(noise));
         let out = pipe.generate(&req, &mut |_| true)?;

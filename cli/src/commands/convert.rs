@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use flowar_exporter::checkpoint::{Checkpoint, Weights};
 use flowar_exporter::convert::{
-    convert_as, ConvertReport, ConvertRequest, LatentScaleSource, ModelMeta, Precision,
-    DEFAULT_LATENT_SCALE, META_FILE,
+    convert_as, source_notes, ConvertReport, ConvertRequest, ModelMeta, Precision,
 };
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
+use flowar_exporter::vae_checkpoint::VaeCheckpoint;
 use flowar_exporter::weights::{Cancellable, WeightSource};
 
 use super::{CliError, CliResult};
@@ -17,7 +17,9 @@ pub struct Args {
     /// FlowAR checkpoint (FlowAR-{S,L,H}.pth or .safetensors).
     #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
     pub flowar: Option<PathBuf>,
-    /// KL-VAE checkpoint (MAR's kl16.ckpt or .safetensors).
+    /// The VAE: MAR's kl16.ckpt or another LDM-layout KL-VAE checkpoint (.ckpt or
+    /// .safetensors, also a full SD checkpoint's `first_stage_model.*`), or a diffusers
+    /// AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors).
     #[arg(long, required_unless_present = "preset")]
     pub vae: Option<PathBuf>,
     /// Build a released architecture (s, l or h) with seeded random weights instead.
@@ -29,9 +31,15 @@ pub struct Args {
     /// Output model folder (written atomically).
     #[arg(long)]
     pub out: PathBuf,
-    /// Latent scale factor the VAE latents were multiplied by (default 0.2325, or meta.json's).
+    /// Latent scale factor the VAE latents were multiplied by (default: meta.json's, else a
+    /// diffusers VAE config's scaling_factor, else kl16's 0.2325).
     #[arg(long)]
     pub latent_scale: Option<f64>,
+    /// Latent shift subtracted before scaling in training: decoding computes
+    /// tokens / scale + shift (default: meta.json's, else a diffusers VAE config's
+    /// shift_factor, else 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub latent_shift: Option<f64>,
     /// A model card's meta.json: name, class names, latent scale and sampler defaults
     /// (default: the meta.json beside the FlowAR checkpoint, when there is one).
     #[arg(long)]
@@ -110,33 +118,6 @@ fn model_meta(a: &Args) -> CliResult<ModelMeta> {
     Ok(meta)
 }
 
-/// Which state dict of a checkpoint was read, and whether DDP's key prefix was stripped.
-fn describe_weights(role: &str, ck: &Checkpoint) {
-    if let Some(name) = ck.selected_state_dict() {
-        let others: Vec<&str> = ck
-            .state_dicts()
-            .iter()
-            .filter(|s| !s.selected)
-            .map(|s| s.name.as_str())
-            .collect();
-        let also = if others.is_empty() {
-            String::new()
-        } else {
-            format!(" (also holds: {})", others.join(", "))
-        };
-        println!(
-            "{role}: converting the state dict `{name}` of {}{also}",
-            ck.path().display()
-        );
-    }
-    if let Some(prefix) = ck.stripped_prefix() {
-        println!(
-            "{role}: stripped the `{prefix}` prefix (DistributedDataParallel) from every key of {}",
-            ck.path().display()
-        );
-    }
-}
-
 pub fn run(a: Args) -> CliResult {
     let precision: Precision = a.dtype.parse()?;
     let weights: Weights = match &a.weights {
@@ -147,6 +128,7 @@ pub fn run(a: Args) -> CliResult {
     let t = std::time::Instant::now();
     // The weight sources and what to record of them: seeded random weights for a preset,
     // else the two checkpoint files.
+    let mut vae_config = None;
     type Sources = (
         Box<dyn WeightSource>,
         Box<dyn WeightSource>,
@@ -178,13 +160,13 @@ pub fn run(a: Args) -> CliResult {
             }
         };
         let f = Checkpoint::open_with(fp, weights)?;
-        let v = Checkpoint::open(vp)?;
-        describe_weights("flowar", &f);
-        describe_weights("vae", &v);
-        let sources = vec![
-            ("flowar".into(), fp.clone(), f.format().into()),
-            ("vae".into(), vp.clone(), v.format().into()),
-        ];
+        let v = VaeCheckpoint::open(vp)?;
+        for line in source_notes(&f, &v) {
+            println!("{line}");
+        }
+        let mut sources = vec![("flowar".into(), fp.clone(), f.format().into())];
+        sources.extend(v.source_files());
+        vae_config = v.config().cloned();
         (Box::new(f), Box::new(v), sources)
     };
     let ctrl_c = || crate::interrupted().then_some("interrupted by Ctrl-C");
@@ -203,7 +185,9 @@ pub fn run(a: Args) -> CliResult {
         .transpose()?;
     let mut req = ConvertRequest::new(&fc, &vc, &a.out)
         .quantize(quantize)
+        .vae_config(vae_config.as_ref())
         .latent_scale(a.latent_scale)
+        .latent_shift(a.latent_shift)
         .meta(meta)
         .force(a.force)
         .allow_nonfinite(a.allow_nonfinite);
@@ -212,11 +196,8 @@ pub fn run(a: Args) -> CliResult {
     }
     let report = convert_as(&req, precision)?;
     print_report(&report);
-    if report.latent_scale_source == LatentScaleSource::Default && a.preset.is_none() {
-        println!(
-            "latent scale: {DEFAULT_LATENT_SCALE} (the released FlowAR default: no --latent-scale, and no {META_FILE} \
-             giving one); a model trained with another VAE scale generates wrong images with it"
-        );
+    if a.preset.is_none() {
+        println!("{}", report.latent_norm_note());
     }
     println!(
         "wrote {} in {:.1}s",

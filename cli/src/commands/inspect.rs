@@ -3,23 +3,36 @@
 use std::path::PathBuf;
 
 use flowar_exporter::checkpoint::Checkpoint;
-use flowar_runtime::manifest::Manifest;
+use flowar_exporter::vae_checkpoint::VaeCheckpoint;
+use flowar_runtime::manifest::{Manifest, MANIFEST_FILE};
 
 use super::CliResult;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A model folder or a checkpoint file.
+    /// A model folder, a checkpoint file, or a diffusers VAE folder.
     pub path: PathBuf,
 }
 
 pub fn run(a: Args) -> CliResult {
-    if a.path.is_dir() {
+    // A folder is a model folder, else a diffusers VAE folder.
+    let vae_folder = match a.path.is_dir() && !a.path.join(MANIFEST_FILE).exists() {
+        true => VaeCheckpoint::open(&a.path).ok(),
+        false => None,
+    };
+    if a.path.is_dir() && vae_folder.is_none() {
         let m = Manifest::load(&a.path)?;
         println!("{}", serde_json::to_string_pretty(&m).expect("json"));
         return Ok(());
     }
-    let ck = Checkpoint::open(&a.path)?;
+    let opened;
+    let ck = match &vae_folder {
+        Some(v) => v.checkpoint(),
+        None => {
+            opened = Checkpoint::open(&a.path)?;
+            &opened
+        }
+    };
     println!(
         "{} ({}), {} tensors, {:.2}M parameters",
         a.path.display(),
@@ -51,18 +64,17 @@ pub fn run(a: Args) -> CliResult {
         }
     }
     println!("dtypes: {dtypes:?}");
-    if let Ok(f) = flowar_exporter::arch::detect_flowar(&ck) {
+    if let Ok(f) = flowar_exporter::arch::detect_flowar(ck) {
         println!(
             "FlowAR: {}",
             serde_json::json!({"ar": f.ar, "flow": f.flow, "scales": f.scales, "latent_channels": f.latent_channels, "classes": f.num_classes})
         );
-    } else if let Ok(v) = flowar_exporter::arch::detect_vae(&ck) {
-        println!(
-            "KL-VAE decoder: {}",
-            serde_json::json!({"vae": v.arch, "latent_channels": v.latent_channels})
-        );
+    } else if let Some(v) = &vae_folder {
+        describe_vae(v)?;
+    } else if let Ok(v) = VaeCheckpoint::open(&a.path) {
+        describe_vae(&v)?;
     } else {
-        let f = flowar_exporter::arch::detect_flowar(&ck)
+        let f = flowar_exporter::arch::detect_flowar(ck)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -70,6 +82,39 @@ pub fn run(a: Args) -> CliResult {
     }
     for (k, why) in ck.skipped() {
         println!("skipped {k}: {why}");
+    }
+    Ok(())
+}
+
+/// The decoder's architecture (checked against a diffusers config) and its decode rule.
+fn describe_vae(v: &VaeCheckpoint) -> CliResult {
+    let mut d = flowar_exporter::arch::detect_vae(v)?;
+    if let Some(c) = v.config() {
+        flowar_exporter::arch::apply_config(
+            &mut d,
+            c,
+            &v.checkpoint().path().display().to_string(),
+        )?;
+    }
+    for line in v.notes() {
+        println!("{line}");
+    }
+    println!(
+        "KL-VAE decoder: {}",
+        serde_json::json!({"vae": d.arch, "latent_channels": d.latent_channels})
+    );
+    match v.config() {
+        Some(c) => println!(
+            "decode rule (from {}): latent = tokens / {} + {}",
+            c.path.display(),
+            c.scaling_factor(),
+            c.shift()
+        ),
+        None => println!(
+            "decode rule: latent = tokens / scale + shift; an LDM-layout checkpoint does not \
+             record them (convert takes --latent-scale / --latent-shift or a model card; kl16's \
+             scale is 0.2325)"
+        ),
     }
     Ok(())
 }

@@ -69,6 +69,11 @@ pub fn run(a: Args) -> CliResult {
             cfg,
             guidance,
             steps,
+            labels: config
+                .as_ref()
+                .and_then(|c| c.get("labels"))
+                .and_then(|l| serde_json::from_value(l.clone()).ok())
+                .unwrap_or_default(),
         }),
         _ => None,
     };

@@ -1,6 +1,10 @@
-//! Architecture detection from key names and tensor shapes alone.
+//! Architecture detection from key names and tensor shapes alone: FlowAR here, the VAE
+//! decoder (either key layout) in [`vae`].
 
-use flowar_format::manifest::{ArArch, FlowArch, FlowKind, VaeArch};
+mod vae;
+pub use vae::{apply_config, detect_vae, vae_layout, VaeDims, VAE_IGNORED};
+
+use flowar_format::manifest::{ArArch, FlowArch, FlowKind};
 
 use crate::error::{ExportError, Result};
 use crate::weights::{IgnoreRule, WeightSource};
@@ -17,15 +21,6 @@ pub struct FlowArDims {
     pub total_tokens: usize,
 }
 
-/// Everything the VAE checkpoint says about its decoder.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VaeDims {
-    pub arch: VaeArch,
-    /// Channels after each up level's ResNet blocks, by level index.
-    pub level_channels: Vec<usize>,
-    pub latent_channels: usize,
-}
-
 /// FlowAR keys present in released checkpoints that inference does not read.
 pub const FLOWAR_IGNORED: &[IgnoreRule] = &[
     IgnoreRule { matches: |k| k == "mask", reason: "training attention mask; inference runs unmasked" },
@@ -35,35 +30,24 @@ pub const FLOWAR_IGNORED: &[IgnoreRule] = &[
     },
 ];
 
-/// VAE keys that decoding does not read.
-pub const VAE_IGNORED: &[IgnoreRule] = &[
-    IgnoreRule {
-        matches: |k| k.starts_with("encoder."),
-        reason: "VAE encoder; only decoding is exported",
-    },
-    IgnoreRule {
-        matches: |k| k.starts_with("quant_conv."),
-        reason: "encoder-side quantisation conv",
-    },
-    IgnoreRule {
-        matches: |k| k.starts_with("loss."),
-        reason: "training loss (LPIPS / discriminator) weights",
-    },
-];
-
-fn layout(src: &dyn WeightSource, reason: String) -> ExportError {
+pub(crate) fn layout(src: &dyn WeightSource, reason: String) -> ExportError {
     ExportError::UnknownLayout {
         origin: src.origin(),
         reason,
     }
 }
 
-fn need(src: &dyn WeightSource, key: &str, expected: &str) -> Result<Vec<usize>> {
+pub(crate) fn need(src: &dyn WeightSource, key: &str, expected: &str) -> Result<Vec<usize>> {
     src.shape(key)
         .ok_or_else(|| crate::weights::missing_key(src, key, expected))
 }
 
-fn need_rank(src: &dyn WeightSource, key: &str, rank: usize, expected: &str) -> Result<Vec<usize>> {
+pub(crate) fn need_rank(
+    src: &dyn WeightSource,
+    key: &str,
+    rank: usize,
+    expected: &str,
+) -> Result<Vec<usize>> {
     let s = need(src, key, expected)?;
     if s.len() != rank || s.contains(&0) {
         return Err(layout(
@@ -75,7 +59,7 @@ fn need_rank(src: &dyn WeightSource, key: &str, rank: usize, expected: &str) -> 
 }
 
 /// Counts `prefix.{0,1,2,..}.suffix` keys present, stopping at the first gap.
-fn count_indexed(src: &dyn WeightSource, prefix: &str, suffix: &str) -> usize {
+pub(crate) fn count_indexed(src: &dyn WeightSource, prefix: &str, suffix: &str) -> usize {
     (0..)
         .take_while(|k| src.shape(&format!("{prefix}.{k}.{suffix}")).is_some())
         .count()
@@ -224,95 +208,6 @@ pub fn detect_flowar(src: &dyn WeightSource) -> Result<FlowArDims> {
         latent_channels: c,
         num_classes: rows - 1,
         total_tokens: total,
-    })
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-pub fn detect_vae(src: &dyn WeightSource) -> Result<VaeDims> {
-    if src.shape("decoder.conv_in.weight").is_none() {
-        return Err(layout(src, "not a KL-VAE checkpoint: no `decoder.conv_in.weight` (expected the LDM AutoencoderKL layout, optionally nested under `model`)".into()));
-    }
-    let pq = need_rank(src, "post_quant_conv.weight", 4, "[z_channels, C, 1, 1]")?;
-    let conv_in = need_rank(
-        src,
-        "decoder.conv_in.weight",
-        4,
-        "[ch * ch_mult[-1], z_channels, 3, 3]",
-    )?;
-    if conv_in[1] != pq[0] {
-        return Err(layout(
-            src,
-            format!(
-                "`decoder.conv_in.weight` takes {} channels but `post_quant_conv` gives {}",
-                conv_in[1], pq[0]
-            ),
-        ));
-    }
-    let levels = count_indexed(src, "decoder.up", "block.0.conv1.weight");
-    if levels == 0 {
-        return Err(ExportError::MissingKey {
-            origin: src.origin(),
-            key: "decoder.up.0.block.0.conv1.weight".into(),
-            expected: "[ch * ch_mult[0], in, 3, 3]".into(),
-        });
-    }
-    let blocks = count_indexed(src, "decoder.up.0.block", "conv1.weight");
-    if blocks == 0 {
-        return Err(layout(src, "decoder level 0 has no ResNet blocks".into()));
-    }
-    let mut level_channels = Vec::with_capacity(levels);
-    let mut attn_levels = Vec::new();
-    for l in 0..levels {
-        let s = need_rank(
-            src,
-            &format!("decoder.up.{l}.block.0.conv1.weight"),
-            4,
-            "[out, in, 3, 3]",
-        )?;
-        level_channels.push(s[0]);
-        let n = count_indexed(src, &format!("decoder.up.{l}.block"), "conv1.weight");
-        if n != blocks {
-            return Err(layout(
-                src,
-                format!("decoder level {l} has {n} ResNet blocks, level 0 has {blocks}"),
-            ));
-        }
-        if src
-            .shape(&format!("decoder.up.{l}.attn.0.q.weight"))
-            .is_some()
-        {
-            attn_levels.push(l);
-        }
-    }
-    if let Some(&bad) = level_channels.iter().find(|&&c| c % 32 != 0) {
-        return Err(layout(
-            src,
-            format!("decoder channel count {bad} is not divisible by the 32 GroupNorm groups"),
-        ));
-    }
-    let ch = match src.shape("encoder.conv_in.weight") {
-        Some(s) if s.len() == 4 => s[0],
-        _ => level_channels.iter().copied().fold(0, gcd),
-    };
-    let ch_mult = level_channels.iter().map(|c| c / ch.max(1)).collect();
-    Ok(VaeDims {
-        arch: VaeArch {
-            ch,
-            ch_mult,
-            num_res_blocks: blocks - 1,
-            z_channels: pq[0],
-            attn_levels,
-            stride: 1 << (levels - 1),
-        },
-        level_channels,
-        latent_channels: pq[1],
     })
 }
 

@@ -1,0 +1,192 @@
+//! The KL-VAE decoder: latents to an image in about [-1, 1], from weights in either key
+//! layout ([`ldm`] or [`diffusers`]: one network, two namings, each walked by its own module
+//! so a checkpoint key leads to the code that reads it).
+//!
+//! Input: `latent [batch, C, G, G]` exactly as sampled; the decode rule
+//! `latent / latent_scale + latent_shift` runs inside this graph, then `post_quant_conv`
+//! where the VAE has one. Output: `image [batch, 3, G*stride, G*stride]`, unclamped.
+
+mod diffusers;
+mod ldm;
+
+use super::{BuiltGraph, Io, BATCH};
+use crate::arch::VaeDims;
+use crate::error::Result;
+use crate::nn;
+use crate::onnx::{Dim, Elem, Graph, Val};
+use crate::weights::Vb;
+use flowar_format::io::vae_decoder as io;
+use flowar_format::manifest::VaeLayout;
+
+/// How the latents are brought back to the VAE's own scale before decoding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatentNorm {
+    /// Tokens are divided by this (kl16: 0.2325; SD: 0.18215; FLUX: 0.3611).
+    pub scale: f64,
+    /// Then this is added (FLUX: 0.1159; 0 for kl16 and SD).
+    pub shift: f64,
+}
+
+/// The names one layout gives a ResNet block's 1x1 shortcut and an attention block's parts.
+pub(crate) struct PartNames {
+    pub shortcut: &'static str,
+    pub attn_norm: &'static str,
+    /// Query, key, value and output projections.
+    pub attn_proj: [&'static str; 4],
+}
+
+/// `x + conv2(swish(GN(conv1(swish(GN(x))))))`, with a 1x1 shortcut when channels change.
+pub(crate) fn resnet_block(
+    g: &mut Graph,
+    vb: &Vb,
+    names: &PartNames,
+    x: &str,
+    (cin, cout): (usize, usize),
+    groups: usize,
+    hw: usize,
+) -> Result<Val> {
+    let h = nn::group_norm(g, &vb.pp("norm1"), x, cin, groups, (hw, hw))?;
+    let h = g.scoped(vb.prefix(), |g| g.silu(&h));
+    let h = nn::conv2d(g, &vb.pp("conv1"), &h, cin, cout, 3)?;
+    let h = nn::group_norm(g, &vb.pp("norm2"), &h, cout, groups, (hw, hw))?;
+    let h = g.scoped(vb.prefix(), |g| g.silu(&h));
+    let h = nn::conv2d(g, &vb.pp("conv2"), &h, cout, cout, 3)?;
+    let skip = if cin != cout {
+        nn::conv2d(g, &vb.pp(names.shortcut), x, cin, cout, 1)?
+    } else {
+        x.to_string()
+    };
+    Ok(g.scoped(vb.prefix(), |g| g.add(&skip, &h)))
+}
+
+/// Single-head self-attention over the `hw*hw` positions (scale `ch^-0.5`), with a residual.
+pub(crate) fn attn_block(
+    g: &mut Graph,
+    vb: &Vb,
+    names: &PartNames,
+    x: &str,
+    ch: usize,
+    groups: usize,
+    hw: usize,
+) -> Result<Val> {
+    let h = nn::group_norm(g, &vb.pp(names.attn_norm), x, ch, groups, (hw, hw))?;
+    let [q, k, v, out] = names.attn_proj;
+    let q = nn::conv1x1_or_linear(g, &vb.pp(q), &h, ch, ch)?;
+    let k = nn::conv1x1_or_linear(g, &vb.pp(k), &h, ch, ch)?;
+    let v = nn::conv1x1_or_linear(g, &vb.pp(v), &h, ch, ch)?;
+    let o = g.scoped(vb.prefix(), |g| {
+        let n = (hw * hw) as i64;
+        let q = g.reshape(&q, &[0, ch as i64, n]);
+        let q = g.transpose(&q, &[0, 2, 1]);
+        let k = g.reshape(&k, &[0, ch as i64, n]);
+        let s = g.matmul(&q, &k);
+        let s = g.to_f32(&s);
+        let scale = g.scalar_f32((ch as f32).powf(-0.5));
+        let s = g.mul(&s, &scale);
+        let p = g.softmax(&s, 2);
+        let p = g.to_act(&p);
+        let v = g.reshape(&v, &[0, ch as i64, n]);
+        let pt = g.transpose(&p, &[0, 2, 1]);
+        let o = g.matmul(&v, &pt);
+        g.reshape(&o, &[0, ch as i64, hw as i64, hw as i64])
+    });
+    let o = nn::conv1x1_or_linear(g, &vb.pp(out), &o, ch, ch)?;
+    Ok(g.scoped(vb.prefix(), |g| g.add(x, &o)))
+}
+
+/// Nearest 2x upsampling, then the upsampler's 3x3 `conv`.
+pub(crate) fn upsample(g: &mut Graph, vb: &Vb, x: &str, ch: usize) -> Result<Val> {
+    let h = g.scoped(vb.prefix(), |g| nn::upsample_nearest2x(g, x));
+    nn::conv2d(g, &vb.pp("conv"), &h, ch, ch, 3)
+}
+
+/// `conv_out(swish(GN(x)))` with the layout's name of the final norm.
+pub(crate) fn output(
+    g: &mut Graph,
+    dvb: &Vb,
+    norm_out: &str,
+    x: &str,
+    ch: usize,
+    groups: usize,
+    hw: usize,
+) -> Result<Val> {
+    let norm = dvb.pp(norm_out);
+    let h = nn::group_norm(g, &norm, x, ch, groups, (hw, hw))?;
+    let h = g.scoped(norm.prefix(), |g| g.silu(&h));
+    nn::conv2d(g, &dvb.pp("conv_out"), &h, ch, 3, 3)
+}
+
+pub fn build(
+    vb: &Vb,
+    dims: &VaeDims,
+    grid: usize,
+    norm: LatentNorm,
+    precision: crate::precision::Precision,
+    version: &str,
+) -> Result<BuiltGraph> {
+    let a = &dims.arch;
+    let c = dims.latent_channels;
+    let image = grid * a.stride;
+    let mut g = Graph::with_precision("flowar_vae_decoder", precision.elem());
+    let inputs = vec![Io::new(
+        io::LATENT,
+        Elem::F32,
+        vec![
+            Dim::Sym(BATCH),
+            Dim::Fixed(c),
+            Dim::Fixed(grid),
+            Dim::Fixed(grid),
+        ],
+    )];
+    let outputs = vec![Io::new(
+        io::IMAGE,
+        Elem::F32,
+        vec![
+            Dim::Sym(BATCH),
+            Dim::Fixed(3),
+            Dim::Fixed(image),
+            Dim::Fixed(image),
+        ],
+    )];
+    for io in &inputs {
+        g.input(&io.name, io.elem, &io.dims);
+    }
+    let x = g.scoped("latent_scale", |g| {
+        let s = g.scalar_f32(norm.scale as f32);
+        let x = g.div(io::LATENT, &s);
+        let x = if norm.shift != 0.0 {
+            let shift = g.scalar_f32(norm.shift as f32);
+            g.add(&x, &shift)
+        } else {
+            x
+        };
+        g.to_act(&x)
+    });
+    let x = if a.post_quant_conv {
+        nn::conv2d(&mut g, &vb.pp("post_quant_conv"), &x, c, a.z_channels, 1)?
+    } else {
+        x
+    };
+    let dvb = vb.pp("decoder");
+    let img = match a.layout {
+        VaeLayout::Ldm => ldm::decoder(&mut g, &dvb, dims, &x, grid)?,
+        VaeLayout::Diffusers => diffusers::decoder(&mut g, &dvb, dims, &x, grid)?,
+    };
+    let img = g.to_f32(&img);
+    g.output(&img, io::IMAGE, Elem::F32, &outputs[0].dims);
+    let parameters = g.param_count();
+    let doc = format!(
+        "KL-VAE decoder ({} layout); computes latent / {} + {} first",
+        a.layout.name(),
+        norm.scale,
+        norm.shift
+    );
+    Ok(BuiltGraph {
+        model: g.finish(&doc, version),
+        inputs,
+        outputs,
+        parameters,
+        int8_linears: Vec::new(),
+        inference_precision: precision.vae_inference_precision(),
+    })
+}

@@ -1,0 +1,351 @@
+//! FlowAR on VAEs other than MAR's kl16 (README "Other VAEs"): the diffusers-layout
+//! fixtures (`flux-f8c16`: 16 channels with a shift and no quant convs; `sd-f8c4`: 4
+//! channels, SD-style) match the reference on every CPU provider; the same decoder in the
+//! LDM layout (also inside a full SD checkpoint, also with diffusers' older attention
+//! names) decodes identically; the decode rule's numbers land in the manifest and a model
+//! card overrides them; a FlowAR on a 32x32 grid runs at 256 px.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use flowar_exporter::convert::{LatentScaleSource, ModelMeta};
+use flowar_runtime::manifest::{Manifest, VaeLayout};
+use flowar_runtime::{Provider, Request, Solver};
+use flowar_tests::*;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+/// `vae.image`'s largest error measured on both fixtures over every CPU provider (8.1e-6),
+/// rounded up; [`MARGIN`] above it fails, well inside the 1e-3 bound.
+const VAE_MEASURED: f64 = 1.0e-5;
+/// `pipe.tokens`' largest (5.3e-4, sd-f8c4 on OpenVINO), rounded up.
+const TOKENS_MEASURED: f64 = 6.0e-4;
+const MARGIN: f64 = 2.0;
+
+/// Converts fixture `name` from its VAE folder, checks what the manifest records of the
+/// VAE, and runs every reference case on every CPU provider.
+fn check_fixture(name: &str, channels: usize, scale: f64, shift: f64, post_quant_conv: bool) {
+    let (_t, dir) = convert_vae_fixture(name);
+    let m = Manifest::load(&dir).unwrap();
+    let v = &m.architecture.vae;
+    assert_eq!(
+        (
+            v.kind.as_str(),
+            v.layout,
+            v.stride,
+            v.norm_groups,
+            v.post_quant_conv
+        ),
+        (
+            "AutoencoderKL",
+            VaeLayout::Diffusers,
+            8,
+            32,
+            post_quant_conv
+        ),
+        "{name}"
+    );
+    assert_eq!(
+        (
+            m.latent_channels,
+            m.latent_scale,
+            m.latent_shift,
+            m.image_size
+        ),
+        (channels, scale, shift, 128),
+        "{name}"
+    );
+    let roles: Vec<&str> = m.sources.iter().map(|s| s.role.as_str()).collect();
+    assert_eq!(roles, ["flowar", "vae", "vae_config"], "{name}");
+    for (p, results) in verify_fixture(name, &dir) {
+        for r in &results {
+            eprintln!(
+                "{name} {} {}: max_abs {:.3e} (bound {:.1e}){}",
+                p.name(),
+                r.name,
+                r.max_abs,
+                r.bound,
+                r.identical
+                    .map(|s| format!(", {:.3}% identical", s * 100.0))
+                    .unwrap_or_default()
+            );
+            assert!(r.pass, "{name} on {}: {r:?}", p.name());
+            let measured = match r.name.as_str() {
+                "vae.image" => VAE_MEASURED,
+                "pipe.tokens" => TOKENS_MEASURED,
+                _ => continue,
+            };
+            assert!(
+                r.max_abs <= MARGIN * measured,
+                "{name} on {}: {} {:.3e} is past {MARGIN} x the measured {measured:.1e}",
+                p.name(),
+                r.name,
+                r.max_abs
+            );
+        }
+    }
+}
+
+#[test]
+fn flux_style_vae_fixture_matches_the_reference() {
+    check_fixture("flux-f8c16", 16, 0.3611, 0.1159, false);
+}
+
+#[test]
+fn sd_style_vae_fixture_matches_the_reference() {
+    check_fixture("sd-f8c4", 4, 0.18215, 0.0, true);
+}
+
+// ------------------------------------------------------------------ layout copies
+
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<u8>)>;
+
+fn read_tensors(path: &Path) -> Tensors {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, t)| {
+            assert_eq!(t.dtype(), Dtype::F32, "{k}");
+            (k, (t.shape().to_vec(), t.data().to_vec()))
+        })
+        .collect()
+}
+
+fn write_tensors(t: &Tensors, path: &Path) {
+    let views: Vec<(String, TensorView)> = t
+        .iter()
+        .map(|(k, (shape, data))| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// The LDM name of a diffusers decoder key (`levels` up blocks), as the original SD
+/// conversion scripts map them; attention linears become 1x1 convs. Encoder keys: `None`.
+fn ldm_key(key: &str, levels: usize) -> Option<String> {
+    if key.starts_with("encoder.") {
+        return None;
+    }
+    let mut k = key
+        .replace("decoder.conv_norm_out", "decoder.norm_out")
+        .replace("decoder.mid_block.resnets.0", "decoder.mid.block_1")
+        .replace("decoder.mid_block.resnets.1", "decoder.mid.block_2")
+        .replace("decoder.mid_block.attentions.0", "decoder.mid.attn_1")
+        .replace(".group_norm.", ".norm.")
+        .replace(".to_q.", ".q.")
+        .replace(".to_k.", ".k.")
+        .replace(".to_v.", ".v.")
+        .replace(".to_out.0.", ".proj_out.")
+        .replace(".conv_shortcut.", ".nin_shortcut.")
+        .replace(".upsamplers.0.", ".upsample.");
+    if let Some(rest) = k.strip_prefix("decoder.up_blocks.") {
+        let (i, tail) = rest.split_once('.').unwrap();
+        let l = levels - 1 - i.parse::<usize>().unwrap();
+        k = format!("decoder.up.{l}.{}", tail.replace("resnets.", "block."));
+    }
+    Some(k)
+}
+
+/// The sd-f8c4 VAE rewritten in the LDM layout: flat, or under `first_stage_model.` beside
+/// other models' keys as in a full SD checkpoint.
+fn ldm_copy(dir: &Path, full_checkpoint: bool) -> PathBuf {
+    let src = read_tensors(&fixture("sd-f8c4/vae/diffusion_pytorch_model.safetensors"));
+    let mut out = Tensors::new();
+    for (k, (shape, data)) in src {
+        let Some(mut name) = ldm_key(&k, 4) else {
+            continue;
+        };
+        let shape = if name.contains(".attn_1.") && shape.len() == 2 {
+            vec![shape[0], shape[1], 1, 1]
+        } else {
+            shape
+        };
+        if full_checkpoint {
+            name = format!("first_stage_model.{name}");
+        }
+        out.insert(name, (shape, data));
+    }
+    if full_checkpoint {
+        for k in [
+            "model.diffusion_model.input_blocks.0.0.weight",
+            "cond_stage_model.proj",
+        ] {
+            out.insert(k.into(), (vec![2], vec![0; 8]));
+        }
+    }
+    let path = dir.join(if full_checkpoint {
+        "sd-full.safetensors"
+    } else {
+        "vae-ldm.safetensors"
+    });
+    write_tensors(&out, &path);
+    path
+}
+
+/// The sd-f8c4 VAE folder with the attention saved under diffusers' pre-0.14 names.
+fn legacy_attention_copy(dir: &Path) -> PathBuf {
+    let from = fixture("sd-f8c4/vae");
+    let to = dir.join("legacy-vae");
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(from.join("config.json"), to.join("config.json")).unwrap();
+    let t: Tensors = read_tensors(&from.join("diffusion_pytorch_model.safetensors"))
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k
+                .replace(".to_q.", ".query.")
+                .replace(".to_k.", ".key.")
+                .replace(".to_v.", ".value.")
+                .replace(".to_out.0.", ".proj_attn.");
+            (k, v)
+        })
+        .collect();
+    assert!(t.keys().any(|k| k.contains(".proj_attn.")));
+    write_tensors(&t, &to.join("diffusion_pytorch_model.safetensors"));
+    to
+}
+
+/// Two images and the final tokens from model folder `dir` on tract (seeded, 4 steps).
+fn images(dir: &Path) -> (Vec<u8>, Vec<f32>) {
+    let mut pipe = load(dir, Provider::Tract);
+    let req = Request {
+        classes: vec![1, 998],
+        image_indices: vec![0, 1],
+        seed: 5,
+        cfg: 4.0,
+        guidance: 0.9,
+        steps: 4,
+        scale_steps: None,
+        solver: Solver::Euler,
+        noise: None,
+    };
+    let out = pipe.generate(&req, &mut |_| true).unwrap();
+    let pixels = out.images.iter().flat_map(|i| i.pixels.clone()).collect();
+    (pixels, out.tokens)
+}
+
+/// The diffusers original and its LDM copies (flat; inside a full SD checkpoint) and a
+/// copy with the older attention names all convert to the same decoder: identical images.
+#[test]
+fn the_same_decoder_in_every_layout_gives_the_same_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flowar = fixture("sd-f8c4/flowar.pth");
+    let (_a, original) = convert_vae_fixture("sd-f8c4");
+    let want = images(&original);
+    assert_eq!(want.0.len(), 2 * 128 * 128 * 3);
+    let ldm = ldm_copy(tmp.path(), false);
+    let full = ldm_copy(tmp.path(), true);
+    let legacy = legacy_attention_copy(tmp.path());
+    for (what, vae, scale) in [
+        ("LDM layout", &ldm, Some(0.18215)),
+        ("full SD checkpoint", &full, Some(0.18215)),
+        ("older attention names", &legacy, None),
+    ] {
+        let (_t, dir) = convert_with_vae(&flowar, vae, |r| r.latent_scale(scale));
+        let m = Manifest::load(&dir).unwrap();
+        let layout = if vae == &legacy {
+            VaeLayout::Diffusers
+        } else {
+            VaeLayout::Ldm
+        };
+        assert_eq!(m.architecture.vae.layout, layout, "{what}");
+        assert_eq!((m.latent_channels, m.image_size), (4, 128), "{what}");
+        let got = images(&dir);
+        assert!(
+            got.0 == want.0,
+            "{what}: images differ from the diffusers original"
+        );
+        assert_eq!(got.1, want.1, "{what}: tokens differ");
+    }
+}
+
+/// The decode rule's numbers: the VAE config's by default, a model card's over them, the
+/// caller's over both; each with its source in the report.
+#[test]
+fn a_model_card_and_the_caller_override_the_configs_scale_and_shift() {
+    let d = fixture("flux-f8c16");
+    let card = ModelMeta {
+        latent_scale: Some(0.5),
+        latent_shift: Some(-0.25),
+        ..ModelMeta::default()
+    };
+    let (_a, dir) = convert_with_vae(&d.join("flowar.pth"), &d.join("vae"), |r| r.meta(card));
+    let m = Manifest::load(&dir).unwrap();
+    assert_eq!((m.latent_scale, m.latent_shift), (0.5, -0.25));
+    let (_b, dir) = convert_with_vae(&d.join("flowar.pth"), &d.join("vae"), |r| {
+        r.latent_scale(Some(2.0)).latent_shift(Some(0.0))
+    });
+    let m = Manifest::load(&dir).unwrap();
+    assert_eq!((m.latent_scale, m.latent_shift), (2.0, 0.0));
+    // The sources, from the exporter's report.
+    let f = flowar_exporter::checkpoint::Checkpoint::open(&d.join("flowar.pth")).unwrap();
+    let v = flowar_exporter::vae_checkpoint::VaeCheckpoint::open(&d.join("vae")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    let req =
+        flowar_exporter::convert::ConvertRequest::from_files(&f, &d.join("flowar.pth"), &v, &out)
+            .latent_shift(Some(0.0));
+    let r = flowar_exporter::convert::convert(&req).unwrap();
+    assert_eq!(
+        (r.latent_scale_source, r.latent_shift_source),
+        (LatentScaleSource::VaeConfig, LatentScaleSource::Given)
+    );
+    assert!(r
+        .latent_norm_note()
+        .contains("0.3611 (from the VAE's config.json)"));
+}
+
+/// A 4-channel FlowAR on a 32x32 final grid (scales 1..32) with the f8 SD-style decoder
+/// makes 256-pixel images: nothing assumes 16 channels or a 16x16 grid.
+#[test]
+fn a_32x32_grid_with_an_f8_vae_makes_256_pixel_images() {
+    use flowar_exporter::preset::{flowar_keys, FlowArSpec, RandomWeights};
+    let spec = FlowArSpec {
+        width: 64,
+        encoder_depth: 1,
+        decoder_depth: 1,
+        head_dim: 16,
+        flow_width: 64,
+        flow_depth: 1,
+        cross: false,
+        num_classes: 10,
+        latent_channels: 4,
+        scales: vec![1, 2, 4, 8, 16, 32],
+    };
+    let f = RandomWeights::new("flowar 32x32".into(), 3, flowar_keys(&spec));
+    let v = flowar_exporter::vae_checkpoint::VaeCheckpoint::open(&fixture("sd-f8c4/vae")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    let req = flowar_exporter::convert::ConvertRequest::new(&f, &v, &out).vae_config(v.config());
+    let m = flowar_exporter::convert::convert(&req).unwrap().manifest;
+    assert_eq!((m.scales.last(), m.image_size), (Some(&32), 256));
+    for p in cpu_providers() {
+        let mut pipe = load(&out, p);
+        let req = Request {
+            classes: vec![3],
+            image_indices: vec![0],
+            seed: 1,
+            cfg: 2.0,
+            guidance: 0.9,
+            steps: 2,
+            scale_steps: None,
+            solver: Solver::Euler,
+            noise: None,
+        };
+        let o = pipe.generate(&req, &mut |_| true).unwrap();
+        let img = &o.images[0];
+        assert_eq!((img.width, img.height), (256, 256), "{}", p.name());
+        assert_eq!(o.tokens.len(), 4 * 32 * 32, "{}", p.name());
+        assert!(o.tokens.iter().all(|x| x.is_finite()), "{}", p.name());
+        // Not a flat image: the decoder ran on real latents.
+        let (lo, hi) = img
+            .pixels
+            .iter()
+            .fold((255u8, 0u8), |(a, b), &x| (a.min(x), b.max(x)));
+        assert!(hi - lo > 20, "{}: pixels span only {lo}..{hi}", p.name());
+    }
+}
