@@ -238,7 +238,7 @@ fn pack_refuses_gaps_duplicates_and_mixed_settings_and_writes_nothing() {
         let partial = std::fs::read_dir(tmp.path())
             .unwrap()
             .flatten()
-            .any(|e| e.file_name().to_string_lossy().contains(".partial-"));
+            .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
         assert!(!partial, "{args:?} left a partial file");
     }
     // A complete set packs; an existing output needs --force.

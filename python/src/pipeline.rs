@@ -369,6 +369,8 @@ impl Pipeline {
         )
         .map_err(errors::runtime)?;
         std::fs::create_dir_all(&out_dir).map_err(|e| errors::runtime(Error::io(&out_dir, e)))?;
+        // Temporaries of this host's killed writers (see flowar_runtime::atomic_file).
+        sample_set::sweep_stale(&out_dir).map_err(errors::runtime)?;
         let mut written = Vec::new();
         self.run_batches(py, &req, batch_size, progress, &mut |part, images| {
             written.extend(sample_set::save_images(

@@ -35,20 +35,7 @@ pub fn to_rgb8(image: &[f32], batch: usize, h: usize, w: usize) -> Vec<RgbImage>
         .collect()
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename, so a reader never
-/// sees a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
+pub use crate::atomic_file::write_atomic;
 
 /// Encodes an image as PNG with `text` entries as tEXt chunks.
 pub fn encode_png(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {

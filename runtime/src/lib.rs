@@ -18,6 +18,7 @@
 //! flowar_runtime::image::save_png("0.png".as_ref(), &out.images[0], &[])?;
 //! # Ok::<(), flowar_runtime::Error>(())
 //! ```
+pub mod atomic_file;
 pub mod backend;
 #[cfg(feature = "clap")]
 pub mod cli_args;

@@ -158,6 +158,16 @@ pub fn run(a: Args) -> CliResult {
     let mut created = CreatedDirs::default();
     if let Some(out) = &a.out {
         ensure_writable(out, &mut created)?;
+        // A run killed outright (SIGKILL, a lost machine) left the temporary of the image
+        // it was writing; its images before that are whole, and this run rewrites them all.
+        let stale = sample_set::sweep_stale(out)?;
+        if !stale.is_empty() {
+            eprintln!(
+                "removed {} temporary file(s) that an interrupted run left in {}",
+                stale.len(),
+                out.display()
+            );
+        }
     }
     if let Some(g) = &grid_path {
         let parent = g

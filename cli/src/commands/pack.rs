@@ -273,12 +273,17 @@ pub fn run(a: Args) -> CliResult {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // What a pack killed outright left of this output before its rename.
     let name = a.out.file_name().map(|n| n.to_string_lossy().into_owned());
-    let partial = Partial(parent.join(format!(
-        ".{}.partial-{}",
-        name.unwrap_or_else(|| "samples.npz".into()),
-        std::process::id()
-    )));
+    let stale = flowar_runtime::atomic_file::sweep_stale(parent, |f| Some(f) == name.as_deref())?;
+    if !stale.is_empty() {
+        eprintln!(
+            "removed {} temporary file(s) that an interrupted pack left: {}",
+            stale.len(),
+            listed(&stale.iter().map(|p| p.display()).collect::<Vec<_>>())
+        );
+    }
+    let partial = Partial(flowar_runtime::atomic_file::temp_path(&a.out));
     let file = std::fs::File::create(&partial.0).map_err(io(&partial.0))?;
     let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
     let zip_err = |e: zip::result::ZipError| bad(format!("{}: {e}", partial.0.display()));
