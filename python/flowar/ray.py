@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -40,6 +41,22 @@ SETTINGS = ("model_hash", "seed", "cfg", "guidance", "steps", "solver")
 #: Fault injection for the tests: a worker that finds this variable naming a file that
 #: does not exist yet creates it and exits at once, as a crashed machine would.
 _FAULT_ENV = "FLOWAR_RAY_TEST_EXIT_ONCE"
+
+#: Fault injection for the tests: a worker that has written a batch already and finds this
+#: variable naming a file that does not exist yet creates it and sends itself SIGKILL from
+#: inside its next ``generate`` (at the first solver step), as the OOM killer would.
+_KILL_ENV = "FLOWAR_RAY_TEST_KILL_IN_GENERATE"
+
+
+def _claim(marker: Optional[str]) -> bool:
+    """Whether this process is the one to act on a fault-injection marker (creating it)."""
+    if not marker:
+        return False
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
 
 
 def class_list(
@@ -110,20 +127,21 @@ class _Worker:
 
     def __init__(self, model_dir: str, provider: str, threads: Optional[int], gpu: Any):
         self.pipe = flowar.Pipeline(model_dir, provider=provider, threads=threads, gpu=gpu)
+        self.batches = 0
 
     def provider(self) -> Tuple[str, str]:
         return self.pipe.provider, self.pipe.provider_reason
 
     def run(self, out_dir: str, indices: List[int], classes: List[int], sampler: Dict[str, Any]):
-        marker = os.environ.get(_FAULT_ENV)
-        if marker:
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                os._exit(1)
-            except FileExistsError:
-                pass
+        if _claim(os.environ.get(_FAULT_ENV)):
+            os._exit(1)
+        progress = None
+        if self.batches > 0 and _claim(os.environ.get(_KILL_ENV)):
+            def progress(_: Any) -> None:
+                os.kill(os.getpid(), signal.SIGKILL)
         t = time.perf_counter()
-        self.pipe.generate_to(out_dir, indices, classes, **sampler)
+        self.pipe.generate_to(out_dir, indices, classes, progress=progress, **sampler)
+        self.batches += 1
         return indices, time.perf_counter() - t
 
 

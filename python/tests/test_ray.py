@@ -19,16 +19,27 @@ COUNT = 12
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A local cluster of 2 CPUs. Workers inherit the fault-injection variable; its
-    marker file exists (disarmed) until a test removes it."""
-    marker = tmp_path_factory.mktemp("fault") / "worker-exited"
-    marker.touch()
-    os.environ[fray._FAULT_ENV] = str(marker)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield marker
-    ray.shutdown()
+def faults(tmp_path_factory):
+    """Workers inherit the fault-injection variables; each marker file exists (disarmed)
+    until a test removes it: ``exit`` (a worker exits before writing anything) and ``kill``
+    (a worker that wrote a batch SIGKILLs itself inside its next generate)."""
+    d = tmp_path_factory.mktemp("fault")
+    markers = {"exit": d / "worker-exited", "kill": d / "worker-killed"}
+    for m in markers.values():
+        m.touch()
+    os.environ[fray._FAULT_ENV] = str(markers["exit"])
+    os.environ[fray._KILL_ENV] = str(markers["kill"])
+    yield markers
     del os.environ[fray._FAULT_ENV]
+    del os.environ[fray._KILL_ENV]
+
+
+@pytest.fixture(scope="module")
+def cluster(faults):
+    """A local cluster of 2 CPUs; its workers see the fault-injection variables."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield faults["exit"]
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +110,59 @@ def test_a_worker_that_dies_has_its_images_redone(cluster, demo, cli_set, tmp_pa
     record = run(demo, tmp_path)
     assert cluster.exists(), "no worker took the injected exit"
     assert record["engine"]["worker_failures"] == 1
+    assert np.array_equal(images(tmp_path), images(cli_set))
+
+
+def pack(flowar_bin, folder, out):
+    subprocess.run([str(flowar_bin), "pack", str(folder), "--out", str(out)], check=True,
+                   capture_output=True)
+    return out.read_bytes()
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_worker_killed_inside_generate_after_writing_images(
+    cluster, faults, demo, cli_set, flowar_bin, tmp_path
+):
+    """SIGKILL of a worker that has written a batch, while it runs the next: the run
+    finishes, every image is whole and written once (an image seen after one batch keeps
+    its inode and mtime to the end), and the pack equals a clean run's byte for byte."""
+    os.remove(faults["kill"])  # arm
+    out = tmp_path / "set"
+    seen = {}
+
+    def watch(n, total):
+        for p in out.glob("*.png"):
+            st = p.stat()
+            seen.setdefault(p.name, (st.st_ino, st.st_mtime_ns))
+
+    record = run(demo, out, progress=watch)
+    assert faults["kill"].exists(), "no worker took the injected SIGKILL"
+    assert record["engine"]["worker_failures"] == 1
+    assert listing(out) == sorted([f"{k:06d}.png" for k in range(COUNT)] + ["run.json"])
+    assert np.array_equal(images(out), images(cli_set))
+    assert len(seen) >= 4, seen  # the killed worker had written a batch first
+    for name, first in seen.items():
+        st = (out / name).stat()
+        assert (st.st_ino, st.st_mtime_ns) == first, f"{name} was written again"
+    assert pack(flowar_bin, out, tmp_path / "a.npz") == pack(flowar_bin, cli_set, tmp_path / "b.npz")
+
+
+def test_more_worker_deaths_than_allowed_stop_the_run_and_a_rerun_completes(
+    cluster, faults, demo, cli_set, tmp_path
+):
+    os.remove(faults["kill"])
+    with pytest.raises(flowar.Error, match=r"died 1 times \(max_worker_failures=0\)"):
+        run(demo, tmp_path, max_worker_failures=0)
+    # What the dead run left is whole; the rerun does the rest.
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".png")]
+    assert 0 < len(left) < COUNT and not (tmp_path / "run.json").exists()
+    for p in left:
+        flowar.read_image(p)
+    record = run(demo, tmp_path)
+    assert record["engine"]["resumed_images"] == len(left)
     assert np.array_equal(images(tmp_path), images(cli_set))
 
 

@@ -287,7 +287,10 @@ pub fn run(a: Args) -> CliResult {
     let file = std::fs::File::create(&partial.0).map_err(io(&partial.0))?;
     let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
     let zip_err = |e: zip::result::ZipError| bad(format!("{}: {e}", partial.0.display()));
+    // A fixed entry time (1980-01-01, zip's epoch): packing the same set twice gives the
+    // same bytes, whenever it runs.
     let opts = zip::write::SimpleFileOptions::default()
+        .last_modified_time(zip::DateTime::default())
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(true);
     zip.start_file("arr_0.npy", opts).map_err(zip_err)?;
