@@ -35,32 +35,46 @@ def head(tmp_path):
     port = free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     log = tmp_path / "ray-head.log"
+    # Token authentication, as a real cluster runs; every client below gets the token.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
          "--include-dashboard=false"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     address = f"127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        probe = subprocess.run([ray_bin, "status", f"--address={address}"], capture_output=True)
-        if probe.returncode == 0:
-            break
-        if proc.poll() is not None or time.time() > deadline:
-            out = log.read_text(errors="replace")
+
+    def stop():
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"the Ray head did not come up at {address}: {out[-2000:]}")
+            proc.wait()
+        # `ray start` left its address in /tmp/ray/ray_current_cluster (`ray stop` would
+        # remove it, and every Ray process on the machine with it); a later `ray.init()` on
+        # this machine would try to join the stopped head.
+        current = "/tmp/ray/ray_current_cluster"
+        if os.path.exists(current) and open(current).read().strip().endswith(f":{port}"):
+            os.remove(current)
+
+    deadline = time.time() + 120
+    while subprocess.run([ray_bin, "status", f"--address={address}"],
+                         capture_output=True, env=env).returncode != 0:
+        if proc.poll() is not None or time.time() > deadline:
+            stop()
+            pytest.fail(f"the Ray head did not come up at {address}: "
+                        f"{log.read_text(errors='replace')[-2000:]}")
         time.sleep(1)
-    yield address
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        yield address, env
+    finally:
+        stop()
 
 
 def test_joins_a_running_cluster(head, demo, flowar_bin, tmp_path):
+    head, env = head
     cli = tmp_path / "cli"
     cli_generate(flowar_bin, demo, cli, "--provider", "tract", "--threads", "1",
                  "--count", str(COUNT), "--batch-size", "3", "--seed", "5",
@@ -74,7 +88,6 @@ def test_joins_a_running_cluster(head, demo, flowar_bin, tmp_path):
         "assert not ray.is_initialized(), 'the call left its connection open'\n"
         "print(json.dumps(r['engine']))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=600, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
