@@ -58,17 +58,8 @@ fn check_fixture(name: &str, channels: usize, scale: f64, shift: f64, post_quant
     let roles: Vec<&str> = m.sources.iter().map(|s| s.role.as_str()).collect();
     assert_eq!(roles, ["flowar", "vae", "vae_config"], "{name}");
     for (p, results) in verify_fixture(name, &dir) {
+        print_results(name, p, &results);
         for r in &results {
-            eprintln!(
-                "{name} {} {}: max_abs {:.3e} (bound {:.1e}){}",
-                p.name(),
-                r.name,
-                r.max_abs,
-                r.bound,
-                r.identical
-                    .map(|s| format!(", {:.3}% identical", s * 100.0))
-                    .unwrap_or_default()
-            );
             assert!(r.pass, "{name} on {}: {r:?}", p.name());
             let measured = match r.name.as_str() {
                 "vae.image" => VAE_MEASURED,

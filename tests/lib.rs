@@ -275,6 +275,22 @@ pub fn load(dir: &Path, p: Provider) -> Pipeline {
     .unwrap_or_else(|e| panic!("loading {} on {}: {e}", dir.display(), p.name()))
 }
 
+/// Prints each verify result of fixture `name` on provider `p`, one line each.
+pub fn print_results(name: &str, p: Provider, results: &[flowar_runtime::verify::CaseResult]) {
+    for r in results {
+        eprintln!(
+            "{name} {} {}: max_abs {:.3e} (bound {:.1e}){}",
+            p.name(),
+            r.name,
+            r.max_abs,
+            r.bound,
+            r.identical
+                .map(|s| format!(", {:.3}% identical", s * 100.0))
+                .unwrap_or_default()
+        );
+    }
+}
+
 /// Reads a fixture's `config.json`.
 pub fn fixture_config(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("config.json")).expect("config.json");

@@ -36,18 +36,7 @@ const MEASURED_MARGIN: f64 = 2.0;
 /// Runs every case of fixture `name` against the model folder `dir`.
 fn check_model(name: &str, dir: &std::path::Path) {
     for (p, results) in verify_fixture(name, dir) {
-        for r in &results {
-            eprintln!(
-                "{name} {} {}: max_abs {:.3e} (bound {:.1e}){}",
-                p.name(),
-                r.name,
-                r.max_abs,
-                r.bound,
-                r.identical
-                    .map(|s| format!(", {:.3}% identical", s * 100.0))
-                    .unwrap_or_default()
-            );
-        }
+        print_results(name, p, &results);
         let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();
         assert!(failed.is_empty(), "{name} on {}: {failed:#?}", p.name());
         // 5 flow cases, 5 AR steps, 4 upsamplings and the VAE image.

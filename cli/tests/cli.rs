@@ -607,19 +607,7 @@ fn diffusers_vae_fixtures_convert_verify_and_replay_through_the_cli() {
             "{inspect}"
         );
         for p in &providers {
-            let reference = f.join("expected.safetensors");
-            let v = flowar(
-                &[
-                    "verify",
-                    "--model",
-                    model.to_str().unwrap(),
-                    "--reference",
-                    reference.to_str().unwrap(),
-                    "--provider",
-                    p,
-                ],
-                tmp.path(),
-            );
+            let v = verify_against(tmp.path(), &model, name, p, &[]);
             let vt = text(&v);
             assert!(
                 v.status.success() && vt.contains("all 4 case(s) within bounds"),

@@ -64,7 +64,19 @@ pub fn convert_spatial_with(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 /// `flowar verify` of `model` against the spatial fixture's reference on tract, with
 /// `extra` arguments.
 pub fn verify_spatial(dir: &Path, model: &Path, extra: &[&str]) -> Output {
-    let reference = fixture("spatial").join("expected.safetensors");
+    verify_against(dir, model, "spatial", "tract", extra)
+}
+
+/// `flowar verify` of `model` against fixture `name`'s reference on `provider`, with
+/// `extra` arguments.
+pub fn verify_against(
+    dir: &Path,
+    model: &Path,
+    name: &str,
+    provider: &str,
+    extra: &[&str],
+) -> Output {
+    let reference = fixture(name).join("expected.safetensors");
     let mut args = vec![
         "verify",
         "--model",
@@ -72,7 +84,7 @@ pub fn verify_spatial(dir: &Path, model: &Path, extra: &[&str]) -> Output {
         "--reference",
         reference.to_str().unwrap(),
         "--provider",
-        "tract",
+        provider,
     ];
     args.extend_from_slice(extra);
     flowar(&args, dir)
