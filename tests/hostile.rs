@@ -862,7 +862,7 @@ fn ctrl_c_during_convert_leaves_nothing() {
             .unwrap()
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.to_string_lossy().contains(".partial"));
+            .find(|p| p.to_string_lossy().contains(".s.tmp-"));
         if let Some(p) = found {
             break p;
         }
@@ -892,6 +892,75 @@ fn ctrl_c_during_convert_leaves_nothing() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A convert killed outright (SIGKILL: no handler runs) leaves its hidden staging folder;
+/// the next convert to the same output removes it, says so, and completes.
+#[cfg(unix)]
+#[test]
+fn a_convert_killed_outright_is_cleaned_up_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s");
+    let mut child = Command::new(flowar_bin())
+        .args(["convert", "--preset", "s", "--random-init", "3", "--out"])
+        .arg(&out)
+        .current_dir(tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let staging = loop {
+        let found = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(".s.tmp-"));
+        if let Some(p) = found {
+            break p;
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("convert --preset s finished ({s}) before it could be killed");
+        }
+        hang_guard(&mut child, start, "convert to create its staging folder");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_for(&mut child);
+    assert!(!status.success());
+    assert!(
+        staging.is_dir() && !out.exists(),
+        "a SIGKILL runs no cleanup"
+    );
+    let f = repo().join("tests/fixtures/spatial");
+    let o = Command::new(flowar_bin())
+        .args(["convert", "--flowar"])
+        .arg(f.join("flowar.pth"))
+        .arg("--vae")
+        .arg(f.join("vae.ckpt"))
+        .arg("--out")
+        .arg(&out)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("removed 1 staging folder(s) that an interrupted convert left"),
+        "{t}"
+    );
+    assert!(!staging.exists() && out.join("manifest.json").is_file());
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, ["s"], "left behind: {left:?}");
 }
 
 #[cfg(unix)]

@@ -7,11 +7,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::onnx::proto::{ModelProto, StringStringEntryProto};
-use flowar_format::io;
 use flowar_format::manifest::{
     Architecture, FlowKind, GraphSpec, Graphs, Manifest, RopeSpec, SamplerDefaults, SourceFile,
     VerifyBounds, FORMAT_VERSION, MANIFEST_FILE,
 };
+use flowar_format::{atomic_file, io};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -408,6 +408,8 @@ pub struct ConvertReport {
     pub latent_scale_source: LatentScaleSource,
     /// Where `manifest.latent_shift` came from.
     pub latent_shift_source: LatentScaleSource,
+    /// Staging folders that killed conversions to the same output had left, now removed.
+    pub removed_stale: Vec<PathBuf>,
     pub ignored_keys: Vec<(String, &'static str)>,
 }
 
@@ -543,6 +545,8 @@ fn write_graph(dir: &Path, file: &str, mut g: BuiltGraph, threshold: usize) -> R
 struct StagingDir {
     path: PathBuf,
     committed: bool,
+    /// Staging folders of killed conversions removed on the way.
+    stale: Vec<PathBuf>,
 }
 
 impl StagingDir {
@@ -556,7 +560,10 @@ impl StagingDir {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| ExportError::io(parent, e))?;
-        let path = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        // A conversion killed outright (SIGKILL, the OOM killer) left its staging folder:
+        // this host's dead writers' ones for this output go (see `atomic_file`).
+        let stale = atomic_file::sweep_stale(parent, |f| f == name)?;
+        let path = atomic_file::temp_path(&parent.join(&name));
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| ExportError::io(&path, e))?;
         }
@@ -564,6 +571,7 @@ impl StagingDir {
         Ok(StagingDir {
             path,
             committed: false,
+            stale,
         })
     }
 
@@ -833,8 +841,10 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let mpath = staging.path.join(MANIFEST_FILE);
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
     std::fs::write(&mpath, text).map_err(|e| ExportError::io(&mpath, e))?;
+    let removed_stale = staging.stale.clone();
     staging.commit(&req.out, req.force)?;
     Ok(ConvertReport {
+        removed_stale,
         manifest,
         latent_scale_source,
         latent_shift_source,

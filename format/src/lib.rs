@@ -5,6 +5,7 @@
 //! validation, its format version, the graphs' file names, their input and output names,
 //! and the symbolic dimensions those inputs are declared with. The exporter writes it, the
 //! runtime reads it, and neither depends on the other.
+pub mod atomic_file;
 pub mod error;
 pub mod io;
 pub mod manifest;

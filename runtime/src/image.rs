@@ -35,7 +35,10 @@ pub fn to_rgb8(image: &[f32], batch: usize, h: usize, w: usize) -> Vec<RgbImage>
         .collect()
 }
 
-pub use crate::atomic_file::write_atomic;
+/// Writes `bytes` to `path` whole or not at all ([`crate::atomic_file::write_atomic`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(crate::atomic_file::write_atomic(path, bytes)?)
+}
 
 /// Encodes an image as PNG with `text` entries as tEXt chunks.
 pub fn encode_png(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {

@@ -18,7 +18,6 @@
 //! flowar_runtime::image::save_png("0.png".as_ref(), &out.images[0], &[])?;
 //! # Ok::<(), flowar_runtime::Error>(())
 //! ```
-pub mod atomic_file;
 pub mod backend;
 #[cfg(feature = "clap")]
 pub mod cli_args;
@@ -35,6 +34,7 @@ pub mod verify;
 
 pub use backend::Provider;
 pub use error::{Error, Result};
+pub use flowar_format::atomic_file;
 pub use flowar_format::manifest;
 pub use pipeline::{Pipeline, PipelineOptions};
 pub use provider::ProviderChoice;

@@ -36,7 +36,9 @@ pub fn index_of(name: &str) -> Option<u64> {
 /// Removes the images' and `run.json`'s temporaries that a killed run on this host left in
 /// `dir` (see [`crate::atomic_file::sweep_stale`]); returns what it removed.
 pub fn sweep_stale(dir: &Path) -> Result<Vec<PathBuf>> {
-    crate::atomic_file::sweep_stale(dir, |f| index_of(f).is_some() || f == "run.json")
+    Ok(crate::atomic_file::sweep_stale(dir, |f| {
+        index_of(f).is_some() || f == "run.json"
+    })?)
 }
 
 /// The text an image of `req`'s settings carries: model, index, class and sampler settings.

@@ -195,6 +195,12 @@ pub fn run(a: Args) -> CliResult {
         req = req.source_file(role, path, format);
     }
     let report = convert_as(&req, precision)?;
+    if !report.removed_stale.is_empty() {
+        println!(
+            "removed {} staging folder(s) that an interrupted convert left",
+            report.removed_stale.len()
+        );
+    }
     print_report(&report);
     if a.preset.is_none() {
         println!("{}", report.latent_norm_note());

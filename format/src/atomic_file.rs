@@ -1,5 +1,6 @@
-//! Files written whole or not at all: through a temporary sibling and a rename, so a reader
-//! (a resumed run, `flowar pack`, an FID evaluator) never sees half of one.
+//! Files and folders written whole or not at all: through a temporary sibling and a rename,
+//! so a reader (a resumed run, `flowar pack`, an FID evaluator, the runtime loading a model
+//! folder) never sees half of one.
 //!
 //! A process killed outright (SIGKILL, a lost machine) leaves its temporary behind. Its name
 //! says who wrote it, `.NAME.tmp-HOST-PID`, so the next run on the same host can remove
@@ -8,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{FormatError as Error, Result};
 
 /// This host's name as the temporaries record it (`-` and `/` would make names ambiguous).
 fn host() -> String {
@@ -60,7 +61,8 @@ fn alive(pid: u32) -> Option<bool> {
 }
 
 /// Removes the temporaries in `dir` that this host's dead processes left (a writer killed
-/// before its rename), for files whose name `keep` accepts; returns what it removed.
+/// before its rename: files, or a model folder's staging folder), for names `keep`
+/// accepts; returns what it removed.
 /// Temporaries of other hosts, of live processes and of this process are left alone, as
 /// is everything where liveness cannot be told (no `/proc`).
 pub fn sweep_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
@@ -86,7 +88,11 @@ pub fn sweep_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBu
             continue;
         }
         let path = entry.path();
-        match std::fs::remove_file(&path) {
+        let gone = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        match gone {
             Ok(()) => removed.push(path),
             // Another sweeper got there first.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -118,8 +124,11 @@ mod tests {
         for p in [&dead, &live, &mine, &other_host, &not_ours, &old_style] {
             std::fs::write(p, b"half").unwrap();
         }
+        let staging = d.join(format!(".model.png.tmp-{h}-{DEAD}"));
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("ar_step.onnx"), b"half").unwrap();
         let removed = sweep_stale(d, |f| f.ends_with(".png")).unwrap();
-        assert_eq!(removed, vec![dead.clone()]);
+        assert_eq!(removed, vec![dead.clone(), staging.clone()]);
         for p in [&live, &mine, &other_host, &not_ours, &old_style] {
             assert!(p.exists(), "{}", p.display());
         }
