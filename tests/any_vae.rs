@@ -340,3 +340,84 @@ fn a_32x32_grid_with_an_f8_vae_makes_256_pixel_images() {
         assert!(hi - lo > 20, "{}: pixels span only {lo}..{hi}", p.name());
     }
 }
+
+/// The other weights files a diffusers folder may hold instead of
+/// `diffusion_pytorch_model.safetensors`: the pickle `torch.save` wrote
+/// (`diffusion_pytorch_model.bin`, the same float32 values: the same images) and the
+/// half-precision variant (`diffusion_pytorch_model.fp16.safetensors`: weights rounded to
+/// float16, so pixels may move: by one level at most, measured).
+#[test]
+fn a_diffusers_folder_with_bin_or_fp16_weights_converts() {
+    use flowar_fuzz::torch::{torch_checkpoint, TensorDef};
+    let tmp = tempfile::tempdir().unwrap();
+    let flowar = fixture("sd-f8c4/flowar.pth");
+    let src = fixture("sd-f8c4/vae");
+    let tensors = read_tensors(&src.join("diffusion_pytorch_model.safetensors"));
+    let (_a, original) = convert_vae_fixture("sd-f8c4");
+    let want = images(&original);
+
+    let bin = tmp.path().join("bin-vae");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(src.join("config.json"), bin.join("config.json")).unwrap();
+    let defs: Vec<TensorDef> = tensors
+        .iter()
+        .map(|(k, (shape, data))| TensorDef {
+            name: k.clone(),
+            class: "FloatStorage".into(),
+            shape: shape.clone(),
+            data: data.clone(),
+        })
+        .collect();
+    std::fs::write(
+        bin.join("diffusion_pytorch_model.bin"),
+        torch_checkpoint(&defs, None),
+    )
+    .unwrap();
+    let (_b, dir) = convert_with_vae(&flowar, &bin, |r| r);
+    assert!(images(&dir) == want, ".bin weights give other images");
+
+    let half = tmp.path().join("fp16-vae");
+    std::fs::create_dir(&half).unwrap();
+    std::fs::copy(src.join("config.json"), half.join("config.json")).unwrap();
+    let f16: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (shape, data))| {
+            let bytes = data
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    half::f16::from_f32(x).to_le_bytes()
+                })
+                .collect();
+            (k.clone(), shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = f16
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(
+        views,
+        None,
+        &half.join("diffusion_pytorch_model.fp16.safetensors"),
+    )
+    .unwrap();
+    let (_c, dir) = convert_with_vae(&flowar, &half, |r| r);
+    let (got, _) = images(&dir);
+    let worst = got
+        .iter()
+        .zip(&want.0)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    eprintln!("float16 VAE weights: pixels at most {worst} level(s) from float32's");
+    assert!(
+        worst <= 4,
+        "float16 weights moved a pixel by {worst} levels"
+    );
+}
