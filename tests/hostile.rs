@@ -842,36 +842,52 @@ fn wait_for(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
 }
 
+/// Starts `flowar convert --preset s --out s` in `dir` (output streams from `stdio`) and
+/// waits until its staging folder exists and holds work in progress.
 #[cfg(unix)]
-#[test]
-fn ctrl_c_during_convert_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("s");
+fn convert_preset_s_until_staging(
+    dir: &Path,
+    stdio: fn() -> Stdio,
+) -> (std::process::Child, PathBuf) {
     let mut child = Command::new(flowar_bin())
-        .args(["convert", "--preset", "s", "--random-init", "3", "--out"])
-        .arg(&out)
-        .current_dir(tmp.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .args([
+            "convert",
+            "--preset",
+            "s",
+            "--random-init",
+            "3",
+            "--out",
+            "s",
+        ])
+        .current_dir(dir)
+        .stdout(stdio())
+        .stderr(stdio())
         .spawn()
         .unwrap();
-    // Wait until the staging folder exists and holds work in progress.
     let start = Instant::now();
-    let staging = loop {
-        let found = std::fs::read_dir(tmp.path())
+    loop {
+        let found = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
             .map(|e| e.path())
             .find(|p| p.to_string_lossy().contains(".s.tmp-"));
         if let Some(p) = found {
-            break p;
+            return (child, p);
         }
         if let Some(s) = child.try_wait().unwrap() {
             panic!("convert --preset s finished ({s}) before it could be interrupted");
         }
         hang_guard(&mut child, start, "convert to create its staging folder");
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_convert_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s");
+    let (mut child, staging) = convert_preset_s_until_staging(tmp.path(), Stdio::piped);
     std::thread::sleep(Duration::from_millis(300));
     sigint(child.id());
     let status = wait_for(&mut child);
@@ -901,30 +917,7 @@ fn ctrl_c_during_convert_leaves_nothing() {
 fn a_convert_killed_outright_is_cleaned_up_by_the_next() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("s");
-    let mut child = Command::new(flowar_bin())
-        .args(["convert", "--preset", "s", "--random-init", "3", "--out"])
-        .arg(&out)
-        .current_dir(tmp.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let staging = loop {
-        let found = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().contains(".s.tmp-"));
-        if let Some(p) = found {
-            break p;
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            panic!("convert --preset s finished ({s}) before it could be killed");
-        }
-        hang_guard(&mut child, start, "convert to create its staging folder");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut child, staging) = convert_preset_s_until_staging(tmp.path(), Stdio::null);
     std::thread::sleep(Duration::from_millis(300));
     let killed = Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
