@@ -6,8 +6,26 @@ use std::path::{Path, PathBuf};
 
 use super::Unavailable;
 
-/// One engine library: its file name stem and how to install it, for messages.
+/// Where to look once neither the flag nor the variable names the library.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fallback {
+    /// The package in the project's `.venv`.
+    Venv,
+    /// The package of `python3` on PATH.
+    Python3,
+}
+
+/// One engine library: where it is looked for, in which order, and how to install it.
 pub(crate) struct LibrarySpec {
+    /// The engine's name in messages (`ONNX Runtime`, `OpenVINO`).
+    pub engine: &'static str,
+    /// The CLI flag that names the library (`--ort-lib`) and the option behind it.
+    pub flag: &'static str,
+    pub option: &'static str,
+    /// The environment variable that names it (`ORT_DYLIB_PATH`).
+    pub env_var: &'static str,
+    /// The engine's documented order for the two package locations.
+    pub fallbacks: [Fallback; 2],
     /// `libonnxruntime.so`: the plain name; `<stem>.<version>` files are preferred.
     pub stem: &'static str,
     /// The Python package that ships it (`onnxruntime`, `openvino`).
@@ -49,6 +67,60 @@ impl LibrarySpec {
                 "{source} names {}, which does not exist; {}",
                 p.display(),
                 self.install_hint
+            )))
+        }
+    }
+
+    /// The library to load: the one `given` (the flag's option) names, else the variable's,
+    /// else the first of the fallbacks that has it; `Err` lists everything tried.
+    pub fn locate(&self, given: Option<&Path>) -> Result<PathBuf, Unavailable> {
+        if let Some(p) = given {
+            return self.explicit(p, &format!("{} ({})", self.flag, self.option));
+        }
+        if let Some(p) = std::env::var_os(self.env_var).filter(|v| !v.is_empty()) {
+            return self.explicit(Path::new(&p), self.env_var);
+        }
+        let mut tried: Vec<String> = vec![
+            format!("{} (not given)", self.flag),
+            format!("{} (not set)", self.env_var),
+        ];
+        for place in self.fallbacks {
+            let found = match place {
+                Fallback::Venv => self.in_venv(),
+                Fallback::Python3 => self.in_python3(),
+            };
+            match found {
+                Ok(lib) => return Ok(lib),
+                Err(why) => tried.push(why),
+            }
+        }
+        Err(Unavailable::new(format!(
+            "no {} library found; tried: {}; {}",
+            self.engine,
+            tried.join("; "),
+            self.install_hint
+        )))
+    }
+
+    /// The library is process-global: an explicit request (`wanted`, a file or a folder
+    /// holding it) for another than the `loaded` one cannot be honoured.
+    pub fn check_same(&self, loaded: &Path, wanted: Option<&Path>) -> Result<(), Unavailable> {
+        let Some(wanted) = wanted else {
+            return Ok(());
+        };
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        // A folder names the library inside it.
+        let wanted_lib = self
+            .explicit(wanted, self.flag)
+            .unwrap_or_else(|_| wanted.to_path_buf());
+        if canon(&wanted_lib) == canon(loaded) {
+            Ok(())
+        } else {
+            Err(Unavailable::new(format!(
+                "{} is already loaded from {} in this process and cannot be replaced by {}",
+                self.engine,
+                loaded.display(),
+                wanted.display()
             )))
         }
     }
@@ -175,6 +247,11 @@ mod tests {
             std::fs::write(dir.path().join(n), b"").unwrap();
         }
         let spec = LibrarySpec {
+            engine: "ONNX Runtime",
+            flag: "--ort-lib",
+            option: "BackendOptions::ort_lib",
+            env_var: "ORT_DYLIB_PATH",
+            fallbacks: [Fallback::Python3, Fallback::Venv],
             stem: "libonnxruntime.so",
             package: "onnxruntime",
             subdir: "capi",

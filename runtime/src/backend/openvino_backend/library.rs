@@ -6,13 +6,18 @@ use std::sync::{Mutex, OnceLock};
 
 use openvino::{Core, DeviceType, PropertyKey};
 
-use super::super::library_search::LibrarySpec;
+use super::super::library_search::{Fallback, LibrarySpec};
 use super::super::{BackendOptions, Unavailable};
 use crate::error::panic_message;
 
 const ENV_VAR: &str = "OPENVINO_LIB_PATH";
 const INSTALL_HINT: &str = "install it with `pip install openvino` (into the project's .venv or for python3), or point OPENVINO_LIB_PATH / --openvino-lib at libopenvino_c.so";
 const LIBRARY: LibrarySpec = LibrarySpec {
+    engine: "OpenVINO",
+    flag: "--openvino-lib",
+    option: "BackendOptions::openvino_lib",
+    env_var: ENV_VAR,
+    fallbacks: [Fallback::Venv, Fallback::Python3],
     stem: "libopenvino_c.so",
     package: "openvino",
     subdir: "libs",
@@ -26,13 +31,17 @@ static LOAD_LOCK: Mutex<()> = Mutex::new(());
 /// Loads (once) the C library and returns where it came from.
 pub(super) fn load(options: &BackendOptions) -> Result<&'static Path, Unavailable> {
     if let Some(lib) = LOADED.get() {
-        return check_same_lib(lib, options).map(|()| lib.as_path());
+        return LIBRARY
+            .check_same(lib, options.openvino_lib.as_deref())
+            .map(|()| lib.as_path());
     }
     let _guard = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(lib) = LOADED.get() {
-        return check_same_lib(lib, options).map(|()| lib.as_path());
+        return LIBRARY
+            .check_same(lib, options.openvino_lib.as_deref())
+            .map(|()| lib.as_path());
     }
-    let lib = locate_library(options)?;
+    let lib = LIBRARY.locate(options.openvino_lib.as_deref())?;
     // `load_from` parses the library's version string with unwraps: a panic is a refusal.
     std::panic::catch_unwind(|| openvino_sys::library::load_from(&lib))
         .unwrap_or_else(|panic| {
@@ -87,52 +96,6 @@ pub(super) fn with_core<T>(
     // state is not ours to poison.
     let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
     Ok(f(&mut core))
-}
-
-/// The library is process-global: an explicit request for a different one cannot be honoured.
-fn check_same_lib(loaded: &Path, options: &BackendOptions) -> Result<(), Unavailable> {
-    let Some(wanted) = &options.openvino_lib else {
-        return Ok(());
-    };
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let wanted_lib = LIBRARY
-        .explicit(wanted, "--openvino-lib")
-        .unwrap_or_else(|_| wanted.clone());
-    if canon(&wanted_lib) == canon(loaded) {
-        Ok(())
-    } else {
-        Err(Unavailable::new(format!(
-            "OpenVINO is already loaded from {} in this process and cannot be replaced by {}",
-            loaded.display(),
-            wanted.display()
-        )))
-    }
-}
-
-/// Finds the library following the documented search order (see the module docs).
-fn locate_library(options: &BackendOptions) -> Result<PathBuf, Unavailable> {
-    if let Some(p) = &options.openvino_lib {
-        return LIBRARY.explicit(p, "--openvino-lib (BackendOptions::openvino_lib)");
-    }
-    if let Some(p) = std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()) {
-        return LIBRARY.explicit(Path::new(&p), ENV_VAR);
-    }
-    let mut tried: Vec<String> = vec![
-        "--openvino-lib (not given)".to_string(),
-        format!("{ENV_VAR} (not set)"),
-    ];
-    match LIBRARY.in_venv() {
-        Ok(lib) => return Ok(lib),
-        Err(why) => tried.push(why),
-    }
-    match LIBRARY.in_python3() {
-        Ok(lib) => return Ok(lib),
-        Err(why) => tried.push(why),
-    }
-    Err(Unavailable::new(format!(
-        "no OpenVINO library found; tried: {}; {INSTALL_HINT}",
-        tried.join("; ")
-    )))
 }
 
 /// Whether OpenVINO can run here: the library loads and its CPU plugin answers.

@@ -1,16 +1,21 @@
 //! Finding and loading `libonnxruntime.so`, once per process (see the module docs of
 //! [`super`] for the search order).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use super::super::library_search::LibrarySpec;
+use super::super::library_search::{Fallback, LibrarySpec};
 use super::super::{BackendOptions, Unavailable};
 
 const ENV_VAR: &str = "ORT_DYLIB_PATH";
 const INSTALL_HINT: &str =
     "install it with `pip install onnxruntime` (or `onnxruntime-gpu`), or point ORT_DYLIB_PATH / --ort-lib at libonnxruntime.so";
 const LIBRARY: LibrarySpec = LibrarySpec {
+    engine: "ONNX Runtime",
+    flag: "--ort-lib",
+    option: "BackendOptions::ort_lib",
+    env_var: ENV_VAR,
+    fallbacks: [Fallback::Python3, Fallback::Venv],
     stem: "libonnxruntime.so",
     package: "onnxruntime",
     subdir: "capi",
@@ -30,13 +35,17 @@ static LOAD_LOCK: Mutex<()> = Mutex::new(());
 /// Loads (once) and returns the process-wide runtime.
 pub(super) fn runtime(options: &BackendOptions) -> Result<&'static OrtRuntime, Unavailable> {
     if let Some(rt) = RUNTIME.get() {
-        return check_same_lib(rt, options).map(|()| rt);
+        return LIBRARY
+            .check_same(&rt.lib, options.ort_lib.as_deref())
+            .map(|()| rt);
     }
     let _guard = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(rt) = RUNTIME.get() {
-        return check_same_lib(rt, options).map(|()| rt);
+        return LIBRARY
+            .check_same(&rt.lib, options.ort_lib.as_deref())
+            .map(|()| rt);
     }
-    let lib = locate_library(options)?;
+    let lib = LIBRARY.locate(options.ort_lib.as_deref())?;
     let env = std::panic::catch_unwind(|| -> Result<ort::environment::Environment, Unavailable> {
         let builder = ort::init_from(&lib).map_err(|e| {
             Unavailable::caused_by(
@@ -67,53 +76,6 @@ pub(super) fn runtime(options: &BackendOptions) -> Result<&'static OrtRuntime, U
     })?;
     let _ = RUNTIME.set(OrtRuntime { lib, env });
     Ok(RUNTIME.get().expect("just set"))
-}
-
-/// The library is process-global: an explicit request for a different one cannot be honoured.
-fn check_same_lib(rt: &OrtRuntime, options: &BackendOptions) -> Result<(), Unavailable> {
-    let Some(wanted) = &options.ort_lib else {
-        return Ok(());
-    };
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    // A folder names the library inside it.
-    let wanted_lib = LIBRARY
-        .explicit(wanted, "--ort-lib")
-        .unwrap_or_else(|_| wanted.clone());
-    if canon(&wanted_lib) == canon(&rt.lib) {
-        Ok(())
-    } else {
-        Err(Unavailable::new(format!(
-            "ONNX Runtime is already loaded from {} in this process and cannot be replaced by {}",
-            rt.lib.display(),
-            wanted.display()
-        )))
-    }
-}
-
-/// Finds the library following the documented search order (see the module docs).
-fn locate_library(options: &BackendOptions) -> Result<PathBuf, Unavailable> {
-    if let Some(p) = &options.ort_lib {
-        return LIBRARY.explicit(p, "--ort-lib (BackendOptions::ort_lib)");
-    }
-    if let Some(p) = std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()) {
-        return LIBRARY.explicit(Path::new(&p), ENV_VAR);
-    }
-    let mut tried: Vec<String> = vec![
-        "--ort-lib (not given)".to_string(),
-        format!("{ENV_VAR} (not set)"),
-    ];
-    match LIBRARY.in_python3() {
-        Ok(lib) => return Ok(lib),
-        Err(why) => tried.push(why),
-    }
-    match LIBRARY.in_venv() {
-        Ok(lib) => return Ok(lib),
-        Err(why) => tried.push(why),
-    }
-    Err(Unavailable::new(format!(
-        "no ONNX Runtime library found; tried: {}; {INSTALL_HINT}",
-        tried.join("; ")
-    )))
 }
 
 /// Loads ONNX Runtime if needed and returns the path it was loaded from, or why it cannot be.
