@@ -3,8 +3,9 @@
 //! library are clear errors (never panics), and the documented search then finds the
 //! project's `.venv` with no flag, no `OPENVINO_LIB_PATH` and no `python3` on PATH.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
 
 use flowar_runtime::backend::openvino_backend::{self, OpenVinoSession};
 use flowar_runtime::backend::BackendOptions;
@@ -12,13 +13,6 @@ use flowar_runtime::error::Error;
 
 const PROBE: &str = "FLOWAR_OPENVINO_PROBE";
 const TEST: &str = "library_search_refuses_bad_paths_then_finds_the_venv";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_kv.onnx")
@@ -74,43 +68,11 @@ fn library_search_refuses_bad_paths_then_finds_the_venv() {
         probe();
         return;
     }
-    let repo = repo();
-    let has_venv_openvino = std::fs::read_dir(repo.join(".venv/lib"))
-        .map(|rd| {
-            rd.flatten()
-                .any(|e| e.path().join("site-packages/openvino/libs").is_dir())
-        })
-        .unwrap_or(false);
-    if !has_venv_openvino {
-        assert!(
-            std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
-            "OpenVINO is required in {}/.venv (scripts/test.sh installs it)",
-            repo.display()
-        );
-        eprintln!("SKIPPING: no openvino in {}/.venv", repo.display());
+    if !common::venv_has("openvino/libs", "FLOWAR_REQUIRE_OPENVINO") {
         return;
     }
     // No python3 on PATH, no OPENVINO_LIB_PATH, run from the repository root.
-    let no_path = tempfile::tempdir().unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
-        .env(PROBE, "1")
-        .env_remove("OPENVINO_LIB_PATH")
-        .env("PATH", no_path.path())
-        .current_dir(&repo)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    let line = ["LOADED ", "UNAVAILABLE "]
-        .iter()
-        .find_map(|tag| {
-            stdout
-                .find(tag)
-                .map(|at| stdout[at..].lines().next().unwrap())
-        })
-        .unwrap_or_else(|| panic!("the probe reported nothing: {stdout}{stderr}"));
+    let line = common::run_probe(TEST, PROBE, "OPENVINO_LIB_PATH");
     assert!(
         line.starts_with("LOADED ") && line.contains("FP32"),
         "{line}"
