@@ -23,7 +23,6 @@ pub use crate::precision::{Precision, F16_GRAPH_BOUND, F16_VAE_BOUND, INT8_GRAPH
 use crate::quantize::Quantize;
 use crate::vae_checkpoint::{DiffusersVaeConfig, VaeCheckpoint};
 use crate::weights::{check_unused, NonFinitePolicy, Vb, WeightSource};
-use flowar_format::manifest::VaeLayout;
 
 pub const EXPORTER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The latent scale of MAR's kl16, used by every released FlowAR.
@@ -609,28 +608,7 @@ pub fn detect(
     vae_config: Option<&DiffusersVaeConfig>,
 ) -> Result<(FlowArDims, VaeDims)> {
     let f = arch::detect_flowar(flowar)?;
-    let mut v = arch::detect_vae(vae)?;
-    match (v.arch.layout, vae_config) {
-        (VaeLayout::Diffusers, Some(c)) => arch::apply_config(&mut v, c, &vae.origin())?,
-        (VaeLayout::Diffusers, None) => {
-            return Err(ExportError::Config {
-                origin: vae.origin(),
-                reason: "diffusers-layout VAE weights need their config.json (scaling_factor, \
-                         shift_factor, norm_num_groups): give the VAE's folder"
-                    .into(),
-            })
-        }
-        (VaeLayout::Ldm, Some(c)) => {
-            return Err(ExportError::Config {
-                origin: c.path.display().to_string(),
-                reason: format!(
-                    "describes a diffusers AutoencoderKL, but {} is in the LDM layout",
-                    vae.origin()
-                ),
-            })
-        }
-        (VaeLayout::Ldm, None) => {}
-    }
+    let v = arch::detect_vae_with(vae, vae_config)?;
     if f.latent_channels != v.latent_channels {
         let key = if v.arch.post_quant_conv {
             "post_quant_conv.weight"

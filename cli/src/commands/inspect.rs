@@ -88,14 +88,7 @@ pub fn run(a: Args) -> CliResult {
 
 /// The decoder's architecture (checked against a diffusers config) and its decode rule.
 fn describe_vae(v: &VaeCheckpoint) -> CliResult {
-    let mut d = flowar_exporter::arch::detect_vae(v)?;
-    if let Some(c) = v.config() {
-        flowar_exporter::arch::apply_config(
-            &mut d,
-            c,
-            &v.checkpoint().path().display().to_string(),
-        )?;
-    }
+    let d = flowar_exporter::arch::detect_vae_with(v, v.config())?;
     for line in v.notes() {
         println!("{line}");
     }

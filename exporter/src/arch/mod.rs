@@ -2,7 +2,7 @@
 //! decoder (either key layout) in [`vae`].
 
 mod vae;
-pub use vae::{apply_config, detect_vae, vae_layout, VaeDims, VAE_IGNORED};
+pub use vae::{detect_vae, detect_vae_with, vae_layout, VaeDims, VAE_IGNORED};
 
 use flowar_format::manifest::{ArArch, FlowArch, FlowKind};
 

@@ -209,6 +209,37 @@ pub fn detect_vae(src: &dyn WeightSource) -> Result<VaeDims> {
     Ok(dims)
 }
 
+/// The decoder's architecture from the weights and, for the diffusers layout, its config
+/// (required there, checked against the weights; refused beside LDM-layout weights).
+pub fn detect_vae_with(
+    src: &dyn WeightSource,
+    config: Option<&DiffusersVaeConfig>,
+) -> Result<VaeDims> {
+    let mut v = detect_vae(src)?;
+    match (v.arch.layout, config) {
+        (VaeLayout::Diffusers, Some(c)) => apply_config(&mut v, c, &src.origin())?,
+        (VaeLayout::Diffusers, None) => {
+            return Err(ExportError::Config {
+                origin: src.origin(),
+                reason: "diffusers-layout VAE weights need their config.json (scaling_factor, \
+                         shift_factor, norm_num_groups): give the VAE's folder"
+                    .into(),
+            })
+        }
+        (VaeLayout::Ldm, Some(c)) => {
+            return Err(ExportError::Config {
+                origin: c.path.display().to_string(),
+                reason: format!(
+                    "describes a diffusers AutoencoderKL, but {} is in the LDM layout",
+                    src.origin()
+                ),
+            })
+        }
+        (VaeLayout::Ldm, None) => {}
+    }
+    Ok(v)
+}
+
 /// Every GroupNorm's channels must split into the groups.
 fn check_groups(d: &VaeDims, origin: &str) -> Result<()> {
     let groups = d.arch.norm_groups;
@@ -230,7 +261,7 @@ fn check_groups(d: &VaeDims, origin: &str) -> Result<()> {
 /// Checks a diffusers `config.json` against what the weights show, and takes from it what
 /// the weights cannot show (the GroupNorm groups). Every disagreement names the config
 /// field, both values and the weight that shows the truth.
-pub fn apply_config(d: &mut VaeDims, cfg: &DiffusersVaeConfig, weights: &str) -> Result<()> {
+fn apply_config(d: &mut VaeDims, cfg: &DiffusersVaeConfig, weights: &str) -> Result<()> {
     let bad = |reason: String| {
         Err(ExportError::Config {
             origin: cfg.path.display().to_string(),

@@ -30,17 +30,16 @@ fn names_of(attn: &Vb) -> &'static PartNames {
     }
 }
 
-/// `decoder.*` from the latent after `post_quant_conv` to the image.
+/// `decoder.*` after `decoder.conv_in` (`x`, at the coarsest level's width) to the image.
 pub fn decoder(g: &mut Graph, dvb: &Vb, dims: &VaeDims, x: &str, grid: usize) -> Result<Val> {
     let a = &dims.arch;
     let groups = a.norm_groups;
     let levels = dims.level_channels.len();
     let mut ch = dims.level_channels[levels - 1];
     let mut hw = grid;
-    let mut h = crate::nn::conv2d(g, &dvb.pp("conv_in"), x, a.z_channels, ch, 3)?;
     let mid = dvb.pp("mid_block");
     let resnets = mid.pp("resnets");
-    h = resnet_block(g, &resnets.pp(0), &NAMES, &h, (ch, ch), groups, hw)?;
+    let mut h = resnet_block(g, &resnets.pp(0), &NAMES, x, (ch, ch), groups, hw)?;
     if a.mid_attention {
         let attn = mid.pp("attentions").pp(0);
         h = attn_block(g, &attn, names_of(&attn), &h, ch, groups, hw)?;

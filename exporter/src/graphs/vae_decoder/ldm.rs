@@ -13,16 +13,15 @@ const NAMES: PartNames = PartNames {
     attn_proj: ["q", "k", "v", "proj_out"],
 };
 
-/// `decoder.*` from the latent after `post_quant_conv` to the image.
+/// `decoder.*` after `decoder.conv_in` (`x`, at the coarsest level's width) to the image.
 pub fn decoder(g: &mut Graph, dvb: &Vb, dims: &VaeDims, x: &str, grid: usize) -> Result<Val> {
     let a = &dims.arch;
     let groups = a.norm_groups;
     let levels = dims.level_channels.len();
     let mut ch = dims.level_channels[levels - 1];
     let mut hw = grid;
-    let mut h = crate::nn::conv2d(g, &dvb.pp("conv_in"), x, a.z_channels, ch, 3)?;
     let mid = dvb.pp("mid");
-    h = resnet_block(g, &mid.pp("block_1"), &NAMES, &h, (ch, ch), groups, hw)?;
+    let mut h = resnet_block(g, &mid.pp("block_1"), &NAMES, x, (ch, ch), groups, hw)?;
     if a.mid_attention {
         h = attn_block(g, &mid.pp("attn_1"), &NAMES, &h, ch, groups, hw)?;
     }

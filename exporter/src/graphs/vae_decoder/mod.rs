@@ -168,9 +168,12 @@ pub fn build(
         x
     };
     let dvb = vb.pp("decoder");
+    // `decoder.conv_in` has the same key in both layouts.
+    let top = dims.level_channels[dims.level_channels.len() - 1];
+    let h = nn::conv2d(&mut g, &dvb.pp("conv_in"), &x, a.z_channels, top, 3)?;
     let img = match a.layout {
-        VaeLayout::Ldm => ldm::decoder(&mut g, &dvb, dims, &x, grid)?,
-        VaeLayout::Diffusers => diffusers::decoder(&mut g, &dvb, dims, &x, grid)?,
+        VaeLayout::Ldm => ldm::decoder(&mut g, &dvb, dims, &h, grid)?,
+        VaeLayout::Diffusers => diffusers::decoder(&mut g, &dvb, dims, &h, grid)?,
     };
     let img = g.to_f32(&img);
     g.output(&img, io::IMAGE, Elem::F32, &outputs[0].dims);
