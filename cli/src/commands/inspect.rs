@@ -64,21 +64,18 @@ pub fn run(a: Args) -> CliResult {
         }
     }
     println!("dtypes: {dtypes:?}");
-    if let Ok(f) = flowar_exporter::arch::detect_flowar(ck) {
-        println!(
+    match flowar_exporter::arch::detect_flowar(ck) {
+        Ok(f) => println!(
             "FlowAR: {}",
             serde_json::json!({"ar": f.ar, "flow": f.flow, "scales": f.scales, "latent_channels": f.latent_channels, "classes": f.num_classes})
-        );
-    } else if let Some(v) = &vae_folder {
-        describe_vae(v)?;
-    } else if let Ok(v) = VaeCheckpoint::open(&a.path) {
-        describe_vae(&v)?;
-    } else {
-        let f = flowar_exporter::arch::detect_flowar(ck)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        println!("not a FlowAR or KL-VAE checkpoint: {f}");
+        ),
+        Err(not_flowar) => match &vae_folder {
+            Some(v) => describe_vae(v)?,
+            None => match VaeCheckpoint::open(&a.path) {
+                Ok(v) => describe_vae(&v)?,
+                Err(_) => println!("not a FlowAR or KL-VAE checkpoint: {not_flowar}"),
+            },
+        },
     }
     for (k, why) in ck.skipped() {
         println!("skipped {k}: {why}");
