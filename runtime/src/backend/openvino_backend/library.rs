@@ -143,9 +143,19 @@ impl CpuCapabilities {
     }
 }
 
-/// Asks the CPU plugin for its name and capabilities (loading the library if needed).
+/// The CPU plugin's answer, asked once per process: the library, its core and the CPU are
+/// all process-wide, and choosing a provider for a bfloat16 model needs it three times.
+static CAPABILITIES: OnceLock<CpuCapabilities> = OnceLock::new();
+
+/// What the CPU plugin says of its name and capabilities (loading the library if needed).
 pub fn cpu_capabilities(options: &BackendOptions) -> Result<CpuCapabilities, Unavailable> {
-    with_core(options, |core| ask_cpu(core))?
+    if let Some(caps) = CAPABILITIES.get() {
+        // An explicit request for another library is still refused.
+        load(options)?;
+        return Ok(caps.clone());
+    }
+    let caps = with_core(options, |core| ask_cpu(core))??;
+    Ok(CAPABILITIES.get_or_init(|| caps).clone())
 }
 
 fn ask_cpu(core: &Core) -> Result<CpuCapabilities, Unavailable> {
