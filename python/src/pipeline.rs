@@ -138,6 +138,10 @@ pub struct Pipeline {
     provider: String,
     provider_reason: String,
     model_dir: PathBuf,
+    /// Output folders already swept of killed writers' temporaries: a Ray worker calls
+    /// `generate_to` once a batch into a folder that grows to 50,000 images, and one
+    /// listing per folder is enough. Held only briefly, never while waiting for the GIL.
+    swept: Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl Pipeline {
@@ -275,6 +279,7 @@ impl Pipeline {
             inner: Mutex::new(pipe),
             manifest_json,
             model_dir,
+            swept: Mutex::new(Default::default()),
         })
     }
 
@@ -369,8 +374,13 @@ impl Pipeline {
         )
         .map_err(errors::runtime)?;
         std::fs::create_dir_all(&out_dir).map_err(|e| errors::runtime(Error::io(&out_dir, e)))?;
-        // Temporaries of this host's killed writers (see flowar_runtime::atomic_file).
-        sample_set::sweep_stale(&out_dir).map_err(errors::runtime)?;
+        // Temporaries of this host's killed writers (see flowar_runtime::atomic_file), once
+        // per folder.
+        let swept = || self.swept.lock().unwrap_or_else(|p| p.into_inner());
+        if !swept().contains(&out_dir) {
+            sample_set::sweep_stale(&out_dir).map_err(errors::runtime)?;
+            swept().insert(out_dir.clone());
+        }
         let mut written = Vec::new();
         self.run_batches(py, &req, batch_size, progress, &mut |part, images| {
             written.extend(sample_set::save_images(

@@ -240,6 +240,34 @@ def test_convert_reads_a_diffusers_vae_folder(tmp_path):
     assert not (tmp_path / "m3").exists()
 
 
+def _host():
+    """This host's name as flowar's temporaries record it (flowar_format::atomic_file)."""
+    try:
+        raw = open("/proc/sys/kernel/hostname").read()
+    except OSError:
+        raw = os.environ.get("HOSTNAME", "localhost")
+    return "".join(c if c.isascii() and (c.isalnum() or c == ".") else "_" for c in raw.strip())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self"), reason="liveness is told from /proc")
+def test_generate_to_removes_a_dead_writers_temporary_once(demo, tmp_path):
+    """A temporary left by a killed writer of this host goes on the first generate_to into
+    the folder; a live writer's stays; the folder is not listed again on later calls."""
+    pipe = flowar.Pipeline(demo, provider="tract", threads=1)
+    dead = tmp_path / f".000005.png.tmp-{_host()}-4194400"
+    live = tmp_path / f".000006.png.tmp-{_host()}-1"
+    for p in (dead, live):
+        p.write_bytes(b"half")
+    pipe.generate_to(tmp_path, [0], [0], steps=2)
+    assert not dead.exists() and live.exists()
+    dead.write_bytes(b"half")  # planted after the folder was swept
+    pipe.generate_to(tmp_path, [1], [1], steps=2)
+    assert dead.exists(), "the folder was swept again"
+    other = flowar.Pipeline(demo, provider="tract", threads=1)
+    other.generate_to(tmp_path, [2], [2], steps=2)
+    assert not dead.exists() and live.exists()
+
+
 def test_read_image_refuses_a_truncated_file(demo, tmp_path):
     pipe = flowar.Pipeline(demo, provider="tract", threads=1)
     [path] = pipe.generate_to(tmp_path, [0], [0])
