@@ -213,6 +213,7 @@ fn images(dir: &Path) -> (Vec<u8>, Vec<f32>) {
         scale_steps: None,
         solver: Solver::Euler,
         noise: None,
+        edit: None,
     };
     let out = pipe.generate(&req, &mut |_| true).unwrap();
     let pixels = out.images.iter().flat_map(|i| i.pixels.clone()).collect();
@@ -326,6 +327,7 @@ fn a_32x32_grid_with_an_f8_vae_makes_256_pixel_images() {
             scale_steps: None,
             solver: Solver::Euler,
             noise: None,
+            edit: None,
         };
         let o = pipe.generate(&req, &mut |_| true).unwrap();
         let img = &o.images[0];

@@ -318,6 +318,7 @@ pub fn verify_fixture(
         guidance: cfg["guidance"].as_f64().unwrap(),
         steps: cfg["num_steps"].as_u64().unwrap() as usize,
         labels: serde_json::from_value(cfg["labels"].clone()).unwrap(),
+        keep_scales: cfg["keep_scales"].as_u64().map(|k| k as usize),
     };
     // The fixtures on diffusers VAEs record no float64 run: the README's floor applies.
     let drift = cfg["float64_vs_float32_tokens_max_abs_diff"]

@@ -15,6 +15,7 @@ fn request(classes: &[usize], indices: &[u64], seed: u64) -> Request {
         scale_steps: None,
         solver: Solver::Euler,
         noise: None,
+        edit: None,
     }
 }
 

@@ -37,6 +37,9 @@ enum Command {
     Convert(commands::convert::Args),
     /// Generate images (defaults: the bundled shapes10 demo, one image per class, a grid).
     Generate(commands::generate::Args),
+    /// Edit images: in-paint under a mask, out-paint (--invert-mask), change the class
+    /// inside a mask, or make variations (--keep-scales K), from a model with a VAE encoder.
+    Edit(commands::edit::Args),
     /// Check a converted model against reference tensors (fixtures' expected.safetensors).
     Verify(commands::verify::Args),
     /// Summarise a model folder or a checkpoint.
@@ -69,13 +72,14 @@ fn main() {
     // (immediate exit) for a clean stop.
     if matches!(
         cli.command,
-        Command::Convert(_) | Command::Generate(_) | Command::Pack(_)
+        Command::Convert(_) | Command::Generate(_) | Command::Edit(_) | Command::Pack(_)
     ) {
         install_ctrlc();
     }
     let result = match cli.command {
         Command::Convert(a) => commands::convert::run(a),
         Command::Generate(a) => commands::generate::run(a),
+        Command::Edit(a) => commands::edit::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::onnx::proto::{ModelProto, StringStringEntryProto};
 use flowar_format::manifest::{
     Architecture, FlowKind, GraphSpec, Graphs, Manifest, RopeSpec, SamplerDefaults, SourceFile,
-    VerifyBounds, FORMAT_VERSION, MANIFEST_FILE,
+    VaeEncoderArch, VerifyBounds, FORMAT_VERSION, MANIFEST_FILE,
 };
 use flowar_format::{atomic_file, io};
 use prost::Message;
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::arch::{self, FlowArDims, VaeDims};
 use crate::error::{ExportError, Result};
 use crate::graphs::vae_decoder::LatentNorm;
-use crate::graphs::{ar_step, flow_head, solver_step, vae_decoder, BuiltGraph};
+use crate::graphs::{ar_step, flow_head, solver_step, vae_decoder, vae_encoder, BuiltGraph};
 pub use crate::precision::{Precision, F16_GRAPH_BOUND, F16_VAE_BOUND, INT8_GRAPH_BOUND};
 use crate::quantize::Quantize;
 use crate::vae_checkpoint::{DiffusersVaeConfig, VaeCheckpoint};
@@ -677,7 +677,16 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
             "latent shift {latent_shift} must be a finite number"
         )));
     }
-    let (fd, vd) = detect(req.flowar, req.vae, req.vae_config)?;
+    let (fd, mut vd) = detect(req.flowar, req.vae, req.vae_config)?;
+    let encoder_dims = arch::detect_encoder(
+        req.vae,
+        vd.arch.layout,
+        vd.latent_channels,
+        vd.arch.norm_groups,
+    )?;
+    if let (Some(e), Some(cfg)) = (&encoder_dims, req.vae_config) {
+        arch::check_encoder_config(e, cfg, &req.vae.origin())?;
+    }
     let grid = *fd.scales.last().expect("detected scales are non-empty");
     req.meta.check(&fd, &vd, grid * vd.arch.stride)?;
     let policy = if req.allow_nonfinite {
@@ -721,6 +730,33 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         )?,
         req.external_data_threshold,
     )?;
+    // The encoder, when the VAE has one: what `flowar edit` needs.
+    let norm = LatentNorm {
+        scale: latent_scale,
+        shift: latent_shift,
+    };
+    let encoder = match &encoder_dims {
+        None => None,
+        Some(e) => Some(write_graph(
+            &staging.path,
+            io::vae_encoder::FILE,
+            vae_encoder::build(
+                &vvb,
+                e,
+                vd.arch.layout,
+                vd.arch.norm_groups,
+                grid,
+                vd.arch.stride,
+                norm,
+                EXPORTER_VERSION,
+            )?,
+            req.external_data_threshold,
+        )?),
+    };
+    vd.arch.encoder = encoder_dims.map(|e| VaeEncoderArch {
+        rule: vae_encoder::rule_text(norm),
+        ..e.arch
+    });
     ignored.extend(check_unused(req.vae, &vused.borrow(), arch::VAE_IGNORED)?);
     let step = write_graph(
         &staging.path,
@@ -804,6 +840,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
             flow_head: flow,
             vae_decoder: vae,
             solver_step: step,
+            vae_encoder: encoder,
         },
         dtype: precision.name().into(),
         verify: match req.quantize {

@@ -486,3 +486,23 @@ pub fn upsample_nearest2x(g: &mut Graph, x: &str) -> Val {
         ],
     )
 }
+
+/// The KL-VAE encoder's downsampler: zero padding on the bottom and right only, then a
+/// 3x3 convolution with stride 2 (`{vb}.weight [ch, ch, 3, 3]`), halving `[h, w]`.
+pub fn conv2d_down(g: &mut Graph, vb: &Vb, x: &str, ch: usize) -> Result<Val> {
+    let w = vb.get("weight", &[ch, ch, 3, 3])?;
+    let b = vb.get("bias", &[ch])?;
+    Ok(g.scoped(vb.prefix(), |g| {
+        let wn = g.weight(&vb.path("weight"), &[ch, ch, 3, 3], &w, "");
+        let bn = g.weight(&vb.path("bias"), &[ch], &b, "");
+        g.node(
+            "Conv",
+            &[x, &wn, &bn],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("pads", &[0, 0, 1, 1]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
+    }))
+}

@@ -64,6 +64,11 @@ pub struct DiffusersVaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
+    /// Whether the encoder ends in a 1x1 `quant_conv`.
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default)]
+    pub down_block_types: Vec<String>,
 }
 
 fn silu() -> String {

@@ -104,6 +104,16 @@ pub mod vae_decoder {
     pub const IMAGE: &str = "image";
 }
 
+/// `vae_encoder.onnx` (optional: exported when the VAE checkpoint holds an encoder):
+/// pixels to the sampler's tokens, the inverse of the decode rule, for editing.
+pub mod vae_encoder {
+    pub const FILE: &str = "vae_encoder.onnx";
+    /// `[batch, 3, H, W]` float32 in [-1, 1] (`u8 / 127.5 - 1`).
+    pub const IMAGE: &str = "image";
+    /// `[batch, C, G, G]` float32: `(posterior mean - latent_shift) * latent_scale`.
+    pub const TOKENS: &str = "tokens";
+}
+
 /// `solver_step.onnx`: the CFG combination and the float64 state update (no weights).
 pub mod solver_step {
     pub const FILE: &str = "solver_step.onnx";

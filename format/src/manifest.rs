@@ -221,6 +221,32 @@ pub struct VaeArch {
     /// Whether a 1x1 `post_quant_conv` runs before the decoder (FLUX's VAE has none).
     #[serde(default = "yes")]
     pub post_quant_conv: bool,
+    /// The encoder, when the checkpoint held one (`vae_encoder.onnx`); `None`: the folder
+    /// generates but cannot edit images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<VaeEncoderArch>,
+}
+
+/// The VAE encoder's architecture, read from its weights (`encoder.*`, `quant_conv`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VaeEncoderArch {
+    /// Channels after each down level's ResNet blocks, finest level first.
+    pub level_channels: Vec<usize>,
+    /// ResNet blocks per down level.
+    pub num_res_blocks: usize,
+    /// Down levels (by index, 0 = finest) that carry attention blocks.
+    pub attn_levels: Vec<usize>,
+    pub mid_attention: bool,
+    /// Whether `conv_out` gives mean and log-variance (`2 * z_channels`), of which the
+    /// graph keeps the mean.
+    pub double_z: bool,
+    /// Whether a 1x1 `quant_conv` follows the encoder (FLUX's VAE has none).
+    pub quant_conv: bool,
+    /// The float precision the encoder graph computes in, whatever the folder's dtype.
+    pub precision: String,
+    /// The encode rule as computed inside the graph, e.g.
+    /// `tokens = (mean - 0) * 0.2325`.
+    pub rule: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -230,23 +256,28 @@ pub struct Graphs {
     pub vae_decoder: GraphSpec,
     /// CFG combination and the float64 state update (no weights; `format_version` 2).
     pub solver_step: GraphSpec,
+    /// Pixels to tokens, for editing; present when the VAE checkpoint held an encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_encoder: Option<GraphSpec>,
 }
 
-/// The four graphs of a model folder, by what they do.
+/// The graphs of a model folder, by what they do (the first four always present).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GraphRole {
     ArStep,
     FlowHead,
     VaeDecoder,
     SolverStep,
+    VaeEncoder,
 }
 
 impl GraphRole {
-    pub const ALL: [GraphRole; 4] = [
+    pub const ALL: [GraphRole; 5] = [
         GraphRole::ArStep,
         GraphRole::FlowHead,
         GraphRole::VaeDecoder,
         GraphRole::SolverStep,
+        GraphRole::VaeEncoder,
     ];
 
     /// The role's name, as the manifest's `graphs` keys spell it.
@@ -256,6 +287,7 @@ impl GraphRole {
             GraphRole::FlowHead => "flow_head",
             GraphRole::VaeDecoder => "vae_decoder",
             GraphRole::SolverStep => "solver_step",
+            GraphRole::VaeEncoder => "vae_encoder",
         }
     }
 
@@ -266,22 +298,28 @@ impl GraphRole {
             GraphRole::FlowHead => crate::io::flow_head::FILE,
             GraphRole::VaeDecoder => crate::io::vae_decoder::FILE,
             GraphRole::SolverStep => crate::io::solver_step::FILE,
+            GraphRole::VaeEncoder => crate::io::vae_encoder::FILE,
         }
     }
 }
 
 impl Graphs {
-    /// Every graph, in manifest order.
-    pub fn all(&self) -> [(&'static str, &GraphSpec); 4] {
-        GraphRole::ALL.map(|r| (r.name(), self.get(r)))
+    /// Every graph the folder has, in manifest order.
+    pub fn all(&self) -> Vec<(&'static str, &GraphSpec)> {
+        GraphRole::ALL
+            .into_iter()
+            .filter_map(|r| self.get(r).map(|g| (r.name(), g)))
+            .collect()
     }
 
-    pub fn get(&self, role: GraphRole) -> &GraphSpec {
+    /// The graph of `role`; `None` only for an optional graph the folder lacks.
+    pub fn get(&self, role: GraphRole) -> Option<&GraphSpec> {
         match role {
-            GraphRole::ArStep => &self.ar_step,
-            GraphRole::FlowHead => &self.flow_head,
-            GraphRole::VaeDecoder => &self.vae_decoder,
-            GraphRole::SolverStep => &self.solver_step,
+            GraphRole::ArStep => Some(&self.ar_step),
+            GraphRole::FlowHead => Some(&self.flow_head),
+            GraphRole::VaeDecoder => Some(&self.vae_decoder),
+            GraphRole::SolverStep => Some(&self.solver_step),
+            GraphRole::VaeEncoder => self.vae_encoder.as_ref(),
         }
     }
 }

@@ -21,6 +21,7 @@
 pub mod backend;
 #[cfg(feature = "clap")]
 pub mod cli_args;
+pub mod edit_input;
 pub mod error;
 pub mod image;
 pub mod model;
@@ -38,4 +39,4 @@ pub use flowar_format::atomic_file;
 pub use flowar_format::manifest;
 pub use pipeline::{Pipeline, PipelineOptions};
 pub use provider::ProviderChoice;
-pub use sampler::{Output, Progress, Request, Solver, StageTimes};
+pub use sampler::{EditPlan, Mask, Output, Progress, Request, Solver, StageTimes};

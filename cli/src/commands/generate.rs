@@ -57,10 +57,11 @@ pub struct Args {
     pub grid: Option<PathBuf>,
 }
 
-/// The model folder to use, converting the bundled demo on first use.
-fn model_dir(a: &Args) -> CliResult<PathBuf> {
-    if let Some(m) = &a.model {
-        return Ok(m.clone());
+/// The model folder to use, converting the bundled demo on first use. `need_encoder`:
+/// also redo a cached demo conversion made before the VAE encoder was exported.
+pub(crate) fn model_dir(model: Option<&Path>, need_encoder: bool) -> CliResult<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m.to_path_buf());
     }
     let demo = demo_model().ok_or_else(|| {
         CliError::Usage("no --model given and the bundled demo (models/shapes10) was not found; run from the repository".into())
@@ -70,9 +71,13 @@ fn model_dir(a: &Args) -> CliResult<PathBuf> {
     let reason = if !demo.converted.join("manifest.json").is_file() {
         Some("first use".to_string())
     } else {
-        flowar_runtime::manifest::Manifest::load(&demo.converted)
-            .err()
-            .map(|e| format!("the cached conversion is unusable: {e}"))
+        match flowar_runtime::manifest::Manifest::load(&demo.converted) {
+            Err(e) => Some(format!("the cached conversion is unusable: {e}")),
+            Ok(m) if need_encoder && m.graphs.vae_encoder.is_none() => {
+                Some("the cached conversion has no VAE encoder, which editing needs".into())
+            }
+            Ok(_) => None,
+        }
     };
     if let Some(reason) = reason {
         eprintln!(
@@ -101,11 +106,11 @@ fn model_dir(a: &Args) -> CliResult<PathBuf> {
 /// Folders this run created, removed again (only while empty) when the run fails, so a
 /// failed or interrupted `generate` leaves no output path behind.
 #[derive(Default)]
-struct CreatedDirs(Vec<PathBuf>);
+pub(crate) struct CreatedDirs(Vec<PathBuf>);
 
 impl CreatedDirs {
     /// The run succeeded: keep everything.
-    fn keep(mut self) {
+    pub(crate) fn keep(mut self) {
         self.0.clear();
     }
 }
@@ -120,7 +125,7 @@ impl Drop for CreatedDirs {
 }
 
 /// Fails early if `dir` cannot be written; records the folders it had to create.
-fn ensure_writable(dir: &Path, created: &mut CreatedDirs) -> CliResult {
+pub(crate) fn ensure_writable(dir: &Path, created: &mut CreatedDirs) -> CliResult {
     let missing: Vec<PathBuf> = dir
         .ancestors()
         .filter(|a| !a.as_os_str().is_empty() && !a.exists())
@@ -134,7 +139,7 @@ fn ensure_writable(dir: &Path, created: &mut CreatedDirs) -> CliResult {
     Ok(())
 }
 
-fn secs(d: std::time::Duration) -> f64 {
+pub(crate) fn secs(d: std::time::Duration) -> f64 {
     d.as_secs_f64()
 }
 
@@ -149,7 +154,7 @@ pub fn run(a: Args) -> CliResult {
         .transpose()?;
     let solver: Solver = a.solver.parse()?;
     let options = a.backend.options_for(Some(a.batch_size))?;
-    let model_path = model_dir(&a)?;
+    let model_path = model_dir(a.model.as_deref(), false)?;
     let grid_path = match (&a.grid, &a.out) {
         (Some(g), _) => Some(g.clone()),
         (None, None) => Some(PathBuf::from("flowar-grid.png")),

@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod compare;
 pub mod convert;
+pub mod edit;
 pub mod generate;
 pub mod inspect;
 pub mod pack;

@@ -24,7 +24,9 @@ pub struct Args {
     #[arg(long)]
     pub vae_tol: Option<f32>,
     /// Max abs error for pipe.tokens (default: 4x the reference's own float64-vs-float32
-    /// difference from config.json beside the reference, and at least 1e-3).
+    /// difference from config.json beside the reference, and at least 1e-3). The edit
+    /// cases (edit.{case}.tokens) get the same rule with their own per-case drift; the
+    /// encoder's tokens are held to 1e-4, edited pixels to 99.8% identical, 1 level.
     #[arg(long)]
     pub pipe_tol: Option<f32>,
     /// Largest allowed u8 difference in pipe.image_u8.
@@ -74,6 +76,7 @@ pub fn run(a: Args) -> CliResult {
                 .and_then(|c| c.get("labels"))
                 .and_then(|l| serde_json::from_value(l.clone()).ok())
                 .unwrap_or_default(),
+            keep_scales: cget("keep_scales").map(|k| k as usize),
         }),
         _ => None,
     };
@@ -82,6 +85,18 @@ pub fn run(a: Args) -> CliResult {
             .map(|d| (4.0 * d as f32).max(1e-3))
             .unwrap_or(1e-3)
     });
+    // The editing fixtures record one drift per case: each edit case gets its own bound.
+    let edit_tokens = config
+        .as_ref()
+        .and_then(|c| c.get("float64_vs_float32_tokens_max_abs_diff"))
+        .and_then(|d| d.as_object())
+        .map(|cases| {
+            cases
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), (4.0 * v.as_f64()? as f32).max(1e-3))))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut pipe = Pipeline::load(&a.model, &a.backend.options()?)?;
     // Bounds default to the ones the manifest states for its graphs' precision.
     let bounds = pipe.manifest().verify;
@@ -94,6 +109,8 @@ pub fn run(a: Args) -> CliResult {
         pipe_identical: a.pipe_identical,
         pipe_u8_levels: a.pipe_levels,
         pipeline: bounds.pipeline,
+        edit_tokens,
+        ..Tolerances::default()
     };
     println!(
         "provider: {} ({})",

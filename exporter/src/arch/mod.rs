@@ -2,7 +2,9 @@
 //! decoder (either key layout) in [`vae`].
 
 mod vae;
+mod vae_encoder;
 pub use vae::{detect_vae, detect_vae_with, vae_layout, VaeDims, VAE_IGNORED};
+pub use vae_encoder::{check_encoder_config, detect_encoder, EncoderDims};
 
 use flowar_format::manifest::{ArArch, FlowArch, FlowKind};
 

@@ -25,11 +25,11 @@ pub struct VaeDims {
 pub const VAE_IGNORED: &[IgnoreRule] = &[
     IgnoreRule {
         matches: |k| k.starts_with("encoder."),
-        reason: "VAE encoder; only decoding is exported",
+        reason: "VAE encoder key the encoder graph does not read",
     },
     IgnoreRule {
         matches: |k| k.starts_with("quant_conv."),
-        reason: "encoder-side quantisation conv",
+        reason: "encoder-side quantisation conv the encoder graph does not read",
     },
     IgnoreRule {
         matches: |k| k.starts_with("loss."),
@@ -201,6 +201,7 @@ pub fn detect_vae(src: &dyn WeightSource) -> Result<VaeDims> {
             norm_groups: 32,
             mid_attention: src.shape(keys.mid_attn).is_some(),
             post_quant_conv,
+            encoder: None,
         },
         level_channels,
         latent_channels,

@@ -1,10 +1,12 @@
-//! The four exported graphs. Their file, input and output names and symbolic dimensions
+//! The exported graphs (four always; the VAE encoder when the VAE has one). Their file, input and output names and symbolic dimensions
 //! come from `flowar_format::io`, the contract with the runtime, and are recorded in the
 //! manifest.
 pub mod ar_step;
 pub mod flow_head;
 pub mod solver_step;
+pub(crate) mod vae_blocks;
 pub mod vae_decoder;
+pub mod vae_encoder;
 
 use crate::onnx::builder::{Dim, Elem};
 use flowar_format::manifest::{DimSpec, TensorSpec};

@@ -82,6 +82,10 @@ pub struct Model {
     flow: Box<dyn Session>,
     vae: Box<dyn Session>,
     step: Box<dyn Session>,
+    /// The VAE encoder (editing only), opened on first use so generation pays nothing for it.
+    encoder: Option<Box<dyn Session>>,
+    /// What the encoder is opened with.
+    options: BackendOptions,
     tables: Vec<ScaleTables>,
     /// The largest batch the sessions were built for (TensorRT's profiles); `None`: any.
     batch_limit: Option<usize>,
@@ -211,6 +215,8 @@ impl Model {
             flow,
             vae,
             step,
+            encoder: None,
+            options: opts.clone(),
             tables,
             load_time: start.elapsed(),
         })
@@ -358,6 +364,59 @@ impl Model {
             .ok_or_else(|| {
                 self.missing_output(GraphRole::VaeDecoder.name(), io::vae_decoder::IMAGE)
             })
+    }
+
+    /// Whether the folder can edit images (it has `vae_encoder.onnx`).
+    pub fn can_encode(&self) -> bool {
+        self.manifest.graphs.vae_encoder.is_some()
+    }
+
+    /// `Ok` when the folder can edit images; otherwise the error that says how to convert
+    /// a folder that can.
+    pub fn require_encoder(&self) -> Result<()> {
+        if self.can_encode() {
+            return Ok(());
+        }
+        Err(Error::Model {
+            path: self.dir.clone(),
+            reason: "this model folder has no VAE encoder (vae_encoder.onnx), so it cannot \
+                     edit images; convert again with a VAE checkpoint that holds its encoder \
+                     (`encoder.*` keys: MAR's kl16.ckpt, a diffusers AutoencoderKL folder, \
+                     an SD/FLUX VAE), e.g. `flowar convert --flowar F.pth --vae kl16.ckpt \
+                     --out DIR`"
+                .into(),
+        })
+    }
+
+    /// VAE encode of `image [batch, 3, H, W]` in [-1, 1] to tokens `[batch, C, G, G]` (the
+    /// encode rule runs inside the graph). The encoder runs where float64 runs (CUDA under
+    /// TensorRT): once per edit, it is not worth an engine build.
+    pub fn encode(&mut self, image: &Tensor) -> Result<Tensor> {
+        if self.encoder.is_none() {
+            self.require_encoder()?;
+            let spec = self
+                .manifest
+                .graphs
+                .vae_encoder
+                .clone()
+                .expect("required above");
+            let provider = self.provider.for_float64();
+            self.encoder = Some(open_graph(&self.dir, &spec, provider, &self.options, None)?);
+        }
+        let enc = self.encoder.as_mut().expect("just opened");
+        let out = enc
+            .run(&[(io::vae_encoder::IMAGE, image)])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Model {
+                path: self.dir.clone(),
+                reason: format!(
+                    "graph {} returned no `{}` output",
+                    GraphRole::VaeEncoder.name(),
+                    io::vae_encoder::TOKENS
+                ),
+            })?;
+        Ok(out)
     }
 
     fn missing_output(&self, graph: &str, name: &str) -> Error {

@@ -6,10 +6,12 @@
 //! - [`request`]: what to generate, with the model's defaults, and its validation;
 //! - [`schedule`]: the time grid per scale and the CFG ramp over scales;
 //! - [`noise`]: seeded starting noise per image (stream `k` for image `k`), or recorded noise;
+//! - [`edit`]: the source tokens an edit keeps per scale, and how they are forced;
 //! - [`ode`]: one scale's ODE on the device (Euler and Heun solvers);
 //! - [`upsample`]: the bicubic-then-area upsampling between scales;
 //! - [`scale_loop`]: the coarse-to-fine loop that ties them together.
 
+pub mod edit;
 pub mod noise;
 pub mod ode;
 pub mod request;
@@ -19,6 +21,7 @@ pub mod upsample;
 
 use std::time::Duration;
 
+pub use edit::{EditPlan, Mask};
 pub use request::Request;
 pub use scale_loop::Output;
 

@@ -61,18 +61,22 @@ impl<'a> ScaleOde<'a> {
     /// The starting state from the conditional rows of `noise [rows, N, C]`.
     pub fn initial_state(&self, model: &Model, noise: &[f32], n: usize, c: usize) -> Result<State> {
         let cond = &noise[..self.batch * n * c];
-        let x = model.upload(&Tensor::f64(
-            vec![self.batch, n, c],
-            cond.iter().map(|&v| v as f64).collect(),
-        ))?;
-        let x_in = model.upload(&Tensor::f32(vec![self.batch, n, c], cond.to_vec()))?;
+        self.state_from_host(model, cond.iter().map(|&v| v as f64).collect(), n, c)
+    }
+
+    /// A state from float64 values `[batch, N, C]` made on the host (the start, or an
+    /// edit's forced tokens), with the flow head's float32 inputs made from them.
+    pub fn state_from_host(&self, model: &Model, x: Vec<f64>, n: usize, c: usize) -> Result<State> {
+        let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         let x_in_pair = if self.cfg_on {
-            let mut pair = cond.to_vec();
-            pair.extend_from_slice(cond);
+            let mut pair = x32.clone();
+            pair.extend_from_slice(&x32);
             Some(model.upload(&Tensor::f32(vec![2 * self.batch, n, c], pair))?)
         } else {
             None
         };
+        let x_in = model.upload(&Tensor::f32(vec![self.batch, n, c], x32))?;
+        let x = model.upload(&Tensor::f64(vec![self.batch, n, c], x))?;
         Ok(State { x, x_in, x_in_pair })
     }
 

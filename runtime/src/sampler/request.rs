@@ -25,6 +25,9 @@ pub struct Request {
     pub solver: Solver,
     /// Recorded starting noise per scale, `[rows, N_i, C]`, instead of the seeded RNG.
     pub noise: Option<Vec<Vec<f32>>>,
+    /// Source tokens to keep, per scale: an edit (in-painting, out-painting, variation)
+    /// instead of a generation from scratch; see [`EditPlan`](super::edit::EditPlan).
+    pub edit: Option<std::sync::Arc<super::edit::EditPlan>>,
 }
 
 impl Request {
@@ -41,6 +44,7 @@ impl Request {
             scale_steps: None,
             solver: Solver::Euler,
             noise: None,
+            edit: None,
         }
     }
 
@@ -125,6 +129,12 @@ impl Request {
         self
     }
 
+    /// Teacher-forces the source tokens `plan` keeps (one plan row per image).
+    pub fn with_edit(mut self, plan: Option<super::edit::EditPlan>) -> Request {
+        self.edit = plan.map(std::sync::Arc::new);
+        self
+    }
+
     /// Flow-head rows per call: the images, and their null-class rows when CFG is on.
     pub fn rows(&self) -> usize {
         if self.cfg > 1.0 {
@@ -149,7 +159,13 @@ impl Request {
                 self.classes.len()
             )));
         }
-        if let Some(&c) = self.classes.iter().find(|&&c| c >= m.num_classes) {
+        // The null class is a condition only without guidance (an unconditional edit).
+        let unconditional = |c: usize| c == m.null_class && self.cfg <= 1.0;
+        if let Some(&c) = self
+            .classes
+            .iter()
+            .find(|&&c| c >= m.num_classes && !unconditional(c))
+        {
             return Err(Error::BadArgument(format!(
                 "class id {c} is out of range: this model has classes 0..{}",
                 m.num_classes - 1
@@ -206,6 +222,9 @@ impl Request {
                 "guidance {} must be within [0, 1]",
                 self.guidance
             )));
+        }
+        if let Some(plan) = &self.edit {
+            plan.validate(self.classes.len(), &m.scales, m.latent_channels)?;
         }
         if let Some(noise) = &self.noise {
             let rows = self.rows();

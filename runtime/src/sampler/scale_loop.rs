@@ -28,6 +28,14 @@ pub struct Output {
     pub times: StageTimes,
 }
 
+/// The float64 solver state, read back to the host.
+fn host_f64(model: &Model, x: &Resident) -> Result<Vec<f64>> {
+    x.to_host()?.into_f64().ok_or_else(|| Error::Model {
+        path: model.dir.clone(),
+        reason: "the solver step's `x_next` is not float64".into(),
+    })
+}
+
 /// Runs the whole scale loop for one validated request. `progress` is called after every
 /// solver step; returning `false` stops with [`Error::Cancelled`].
 pub fn run(
@@ -78,25 +86,53 @@ pub fn run(
         let n_steps = times.len() - 1;
         let w = cfg_at_scale(req.cfg, i, n_scales);
         let mut ode = ScaleOde::new(i, b, cfg_on, w, req.guidance, &z);
-        let mut state = ode.initial_state(model, &noise[i], n, c)?;
-        for step in 0..n_steps {
-            let span = (times[step], times[step + 1]);
-            state = ode.step(model, state, req.solver, span, step, &mut st)?;
-            if !progress(&Progress {
-                scale: i,
-                scales: n_scales,
-                step: step + 1,
-                steps: n_steps,
-            }) {
-                return Err(Error::Cancelled);
+        let edit = req.edit.as_deref();
+        let known = edit.map(|e| e.scale(i));
+        let x: Vec<f64> = match known {
+            // Nothing to regenerate at this scale: its tokens are the source's (what the
+            // forced path reaches at t = 0), and the flow head has no work. The AR step
+            // above still ran: the KV cache needs this scale.
+            Some(k) if k.all_known() => {
+                for step in 0..n_steps {
+                    let p = Progress {
+                        scale: i,
+                        scales: n_scales,
+                        step: step + 1,
+                        steps: n_steps,
+                    };
+                    if !progress(&p) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                k.tokens.iter().map(|&v| v as f64).collect()
             }
-        }
-        // The one read back per scale: the tokens, for upsampling and the VAE.
+            _ => {
+                let mut state = ode.initial_state(model, &noise[i], n, c)?;
+                for step in 0..n_steps {
+                    let span = (times[step], times[step + 1]);
+                    state = ode.step(model, state, req.solver, span, step, &mut st)?;
+                    if let Some(plan) = edit.filter(|_| known.is_some_and(|k| k.any_known())) {
+                        // Known tokens back on the straight path to the source's.
+                        let t1 = Instant::now();
+                        let mut x = host_f64(model, &state.x)?;
+                        plan.force(i, &mut x, &noise[i], span.1);
+                        state = ode.state_from_host(model, x, n, c)?;
+                        st.solver += t1.elapsed();
+                    }
+                    if !progress(&Progress {
+                        scale: i,
+                        scales: n_scales,
+                        step: step + 1,
+                        steps: n_steps,
+                    }) {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                // The one read back per scale: the tokens, for upsampling and the VAE.
+                host_f64(model, &state.x)?
+            }
+        };
         let t2 = Instant::now();
-        let x = state.x.to_host()?.into_f64().ok_or_else(|| Error::Model {
-            path: model.dir.clone(),
-            reason: "the solver step's `x_next` is not float64".into(),
-        })?;
         cond = x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
         scale_tokens.push(cond[..b * n * c].to_vec());
         if i + 1 < n_scales {

@@ -47,7 +47,7 @@ fn bicubic_plane(src: &[f32], inp: usize, out: usize, dst: &mut [f32]) {
 }
 
 /// Adaptive average pooling ("area") of one `[inp, inp]` plane to `[out, out]`.
-fn area_plane(src: &[f32], inp: usize, out: usize, dst: &mut [f32]) {
+pub(crate) fn area_plane(src: &[f32], inp: usize, out: usize, dst: &mut [f32]) {
     let window = |o: usize| (o * inp / out, ((o + 1) * inp).div_ceil(out));
     for oy in 0..out {
         let (y0, y1) = window(oy);

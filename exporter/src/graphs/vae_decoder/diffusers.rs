@@ -3,32 +3,14 @@
 //! `group_norm` / `to_q` / `to_k` / `to_v` / `to_out.0` as linears, or the older
 //! `query` / `key` / `value` / `proj_attn` names that diffusers still loads).
 
-use super::{attn_block, output, resnet_block, upsample, PartNames};
+use super::{output, upsample};
 use crate::arch::VaeDims;
 use crate::error::Result;
+use crate::graphs::vae_blocks::{
+    attn_block, diffusers_attn_names as names_of, mid_block, resnet_block, DIFFUSERS_NAMES as NAMES,
+};
 use crate::onnx::{Graph, Val};
 use crate::weights::Vb;
-
-const NAMES: PartNames = PartNames {
-    shortcut: "conv_shortcut",
-    attn_norm: "group_norm",
-    attn_proj: ["to_q", "to_k", "to_v", "to_out.0"],
-};
-
-/// The attention names of checkpoints saved before diffusers 0.14.
-const LEGACY_NAMES: PartNames = PartNames {
-    shortcut: "conv_shortcut",
-    attn_norm: "group_norm",
-    attn_proj: ["query", "key", "value", "proj_attn"],
-};
-
-fn names_of(attn: &Vb) -> &'static PartNames {
-    if attn.has("query.weight") && !attn.has("to_q.weight") {
-        &LEGACY_NAMES
-    } else {
-        &NAMES
-    }
-}
 
 /// `decoder.*` after `decoder.conv_in` (`x`, at the coarsest level's width) to the image.
 pub fn decoder(g: &mut Graph, dvb: &Vb, dims: &VaeDims, x: &str, grid: usize) -> Result<Val> {
@@ -38,13 +20,20 @@ pub fn decoder(g: &mut Graph, dvb: &Vb, dims: &VaeDims, x: &str, grid: usize) ->
     let mut ch = dims.level_channels[levels - 1];
     let mut hw = grid;
     let mid = dvb.pp("mid_block");
-    let resnets = mid.pp("resnets");
-    let mut h = resnet_block(g, &resnets.pp(0), &NAMES, x, (ch, ch), groups, hw)?;
-    if a.mid_attention {
-        let attn = mid.pp("attentions").pp(0);
-        h = attn_block(g, &attn, names_of(&attn), &h, ch, groups, hw)?;
-    }
-    h = resnet_block(g, &resnets.pp(1), &NAMES, &h, (ch, ch), groups, hw)?;
+    let attn = mid.pp("attentions").pp(0);
+    let attn_names = names_of(&attn);
+    let parts = [mid.pp("resnets").pp(0), attn, mid.pp("resnets").pp(1)];
+    let mut h = mid_block(
+        g,
+        parts,
+        &NAMES,
+        attn_names,
+        a.mid_attention,
+        x,
+        ch,
+        groups,
+        hw,
+    )?;
     for i in 0..levels {
         // Up block i is level `levels - 1 - i` of the LDM numbering the dims use.
         let l = levels - 1 - i;

@@ -1,17 +1,12 @@
 //! The decoder in the latent-diffusion key layout (`decoder.mid.block_1`, `decoder.up.{l}`
 //! numbered from the finest level, `nin_shortcut`, attention `q`/`k`/`v`/`proj_out`).
 
-use super::{attn_block, output, resnet_block, upsample, PartNames};
+use super::{output, upsample};
 use crate::arch::VaeDims;
 use crate::error::Result;
+use crate::graphs::vae_blocks::{attn_block, mid_block, resnet_block, LDM_NAMES as NAMES};
 use crate::onnx::{Graph, Val};
 use crate::weights::Vb;
-
-const NAMES: PartNames = PartNames {
-    shortcut: "nin_shortcut",
-    attn_norm: "norm",
-    attn_proj: ["q", "k", "v", "proj_out"],
-};
 
 /// `decoder.*` after `decoder.conv_in` (`x`, at the coarsest level's width) to the image.
 pub fn decoder(g: &mut Graph, dvb: &Vb, dims: &VaeDims, x: &str, grid: usize) -> Result<Val> {
@@ -21,11 +16,8 @@ pub fn decoder(g: &mut Graph, dvb: &Vb, dims: &VaeDims, x: &str, grid: usize) ->
     let mut ch = dims.level_channels[levels - 1];
     let mut hw = grid;
     let mid = dvb.pp("mid");
-    let mut h = resnet_block(g, &mid.pp("block_1"), &NAMES, x, (ch, ch), groups, hw)?;
-    if a.mid_attention {
-        h = attn_block(g, &mid.pp("attn_1"), &NAMES, &h, ch, groups, hw)?;
-    }
-    h = resnet_block(g, &mid.pp("block_2"), &NAMES, &h, (ch, ch), groups, hw)?;
+    let parts = [mid.pp("block_1"), mid.pp("attn_1"), mid.pp("block_2")];
+    let mut h = mid_block(g, parts, &NAMES, &NAMES, a.mid_attention, x, ch, groups, hw)?;
     for l in (0..levels).rev() {
         let up = dvb.pp("up").pp(l);
         let cout = dims.level_channels[l];
