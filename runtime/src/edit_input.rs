@@ -99,7 +99,82 @@ fn fit_mask(img: &GrayImage, size: u32) -> GrayImage {
 pub fn source_from_png(bytes: &[u8], what: &str, size: usize) -> Result<Source> {
     let img = decode(bytes, what)?;
     let has_alpha = img.color().has_alpha();
-    let rgba = img.to_rgba8();
+    source_from_rgba(img.to_rgba8(), has_alpha, sha256_hex(bytes), size)
+}
+
+/// A source image from an 8-bit pixel buffer `[height, width, channels]` (3: RGB, 4: RGBA,
+/// whose alpha is a mask where it is not opaque), fitted to `size`: what the C ABI and
+/// the Python package hand over.
+pub fn source_from_pixels(
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    channels: usize,
+    size: usize,
+) -> Result<Source> {
+    if !(channels == 3 || channels == 4) || width == 0 || height == 0 {
+        return Err(Error::BadArgument(format!(
+            "a source image is {width}x{height} with {channels} channels; expected a non-empty \
+             image with 3 (RGB) or 4 (RGBA) channels"
+        )));
+    }
+    if pixels.len() != width * height * channels {
+        return Err(Error::BadArgument(format!(
+            "a {width}x{height} image with {channels} channels holds {} bytes, not {}",
+            width * height * channels,
+            pixels.len()
+        )));
+    }
+    let rgba = RgbaImage::from_fn(width as u32, height as u32, |x, y| {
+        let i = (y as usize * width + x as usize) * channels;
+        let a = if channels == 4 { pixels[i + 3] } else { 255 };
+        image::Rgba([pixels[i], pixels[i + 1], pixels[i + 2], a])
+    });
+    source_from_rgba(rgba, channels == 4, sha256_hex(pixels), size)
+}
+
+/// A mask from an 8-bit grey buffer `[height, width]` (any value above 0 = regenerate), of
+/// its image's size as given or the model's `size`; fitted like the image.
+pub fn mask_from_grey(
+    values: &[u8],
+    width: usize,
+    height: usize,
+    source_size: (usize, usize),
+    size: usize,
+) -> Result<Mask> {
+    if values.len() != width * height {
+        return Err(Error::BadArgument(format!(
+            "a {width}x{height} mask holds {} bytes, not {}",
+            width * height,
+            values.len()
+        )));
+    }
+    if (width, height) != source_size && (width, height) != (size, size) {
+        return Err(Error::BadArgument(format!(
+            "the mask is {width}x{height} but its image is {}x{} (a mask must be its image's \
+             size, or the model's {size}x{size})",
+            source_size.0, source_size.1
+        )));
+    }
+    let grey =
+        GrayImage::from_raw(width as u32, height as u32, values.to_vec()).expect("length checked");
+    let grey = if (width, height) == (size, size) {
+        grey
+    } else {
+        fit_mask(&grey, size as u32)
+    };
+    Ok(Mask {
+        size,
+        values: grey.into_raw(),
+    })
+}
+
+fn source_from_rgba(
+    rgba: RgbaImage,
+    has_alpha: bool,
+    sha256: String,
+    size: usize,
+) -> Result<Source> {
     let (w, h) = rgba.dimensions();
     let size32 = size as u32;
     let alpha = has_alpha
@@ -126,7 +201,7 @@ pub fn source_from_png(bytes: &[u8], what: &str, size: usize) -> Result<Source> 
             values: m.into_raw(),
         }),
         fitted_from,
-        sha256: sha256_hex(bytes),
+        sha256,
     })
 }
 
@@ -144,30 +219,15 @@ pub fn mask_from_png(
     source_size: (u32, u32),
     size: usize,
 ) -> Result<Mask> {
-    let img = decode(bytes, what)?;
-    let (w, h) = (img.width(), img.height());
-    let size32 = size as u32;
-    if (w, h) != source_size && (w, h) != (size32, size32) {
-        return Err(Error::BadArgument(format!(
-            "{what}: the mask is {w}x{h} but its image is {}x{} (a mask must be its image's \
-             size, or the model's {size}x{size})",
-            source_size.0, source_size.1
-        )));
-    }
-    let rgb = img.to_rgb8();
-    let grey = GrayImage::from_fn(w, h, |x, y| {
-        let p = rgb.get_pixel(x, y).0;
-        image::Luma([p[0].max(p[1]).max(p[2])])
-    });
-    let grey = if (w, h) == (size32, size32) {
-        grey
-    } else {
-        fit_mask(&grey, size32)
-    };
-    Ok(Mask {
-        size,
-        values: grey.into_raw(),
-    })
+    let rgb = decode(bytes, what)?.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    let grey: Vec<u8> = rgb
+        .pixels()
+        .map(|p| p.0[0].max(p.0[1]).max(p.0[2]))
+        .collect();
+    let source = (source_size.0 as usize, source_size.1 as usize);
+    mask_from_grey(&grey, w as usize, h as usize, source, size)
+        .map_err(|e| Error::BadArgument(format!("{what}: {e}")))
 }
 
 /// A mask from a PNG file (see [`mask_from_png`]).
