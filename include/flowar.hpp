@@ -11,6 +11,11 @@
 //       return true;  // false cancels (flowar::Error with FLOWAR_CODE_CANCELLED)
 //     });
 //     // image i: rgb.data() + i * pipe.width() * pipe.height() * pipe.channels()
+//
+//     // In-painting (a model folder with a VAE encoder): regenerate where mask > 0.
+//     flowar::Request edit;
+//     edit.edit_image(rgb_pixels, w, h, 3, mask_pixels, w, h).classes({3}).set("composite", true);
+//     std::vector<uint8_t> edited = pipe.generate(edit);
 #ifndef FLOWAR_HPP
 #define FLOWAR_HPP
 
@@ -95,13 +100,13 @@ class Options {
 };
 
 /// What to generate: classes plus settings by name ("seed", "first_index", "cfg",
-/// "guidance", "steps", "solver").
+/// "guidance", "steps", "solver"), and for an edit source images with optional masks plus
+/// the edit settings ("count", "keep_scales", "invert_mask", "composite", "unconditional").
 class Request {
  public:
   Request() { check(flowar_request_create(h_.out())); }
   Request& classes(const std::vector<int32_t>& ids) {
     check(flowar_request_set_classes(h_.get(), ids.data(), ids.size()));
-    count_ = ids.size();
     return *this;
   }
   Request& classes(std::initializer_list<int32_t> ids) {
@@ -117,17 +122,51 @@ class Request {
     return *this;
   }
   Request& set(const char* name, int value) { return set(name, static_cast<int64_t>(value)); }
+  Request& set(const char* name, bool value) { return set(name, static_cast<int64_t>(value)); }
   Request& set(const char* name, double value) {
     check(flowar_request_set_float(h_.get(), name, value));
     return *this;
   }
-  /// Number of images (0 until classes() is called).
-  size_t count() const noexcept { return count_; }
+
+  /// Adds a source image to edit (see flowar_request_add_edit_image; the buffers are
+  /// copied): `pixels` is height * width * channels bytes (channels 3: RGB, 4: RGBA), `mask`
+  /// (nullptr: none) mask_height * mask_width grey bytes, above 0 = regenerate.
+  Request& edit_image(const uint8_t* pixels, size_t pixels_len, size_t width, size_t height,
+                      size_t channels, const uint8_t* mask = nullptr, size_t mask_len = 0,
+                      size_t mask_width = 0, size_t mask_height = 0) {
+    check(flowar_request_add_edit_image(h_.get(), pixels, pixels_len, width, height, channels,
+                                        mask, mask_len, mask_width, mask_height));
+    return *this;
+  }
+  /// An image to edit without a mask (an RGBA image's transparency is its mask).
+  Request& edit_image(const std::vector<uint8_t>& pixels, size_t width, size_t height,
+                      size_t channels) {
+    return edit_image(pixels.data(), pixels.size(), width, height, channels);
+  }
+  /// An image to edit and its mask.
+  Request& edit_image(const std::vector<uint8_t>& pixels, size_t width, size_t height,
+                      size_t channels, const std::vector<uint8_t>& mask, size_t mask_width,
+                      size_t mask_height) {
+    return edit_image(pixels.data(), pixels.size(), width, height, channels, mask.data(),
+                      mask.size(), mask_width, mask_height);
+  }
+  /// Removes the edit images and resets the edit settings: generate from scratch again.
+  Request& clear_edit() {
+    check(flowar_request_clear_edit(h_.get()));
+    return *this;
+  }
+
+  /// Number of images a generate call makes: the classes, or edit images * "count" (0
+  /// until classes() or edit_image() is called).
+  size_t count() const {
+    size_t n = 0;
+    check(flowar_request_image_count(h_.get(), &n));
+    return n;
+  }
   const FlowarRequest* get() const noexcept { return h_.get(); }
 
  private:
   detail::Handle<FlowarRequest, flowar_request_destroy> h_;
-  size_t count_ = 0;
 };
 
 /// Progress: (scale, step, total_steps) -> keep going? Returning false cancels.
@@ -172,7 +211,8 @@ class Pipeline {
     check(st);
   }
 
-  /// Generates the request's images: count * height * width * 3 bytes, image after image.
+  /// Generates the request's images (or edits): count * height * width * 3 bytes, image
+  /// after image; edit j of source image i is image i * count + j.
   std::vector<uint8_t> generate(const Request& request, const Progress& progress = nullptr) {
     std::vector<uint8_t> out(buffer_size(request.count()));
     generate_into(request, out.data(), out.size(), progress);

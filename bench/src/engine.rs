@@ -9,19 +9,24 @@ use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
 use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
 use flowar_exporter::quantize::Quantize;
 use flowar_runtime::backend::{BackendOptions, Provider};
+use flowar_runtime::image::RgbImage;
 use flowar_runtime::manifest::{FlowKind, Manifest};
-use flowar_runtime::{Pipeline, PipelineOptions, ProviderChoice, Request, Solver, StageTimes};
+use flowar_runtime::{
+    EditPlan, Mask, Pipeline, PipelineOptions, ProviderChoice, Request, Solver, StageTimes,
+};
 
 use crate::calibrate::{calibrate, model_shapes};
-use crate::flops::generation_flops;
+use crate::flops::{generation_flops, vae_encoder_flops, FlopCount};
 use crate::report::{
-    civil_date, BatchReport, Flops, Machine, ModelInfo, ProviderReport, Report, Settings, Stat,
+    civil_date, BatchReport, EditCase, EditSettings, Flops, Machine, ModelInfo, ProviderReport,
+    Report, Settings, Stat, VsGenerate,
 };
 
 /// `flowar bench` options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// A converted model folder.
+    /// A converted model folder (`flowar bench` without --model or --preset: the bundled
+    /// demo, converted on first use).
     #[arg(long, conflicts_with = "preset")]
     pub model: Option<PathBuf>,
     /// A released architecture with seeded random weights (s, l or h), converted once into
@@ -88,6 +93,110 @@ pub struct Args {
     /// Print nothing but errors.
     #[arg(long)]
     pub quiet: bool,
+    /// generate, or edit: each batch is generated, then its own images are edited (VAE
+    /// encoder, then the teacher-forced sampler), every edit case measured against the
+    /// generation in the same runs. Needs a model folder with a VAE encoder.
+    #[arg(long, default_value = "generate", value_parser = ["generate", "edit"])]
+    pub mode: String,
+    /// --mode edit: keep the first K scales of the source whole, one edit case per value,
+    /// comma-separated (default: 2). Scales with nothing to regenerate skip the flow head.
+    #[arg(long, value_delimiter = ',')]
+    pub keep_scales: Vec<usize>,
+    /// --mode edit: what to regenerate from scale K on: none (everything: a variation),
+    /// center (the middle half of the image, each side), left (the left half); one edit
+    /// case per value, comma-separated (default: none).
+    #[arg(long, value_delimiter = ',', value_parser = ["none", "center", "left"])]
+    pub mask: Vec<String>,
+    /// --mode edit: regenerate outside the mask instead (out-painting).
+    #[arg(long)]
+    pub invert_mask: bool,
+}
+
+/// One `--mode edit` case: keep the first `keep_scales` scales whole, and from there
+/// regenerate under `mask` (`none`: everything).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EditSpec {
+    pub keep_scales: usize,
+    pub mask: String,
+    pub invert_mask: bool,
+}
+
+impl EditSpec {
+    /// E.g. `variation k=2`, `inpaint center`, `outpaint left k=1`.
+    pub fn label(&self) -> String {
+        let k = if self.keep_scales > 0 {
+            format!(" k={}", self.keep_scales)
+        } else {
+            String::new()
+        };
+        match (self.mask.as_str(), self.invert_mask) {
+            ("none", _) => format!("variation k={}", self.keep_scales),
+            (m, false) => format!("inpaint {m}{k}"),
+            (m, true) => format!("outpaint {m}{k}"),
+        }
+    }
+
+    /// The mask of a `size` x `size` image (white = regenerate), `None` for `none`.
+    pub fn mask(&self, size: usize) -> Option<Mask> {
+        let inside: &dyn Fn(usize, usize) -> bool = match self.mask.as_str() {
+            "center" => &|x, y| {
+                (size / 4..size - size / 4).contains(&x) && (size / 4..size - size / 4).contains(&y)
+            },
+            "left" => &|x, _| x < size / 2,
+            _ => return None,
+        };
+        let values = (0..size * size)
+            .map(|p| {
+                if inside(p % size, p / size) != self.invert_mask {
+                    255
+                } else {
+                    0
+                }
+            })
+            .collect();
+        Some(Mask { size, values })
+    }
+}
+
+impl Args {
+    /// The edit cases `--mode edit` measures (none in generate mode): every `--keep-scales`
+    /// value with every `--mask`.
+    pub fn edit_specs(&self) -> Result<Vec<EditSpec>, BenchError> {
+        if self.mode != "edit" {
+            if !self.keep_scales.is_empty() || !self.mask.is_empty() || self.invert_mask {
+                return Err(BenchError::Usage(
+                    "--keep-scales, --mask and --invert-mask describe edits: add --mode edit"
+                        .into(),
+                ));
+            }
+            return Ok(vec![]);
+        }
+        let keep = if self.keep_scales.is_empty() {
+            vec![2]
+        } else {
+            self.keep_scales.clone()
+        };
+        let masks = if self.mask.is_empty() {
+            vec!["none".to_string()]
+        } else {
+            self.mask.clone()
+        };
+        if self.invert_mask && masks.iter().all(|m| m == "none") {
+            return Err(BenchError::Usage(
+                "--invert-mask needs a mask (--mask center or left)".into(),
+            ));
+        }
+        Ok(keep
+            .iter()
+            .flat_map(|&k| {
+                masks.iter().map(move |m| EditSpec {
+                    keep_scales: k,
+                    mask: m.clone(),
+                    invert_mask: self.invert_mask && m != "none",
+                })
+            })
+            .collect())
+    }
 }
 
 /// What can stop a benchmark (an unavailable provider does not: it is reported).
@@ -259,6 +368,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         return Err(BenchError::Usage("--providers names no provider".into()));
     }
     let solver: Solver = args.solver.parse()?;
+    let edits = args.edit_specs()?;
     let (dir, source) = match (&args.model, &args.preset) {
         (Some(d), _) => (d.clone(), d.display().to_string()),
         (None, Some(p)) => {
@@ -287,6 +397,29 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         }
     };
     let m = Manifest::load(&dir)?;
+    if !edits.is_empty() {
+        if m.graphs.vae_encoder.is_none() {
+            return Err(BenchError::Usage(format!(
+                "--mode edit needs a VAE encoder, and {} has none (vae_encoder.onnx){}",
+                dir.display(),
+                if args.preset.is_some() {
+                    ": --preset models are converted with random decoder weights only; give \
+                     --model with a folder converted from a VAE checkpoint that holds its \
+                     encoder"
+                } else {
+                    ": convert again with a VAE checkpoint that holds its encoder"
+                }
+            )));
+        }
+        if let Some(e) = edits.iter().find(|e| e.keep_scales > m.scales.len()) {
+            return Err(BenchError::Usage(format!(
+                "--keep-scales {} exceeds the model's {} scales {:?}",
+                e.keep_scales,
+                m.scales.len(),
+                m.scales
+            )));
+        }
+    }
     let sampler = Request::with_defaults(&m).with_sampler(args.cfg, args.guidance, None);
     let sampler = match &args.steps {
         Some(s) => sampler.with_steps(s),
@@ -328,11 +461,18 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
         runs: args.runs,
         batches: args.batch.clone(),
         threads: args.engine.threads,
+        mode: args.mode.clone(),
+        edit: (!edits.is_empty()).then(|| EditSettings {
+            keep_scales: dedup(edits.iter().map(|e| e.keep_scales)),
+            masks: dedup(edits.iter().map(|e| e.mask.clone())),
+            invert_mask: args.invert_mask,
+            seed: edit_seed(args.seed),
+        }),
     };
     let mut reports = Vec::new();
     for &p in &providers {
         log(args, format!("{}: loading", p.name()));
-        let r = match bench_provider(args, p, &dir, &m, &backend, &settings, solver) {
+        let r = match bench_provider(args, p, &dir, &m, &backend, &settings, solver, &edits) {
             Ok(r) => r,
             Err(e) => ProviderReport {
                 provider: p.name().into(),
@@ -362,6 +502,175 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     })
 }
 
+/// The edits' noise seed: another draw than the sources', so that a variation is one.
+fn edit_seed(seed: u64) -> u64 {
+    seed.wrapping_add(1)
+}
+
+fn dedup<T: PartialEq>(xs: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for x in xs {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// An edit plan's skipped scales and regenerated tokens per scale.
+type PlanSummary = (Vec<usize>, Vec<usize>);
+
+/// One timed run: the sampler's stage times, the encoder's (edits) and end to end.
+struct Run {
+    times: StageTimes,
+    encoder: Option<f64>,
+    total: f64,
+}
+
+/// Edits `sources` (the batch's generated images) as `spec` says: encoder, plan, then the
+/// teacher-forced sampler, timed from the images to the edited images.
+fn run_edit(
+    pipe: &mut Pipeline,
+    m: &Manifest,
+    base: &Request,
+    sources: &[RgbImage],
+    spec: &EditSpec,
+) -> Result<(Run, PlanSummary), BenchError> {
+    let masks: Vec<Option<Mask>> = sources.iter().map(|_| spec.mask(m.image_size)).collect();
+    let rows: Vec<usize> = (0..sources.len()).collect();
+    let t = Instant::now();
+    let tokens = pipe.encode(sources)?;
+    let encoder = t.elapsed().as_secs_f64();
+    let plan = EditPlan::for_rows(&tokens, &masks, spec.keep_scales, &rows, m)?;
+    let req = base.clone().with_edit(Some(plan));
+    let out = pipe.generate(&req, &mut |_| true)?;
+    let total = t.elapsed().as_secs_f64();
+    let plan = req.edit.as_deref().expect("an edit");
+    let skipped = (0..m.scales.len())
+        .filter(|&k| plan.scale(k).all_known())
+        .collect();
+    Ok((
+        Run {
+            times: out.times,
+            encoder: Some(encoder),
+            total,
+        },
+        (skipped, plan.regenerated_per_scale()),
+    ))
+}
+
+/// What every entry of one provider and batch shares.
+struct BatchCommon<'a> {
+    m: &'a Manifest,
+    b: usize,
+    s: &'a Settings,
+    peak: Option<u64>,
+    gpu_memory: Option<u64>,
+    calibration: &'a crate::calibrate::Calibration,
+}
+
+fn batch_report(
+    c: &BatchCommon,
+    runs: &[Run],
+    fc: &FlopCount,
+    encoder_flops: Option<f64>,
+) -> BatchReport {
+    let b = c.b;
+    let stat = |f: &dyn Fn(&Run) -> f64| Stat::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let total = fc.total() + encoder_flops.unwrap_or(0.0);
+    let gflops = stat(&|r| total / r.total / 1e9);
+    let calib = c.calibration.best_gflops.max(f64::MIN_POSITIVE);
+    let n_scales = c.m.scales.len();
+    BatchReport {
+        batch: b,
+        task: "generate".into(),
+        edit: None,
+        runs: c.s.runs,
+        encoder_s: encoder_flops
+            .is_some()
+            .then(|| stat(&|r| r.encoder.unwrap_or(0.0))),
+        ar_s: stat(&|r| r.times.ar.as_secs_f64()),
+        ar_per_scale_s: (0..n_scales)
+            .map(|i| {
+                stat(&|r| {
+                    r.times
+                        .ar_per_scale
+                        .get(i)
+                        .map(Duration::as_secs_f64)
+                        .unwrap_or(0.0)
+                })
+            })
+            .collect(),
+        flow_s: stat(&|r| r.times.flow.as_secs_f64()),
+        flow_calls: runs[0].times.flow_calls,
+        flow_per_call_ms: stat(&|r| {
+            1e3 * r.times.flow.as_secs_f64() / r.times.flow_calls.max(1) as f64
+        }),
+        solver_s: stat(&|r| r.times.solver.as_secs_f64()),
+        upsample_s: stat(&|r| r.times.upsample.as_secs_f64()),
+        vae_s: stat(&|r| r.times.vae.as_secs_f64()),
+        other_s: stat(&|r| {
+            let st = &r.times;
+            r.total
+                - r.encoder.unwrap_or(0.0)
+                - (st.ar + st.flow + st.solver + st.upsample + st.vae).as_secs_f64()
+        }),
+        total_s: stat(&|r| r.total),
+        seconds_per_image: stat(&|r| r.total / b as f64),
+        images_per_second: stat(&|r| b as f64 / r.total),
+        peak_rss_bytes: c.peak,
+        gpu_memory_bytes: c.gpu_memory,
+        flops: Flops {
+            ar: fc.ar(),
+            ar_per_scale: fc.ar_per_scale.clone(),
+            flow: fc.flow(),
+            flow_per_scale: fc.flow_per_scale.clone(),
+            flow_calls: fc.flow_calls_per_scale.iter().sum(),
+            guided_flow_calls: fc.guided_calls_per_scale.iter().sum(),
+            vae: fc.vae,
+            encoder: encoder_flops,
+            total,
+            per_image: total / b as f64,
+        },
+        efficiency: gflops.scaled(1.0 / calib),
+        gflops,
+        calibration: c.calibration.clone(),
+        vs_generate: None,
+    }
+}
+
+/// An edit's runs against the generation's, run `r` with run `r`.
+fn vs_generate(
+    b: usize,
+    gen: &BatchReport,
+    gen_runs: &[Run],
+    edit: &BatchReport,
+    runs: &[Run],
+) -> VsGenerate {
+    let per = 1.0 / b as f64;
+    let paired = |f: &dyn Fn(&Run) -> f64| {
+        Stat::of(
+            &gen_runs
+                .iter()
+                .zip(runs)
+                .map(|(g, e)| f(e) / f(g).max(f64::MIN_POSITIVE))
+                .collect::<Vec<_>>(),
+        )
+    };
+    VsGenerate {
+        generate_flow_calls: gen.flow_calls,
+        flow_calls: edit.flow_calls,
+        generate_flow_s_per_image: gen.flow_s.scaled(per),
+        flow_s_per_image: edit.flow_s.scaled(per),
+        flow_ratio: paired(&|r| r.times.flow.as_secs_f64()),
+        flow_flops_ratio: edit.flops.flow / gen.flops.flow.max(f64::MIN_POSITIVE),
+        generate_seconds_per_image: gen.seconds_per_image,
+        seconds_per_image: edit.seconds_per_image,
+        total_ratio: paired(&|r| r.total),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn bench_provider(
     args: &Args,
     p: Provider,
@@ -370,6 +679,7 @@ fn bench_provider(
     backend: &BackendOptions,
     s: &Settings,
     solver: Solver,
+    edits: &[EditSpec],
 ) -> Result<ProviderReport, BenchError> {
     let opts = PipelineOptions {
         provider: ProviderChoice::Named(p),
@@ -396,12 +706,21 @@ fn bench_provider(
             .with_seed(s.seed)
             .with_solver(solver);
         pipe.validate(&req)?;
+        let edit_req = req.clone().with_seed(edit_seed(s.seed));
+        // The generation's images, the edits' sources (the same every run: seeded).
+        let mut sources: Option<Vec<RgbImage>> = None;
+        let mut plans: Vec<Option<PlanSummary>> = vec![None; edits.len()];
         for w in 0..s.warmup {
             log(args, format!("{}: batch {b}: warm-up {}", p.name(), w + 1));
-            pipe.generate(&req, &mut |_| true)?;
+            let out = pipe.generate(&req, &mut |_| true)?;
+            let src = sources.get_or_insert(out.images);
+            for e in edits {
+                run_edit(&mut pipe, m, &edit_req, src, e)?;
+            }
         }
         reset_peak_rss();
-        let mut times: Vec<(StageTimes, f64)> = Vec::new();
+        let mut gen_runs: Vec<Run> = Vec::new();
+        let mut edit_runs: Vec<Vec<Run>> = (0..edits.len()).map(|_| Vec::new()).collect();
         for r in 0..s.runs {
             let t = Instant::now();
             let out = pipe.generate(&req, &mut |_| true)?;
@@ -410,66 +729,66 @@ fn bench_provider(
                 args,
                 format!("{}: batch {b}: run {}: {total:.3} s", p.name(), r + 1),
             );
-            times.push((out.times, total));
+            gen_runs.push(Run {
+                times: out.times,
+                encoder: None,
+                total,
+            });
+            let src = sources.get_or_insert(out.images);
+            for (i, e) in edits.iter().enumerate() {
+                let (run, plan) = run_edit(&mut pipe, m, &edit_req, src, e)?;
+                log(
+                    args,
+                    format!(
+                        "{}: batch {b}: run {}: {}: {:.3} s",
+                        p.name(),
+                        r + 1,
+                        e.label(),
+                        run.total
+                    ),
+                );
+                edit_runs[i].push(run);
+                plans[i] = Some(plan);
+            }
         }
-        let peak = crate::peak_rss_bytes();
-        let fc = generation_flops(m, b, s.cfg, s.guidance, &|i| req.steps_at(i), solver);
-        let stat = |f: &dyn Fn(&StageTimes, f64) -> f64| {
-            Stat::of(&times.iter().map(|(st, t)| f(st, *t)).collect::<Vec<_>>())
-        };
-        let total = fc.total();
-        let gflops = stat(&|_, t| total / t / 1e9);
-        let calib = calibration.best_gflops.max(f64::MIN_POSITIVE);
-        let n_scales = m.scales.len();
-        batches.push(BatchReport {
-            batch: b,
-            runs: s.runs,
-            ar_s: stat(&|st, _| st.ar.as_secs_f64()),
-            ar_per_scale_s: (0..n_scales)
-                .map(|i| {
-                    stat(&|st, _| {
-                        st.ar_per_scale
-                            .get(i)
-                            .map(Duration::as_secs_f64)
-                            .unwrap_or(0.0)
-                    })
-                })
-                .collect(),
-            flow_s: stat(&|st, _| st.flow.as_secs_f64()),
-            flow_calls: times[0].0.flow_calls,
-            flow_per_call_ms: stat(&|st, _| {
-                1e3 * st.flow.as_secs_f64() / st.flow_calls.max(1) as f64
-            }),
-            solver_s: stat(&|st, _| st.solver.as_secs_f64()),
-            upsample_s: stat(&|st, _| st.upsample.as_secs_f64()),
-            vae_s: stat(&|st, _| st.vae.as_secs_f64()),
-            other_s: stat(&|st, t| {
-                t - (st.ar + st.flow + st.solver + st.upsample + st.vae).as_secs_f64()
-            }),
-            total_s: stat(&|_, t| t),
-            seconds_per_image: stat(&|_, t| t / b as f64),
-            images_per_second: stat(&|_, t| b as f64 / t),
-            peak_rss_bytes: peak,
-            gpu_memory_bytes: if gpu {
+        let common = BatchCommon {
+            m,
+            b,
+            s,
+            peak: crate::peak_rss_bytes(),
+            gpu_memory: if gpu {
                 gpu_memory_bytes(backend.device_id)
             } else {
                 None
             },
-            flops: Flops {
-                ar: fc.ar(),
-                ar_per_scale: fc.ar_per_scale.clone(),
-                flow: fc.flow(),
-                flow_per_scale: fc.flow_per_scale.clone(),
-                flow_calls: fc.flow_calls_per_scale.iter().sum(),
-                guided_flow_calls: fc.guided_calls_per_scale.iter().sum(),
-                vae: fc.vae,
-                total,
-                per_image: total / b as f64,
-            },
-            efficiency: gflops.scaled(1.0 / calib),
-            gflops,
-            calibration,
-        });
+            calibration: &calibration,
+        };
+        let fc = generation_flops(m, b, s.cfg, s.guidance, &|i| req.steps_at(i), solver);
+        let gen = batch_report(&common, &gen_runs, &fc, None);
+        let mut entries = Vec::with_capacity(edits.len());
+        for ((e, runs), plan) in edits.iter().zip(&edit_runs).zip(&plans) {
+            let (skipped, regenerated) = plan.clone().expect("runs >= 1");
+            let efc = fc.clone().without_flow_at(&skipped);
+            let mut r = batch_report(
+                &common,
+                runs,
+                &efc,
+                Some(vae_encoder_flops(m, b).unwrap_or(0.0)),
+            );
+            r.task = "edit".into();
+            r.edit = Some(EditCase {
+                label: e.label(),
+                keep_scales: e.keep_scales,
+                mask: e.mask.clone(),
+                invert_mask: e.invert_mask,
+                skipped_scales: skipped,
+                regenerated_tokens: regenerated,
+            });
+            r.vs_generate = Some(vs_generate(b, &gen, &gen_runs, &r, runs));
+            entries.push(r);
+        }
+        batches.push(gen);
+        batches.extend(entries);
     }
     Ok(ProviderReport {
         provider: p.name().into(),

@@ -36,6 +36,17 @@ impl FlopCount {
     pub fn total(&self) -> f64 {
         self.ar() + self.flow() + self.vae
     }
+
+    /// The same generation with the flow head skipped at `scales` (an edit's scales with
+    /// nothing to regenerate: the sampler runs their AR step but no flow-head call).
+    pub fn without_flow_at(mut self, scales: &[usize]) -> FlopCount {
+        for &k in scales {
+            self.flow_per_scale[k] = 0.0;
+            self.flow_calls_per_scale[k] = 0;
+            self.guided_calls_per_scale[k] = 0;
+        }
+        self
+    }
 }
 
 /// One AR step at a scale of `n` tokens after `past` cached tokens, on `rows` rows.
@@ -144,6 +155,58 @@ pub fn vae_flops(m: &Manifest, batch: usize) -> f64 {
     }
     total += conv(side, ch, 3, 3); // conv_out
     batch as f64 * total
+}
+
+/// The VAE encoder on `batch` images of the model's size (editing), when the folder has
+/// one: `conv_in`, per down level its ResNet blocks (and attention where the manifest
+/// says) and the stride-2 downsampling convolution, the middle block, `conv_out` and
+/// `quant_conv`. Like the rest of this count: products and convolutions only.
+pub fn vae_encoder_flops(m: &Manifest, batch: usize) -> Option<f64> {
+    let v = &m.architecture.vae;
+    let e = v.encoder.as_ref()?;
+    let conv = |side: usize, cin: usize, cout: usize, k: usize| {
+        2.0 * (side * side) as f64 * (cin * cout * k * k) as f64
+    };
+    let resnet = |side: usize, cin: usize, cout: usize| {
+        conv(side, cin, cout, 3)
+            + conv(side, cout, cout, 3)
+            + if cin != cout {
+                conv(side, cin, cout, 1)
+            } else {
+                0.0
+            }
+    };
+    let attn = |side: usize, ch: usize| {
+        let hw = (side * side) as f64;
+        4.0 * conv(side, ch, ch, 1) + 4.0 * hw * hw * ch as f64
+    };
+    let levels = e.level_channels.len();
+    let mut side = m.image_size;
+    let mut ch = v.ch;
+    let mut total = conv(side, 3, ch, 3); // conv_in
+    for (l, &cout) in e.level_channels.iter().enumerate() {
+        for _ in 0..e.num_res_blocks {
+            total += resnet(side, ch, cout);
+            ch = cout;
+            if e.attn_levels.contains(&l) {
+                total += attn(side, ch);
+            }
+        }
+        if l + 1 != levels {
+            side /= 2;
+            total += conv(side, ch, ch, 3); // stride 2: one output per 2x2 input cells
+        }
+    }
+    total += 2.0 * resnet(side, ch, ch);
+    if e.mid_attention {
+        total += attn(side, ch);
+    }
+    let moments = if e.double_z { 2 } else { 1 };
+    total += conv(side, ch, moments * v.z_channels, 3); // conv_out
+    if e.quant_conv {
+        total += conv(side, moments * v.z_channels, moments * m.latent_channels, 1);
+    }
+    Some(batch as f64 * total)
 }
 
 /// Every FLOP of one generation of `batch` images with these sampler settings;

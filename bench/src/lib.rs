@@ -22,19 +22,27 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Converts the test fixture `tests/fixtures/<name>` (e.g. `spatial`, a tiny FlowAR-S
-/// shaped model) into a fresh temporary model folder: `(guard, folder)`.
+/// shaped model; `edit-sd-f8c4`, whose VAE is a diffusers folder `vae/` with its encoder)
+/// into a fresh temporary model folder: `(guard, folder)`.
 pub fn fixture_model(
     name: &str,
 ) -> Result<(tempfile::TempDir, std::path::PathBuf), flowar_exporter::ExportError> {
     use flowar_exporter::checkpoint::Checkpoint;
     use flowar_exporter::convert::{convert, ConvertRequest};
+    use flowar_exporter::vae_checkpoint::VaeCheckpoint;
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures")
         .join(name);
     let tmp = tempfile::tempdir().map_err(|e| flowar_exporter::ExportError::io(&src, e))?;
     let out = tmp.path().join("model");
     let f = Checkpoint::open(&src.join("flowar.pth"))?;
-    let v = Checkpoint::open(&src.join("vae.ckpt"))?;
-    convert(&ConvertRequest::new(&f, &v, &out))?;
+    if src.join("vae").is_dir() {
+        // As `flowar convert --vae DIR` reads it: the weights and the config's scale.
+        let v = VaeCheckpoint::open(&src.join("vae"))?;
+        convert(&ConvertRequest::new(&f, &v, &out).vae_config(v.config()))?;
+    } else {
+        let v = Checkpoint::open(&src.join("vae.ckpt"))?;
+        convert(&ConvertRequest::new(&f, &v, &out))?;
+    }
     Ok((tmp, out))
 }

@@ -12,7 +12,8 @@ use crate::report::Report;
 
 const W: u32 = 960;
 const H: u32 = 540;
-const STAGES: [(&str, RGBColor); 6] = [
+const STAGES: [(&str, RGBColor); 7] = [
+    ("VAE encoder", RGBColor(0x9c, 0x75, 0x5f)),
     ("AR", RGBColor(0x4e, 0x79, 0xa7)),
     ("flow head", RGBColor(0xf2, 0x8e, 0x2b)),
     ("solver step", RGBColor(0x76, 0xb7, 0xb2)),
@@ -65,6 +66,8 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
     // Each bar is labelled with the median end-to-end time, as the tables give it (the
     // stacked stage medians need not add up to it exactly).
     let mut bars: Vec<(String, [f64; STAGES.len()])> = Vec::new();
+    // In edit mode each bar's task, under its provider and batch.
+    let mut tasks: Vec<String> = Vec::new();
     let mut totals: Vec<f64> = Vec::new();
     let mut missing = Vec::new();
     for p in &report.providers {
@@ -75,9 +78,15 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
         for b in &p.batches {
             let per = 1.0 / b.batch as f64;
             totals.push(b.seconds_per_image.median);
+            tasks.push(if report.settings.mode == "edit" {
+                b.task_label().to_string()
+            } else {
+                String::new()
+            });
             bars.push((
                 format!("{} b{}", p.provider, b.batch),
                 [
+                    b.encoder_s.map_or(0.0, |e| e.median) * per,
                     b.ar_s.median * per,
                     b.flow_s.median * per,
                     b.solver_s.median * per,
@@ -88,6 +97,10 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
             ));
         }
     }
+    // The legend lists the encoder only where a bar has one.
+    let legend: Vec<usize> = (0..STAGES.len())
+        .filter(|&k| k != 0 || bars.iter().any(|(_, v)| v[0] > 0.0))
+        .collect();
     let max = bars
         .iter()
         .map(|(_, v)| v.iter().sum::<f64>())
@@ -138,8 +151,9 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
             }
         }
         // Legend swatches.
-        for (k, (_, color)) in STAGES.iter().enumerate() {
-            let y = plot_top + 10 + 26 * k as i32;
+        for (row, &k) in legend.iter().enumerate() {
+            let color = STAGES[k].1;
+            let y = plot_top + 10 + 26 * row as i32;
             area.draw(&Rectangle::new(
                 [(right + 20, y), (right + 36, y + 16)],
                 color.filled(),
@@ -191,6 +205,15 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
         let centre = left + slot * i as i32 + slot / 2;
         let x = centre - 4 * label.len() as i32;
         text(&mut buf, x, bottom + 10, label, 1, dark);
+        let task = &tasks[i];
+        text(
+            &mut buf,
+            centre - 4 * task.chars().count() as i32,
+            bottom + 22,
+            task,
+            1,
+            dark,
+        );
         let total = format!("{seconds:.2} s");
         let y = y_of(vals.iter().sum::<f64>()) - 12;
         text(
@@ -202,9 +225,9 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
             dark,
         );
     }
-    for (k, (name, _)) in STAGES.iter().enumerate() {
-        let y = plot_top + 10 + 26 * k as i32 + 4;
-        text(&mut buf, right + 44, y, name, 1, dark);
+    for (row, &k) in legend.iter().enumerate() {
+        let y = plot_top + 10 + 26 * row as i32 + 4;
+        text(&mut buf, right + 44, y, STAGES[k].0, 1, dark);
     }
     if !missing.is_empty() {
         let note = format!("not available: {}", missing.join(", "));

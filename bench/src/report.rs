@@ -102,6 +102,29 @@ pub struct Settings {
     pub batches: Vec<usize>,
     /// Threads asked for (`null`: every core).
     pub threads: Option<usize>,
+    /// `generate`, or `edit` (`--mode edit`: each batch is generated, then its images are
+    /// edited; see [`EditSettings`]). Absent from reports made before the edit mode.
+    #[serde(default = "generate")]
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<EditSettings>,
+}
+
+fn generate() -> String {
+    "generate".into()
+}
+
+/// What `--mode edit` edits: the generate runs' own images are the sources, so no files
+/// are needed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EditSettings {
+    /// One edit case per value (`--keep-scales`), times each mask.
+    pub keep_scales: Vec<usize>,
+    /// `none`, `center` or `left` (`--mask`), one edit case per value.
+    pub masks: Vec<String>,
+    pub invert_mask: bool,
+    /// The edits' noise seed (the sources are generated with `seed`).
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +148,9 @@ pub struct Flops {
     pub flow_calls: usize,
     pub guided_flow_calls: usize,
     pub vae: f64,
+    /// The VAE encoder (edits only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<f64>,
     pub total: f64,
     pub per_image: f64,
 }
@@ -134,7 +160,15 @@ pub struct Flops {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchReport {
     pub batch: usize,
+    /// `generate`, or `edit` (then [`BatchReport::edit`] says which).
+    #[serde(default = "generate")]
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<EditCase>,
     pub runs: usize,
+    /// The VAE encoder (edits only): the batch's source images to tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_s: Option<Stat>,
     pub ar_s: Stat,
     pub ar_per_scale_s: Vec<Stat>,
     pub flow_s: Stat,
@@ -160,6 +194,47 @@ pub struct BatchReport {
     pub calibration: Calibration,
     /// `gflops / calibration.best_gflops`.
     pub efficiency: Stat,
+    /// An edit against the generate entry of the same provider, batch and sampler settings,
+    /// measured in the same runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs_generate: Option<VsGenerate>,
+}
+
+/// One edit case of `--mode edit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EditCase {
+    /// E.g. `variation k=2`, `inpaint center`, `outpaint left k=1`.
+    pub label: String,
+    pub keep_scales: usize,
+    /// `none`, `center` or `left`.
+    pub mask: String,
+    pub invert_mask: bool,
+    /// Scales with nothing to regenerate (every token known): no flow-head call there.
+    pub skipped_scales: Vec<usize>,
+    /// Tokens regenerated per scale, over the batch (coarse to fine).
+    pub regenerated_tokens: Vec<usize>,
+}
+
+/// An edit measured against generation: the same batch, steps, CFG and solver, the runs
+/// interleaved (generate, then each edit, run after run), so that drift of the machine
+/// touches both alike. Ratios are edit / generate, paired run by run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VsGenerate {
+    pub generate_flow_calls: usize,
+    pub flow_calls: usize,
+    /// Flow-head seconds per image, generate and edit.
+    pub generate_flow_s_per_image: Stat,
+    pub flow_s_per_image: Stat,
+    /// Flow-head time, edit / generate.
+    pub flow_ratio: Stat,
+    /// Flow-head FLOPs, edit / generate (`src/flops.rs`): what skipping the scales saves
+    /// in work.
+    pub flow_flops_ratio: f64,
+    /// End-to-end seconds per image, generate and edit (the edit's with its encoder).
+    pub generate_seconds_per_image: Stat,
+    pub seconds_per_image: Stat,
+    /// End to end, edit / generate.
+    pub total_ratio: Stat,
 }
 
 fn ms(s: f64) -> String {
@@ -188,6 +263,17 @@ fn pct(part: f64, total: f64) -> String {
 impl Report {
     /// The results as Markdown: settings, the main table, stage shares and AR per scale.
     pub fn markdown(&self) -> String {
+        if self.settings.mode == "edit" {
+            return self.markdown_edit();
+        }
+        let mut out = self.header();
+        out.push_str("Medians over the timed runs; s/image and img/s give min–max too. \"efficiency\" is the achieved GFLOP/s (analytic FLOPs / end-to-end time) over the best matmul GFLOP/s the same provider reached at the model's shapes in this run.\n\n");
+        self.generate_tables(&mut out);
+        out
+    }
+
+    /// The first line: model, settings, machine, date.
+    fn header(&self) -> String {
         let mut out = String::new();
         let m = &self.model;
         let s = &self.settings;
@@ -210,7 +296,10 @@ impl Report {
             self.machine.cores,
             self.date
         ));
-        out.push_str("Medians over the timed runs; s/image and img/s give min–max too. \"efficiency\" is the achieved GFLOP/s (analytic FLOPs / end-to-end time) over the best matmul GFLOP/s the same provider reached at the model's shapes in this run.\n\n");
+        out
+    }
+
+    fn generate_tables(&self, out: &mut String) {
         out.push_str("| provider | batch | load s | AR s | flow s (calls × ms) | solver ms | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
         out.push_str(
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -281,7 +370,133 @@ impl Report {
                 ));
             }
         }
+    }
+
+    /// `--mode edit`: every case's stages (the encoder its own), what each edit saves
+    /// against the generation of the same batch, and the stage shares.
+    fn markdown_edit(&self) -> String {
+        let mut out = self.header();
+        let s = &self.settings;
+        if let Some(e) = &s.edit {
+            out.push_str(&format!(
+                "Edit mode: each batch is generated (seed {}), and its images are the sources of the edits (seed {}; keep_scales {:?}, masks {:?}{}). Per timed run the generation and then every edit run in turn, so ratios are paired run by run. An edit's time runs from its source images to its edited images: the VAE encoder, then the teacher-forced sampler; a scale with nothing to regenerate runs its AR step but no flow-head call.\n\n",
+                s.seed,
+                e.seed,
+                e.keep_scales,
+                e.masks,
+                if e.invert_mask { ", inverted" } else { "" }
+            ));
+        }
+        out.push_str("Medians over the timed runs; s/image and img/s give min–max too. \"efficiency\" is the achieved GFLOP/s (analytic FLOPs, the encoder's included, / end-to-end time) over the best matmul GFLOP/s the same provider reached at the model's shapes in this run.\n\n");
+        out.push_str("| provider | batch | task | load s | encoder s | AR s | flow s (calls × ms) | solver ms | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
+        out.push_str(
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for p in &self.providers {
+            if !p.available {
+                out.push_str(&format!(
+                    "| {} | – | not available: {} | | | | | | | | | | | | | | |\n",
+                    p.provider,
+                    p.reason
+                        .as_deref()
+                        .unwrap_or("unknown")
+                        .replace('|', "/")
+                        .replace('\n', " ")
+                ));
+                continue;
+            }
+            for b in &p.batches {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} ({} × {}) | {} | {} | {} | {} | {} ({}–{}) | {:.3} ({:.3}–{:.3}) | {} | {:.1} | {:.1} | {:.0}% |\n",
+                    p.provider,
+                    b.batch,
+                    b.task_label(),
+                    p.load_s.map(secs).unwrap_or_else(|| "–".into()),
+                    b.encoder_s.map(|e| secs(e.median)).unwrap_or_else(|| "–".into()),
+                    secs(b.ar_s.median),
+                    secs(b.flow_s.median),
+                    b.flow_calls,
+                    ms(b.flow_per_call_ms.median / 1e3),
+                    ms(b.solver_s.median),
+                    ms(b.upsample_s.median),
+                    secs(b.vae_s.median),
+                    ms(b.other_s.median),
+                    secs(b.seconds_per_image.median),
+                    secs(b.seconds_per_image.min),
+                    secs(b.seconds_per_image.max),
+                    b.images_per_second.median,
+                    b.images_per_second.min,
+                    b.images_per_second.max,
+                    b.peak_rss_bytes
+                        .map(|x| format!("{:.0}", x as f64 / (1 << 20) as f64))
+                        .unwrap_or_else(|| "–".into()),
+                    b.gflops.median,
+                    b.calibration.best_gflops,
+                    100.0 * b.efficiency.median,
+                ));
+            }
+        }
+        out.push_str("\nEach edit against the generation of the same batch (edit / generate, medians of the per-run ratios, min–max):\n\n| provider | batch | task | skipped scales | flow calls | flow ms / image | flow time ratio | flow FLOP ratio | s / image | end-to-end ratio |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+        for p in self.providers.iter().filter(|p| p.available) {
+            for b in &p.batches {
+                let (Some(e), Some(v)) = (&b.edit, &b.vs_generate) else {
+                    continue;
+                };
+                let ratio = |r: &Stat| format!("{:.3} ({:.3}–{:.3})", r.median, r.min, r.max);
+                out.push_str(&format!(
+                    "| {} | {} | {} | {:?} | {} → {} | {} → {} | {} | {:.3} | {} → {} | {} |\n",
+                    p.provider,
+                    b.batch,
+                    e.label,
+                    e.skipped_scales,
+                    v.generate_flow_calls,
+                    v.flow_calls,
+                    ms(v.generate_flow_s_per_image.median),
+                    ms(v.flow_s_per_image.median),
+                    ratio(&v.flow_ratio),
+                    v.flow_flops_ratio,
+                    secs(v.generate_seconds_per_image.median),
+                    secs(v.seconds_per_image.median),
+                    ratio(&v.total_ratio),
+                ));
+            }
+        }
+        out.push_str("\nShare of end-to-end time (medians):\n\n| provider | batch | task | encoder | AR | flow | solver | upsample | VAE | other | AR per scale ms |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for p in self.providers.iter().filter(|p| p.available) {
+            for b in &p.batches {
+                let t = b.total_s.median;
+                let per_scale: Vec<String> = b
+                    .ar_per_scale_s
+                    .iter()
+                    .zip(&self.model.scales)
+                    .map(|(x, side)| format!("{side}²: {}", ms(x.median)))
+                    .collect();
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    p.provider,
+                    b.batch,
+                    b.task_label(),
+                    b.encoder_s
+                        .map(|e| pct(e.median, t))
+                        .unwrap_or_else(|| "–".into()),
+                    pct(b.ar_s.median, t),
+                    pct(b.flow_s.median, t),
+                    pct(b.solver_s.median, t),
+                    pct(b.upsample_s.median, t),
+                    pct(b.vae_s.median, t),
+                    pct(b.other_s.median, t),
+                    per_scale.join(", ")
+                ));
+            }
+        }
         out
+    }
+}
+
+impl BatchReport {
+    /// `generate`, or the edit case's label.
+    pub fn task_label(&self) -> &str {
+        self.edit.as_ref().map_or(self.task.as_str(), |e| &e.label)
     }
 }
 

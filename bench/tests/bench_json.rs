@@ -195,3 +195,185 @@ fn a_step_schedule_is_benchmarked_and_counted() {
         "and the FLOP model counts it"
     );
 }
+
+/// `--mode edit` on the edit fixture (a diffusers VAE folder with its encoder): the batch
+/// is generated, then its images are edited, and every case is an entry beside the
+/// generation with its encoder stage. A variation keeping the first scales makes fewer
+/// flow-head calls than the generation with the same steps (the fully known scales skip the
+/// flow head); an in-painting, whose every scale has something to regenerate, makes as
+/// many. Counts only: nothing here looks at how fast anything was.
+#[test]
+fn edit_mode_measures_each_case_against_generation() {
+    let (_guard, model) = flowar_bench::fixture_model("edit-sd-f8c4").expect("convert fixture");
+    let out = tempfile::tempdir().unwrap();
+    let (json, md, png) = (
+        out.path().join("e.json"),
+        out.path().join("e.md"),
+        out.path().join("e.png"),
+    );
+    let steps = 3;
+    let cmd = Cmd::parse_from([
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--mode",
+        "edit",
+        "--keep-scales",
+        "0,3",
+        "--mask",
+        "none,center",
+        "--providers",
+        "tract",
+        "--steps",
+        &steps.to_string(),
+        "--warmup",
+        "0",
+        "--runs",
+        "2",
+        "--calibration-s",
+        "0.01",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+        "--markdown",
+        md.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    flowar_bench::engine::run(cmd.args).expect("bench runs");
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["settings"]["mode"], "edit");
+    assert_eq!(
+        v["settings"]["edit"]["keep_scales"],
+        serde_json::json!([0, 3])
+    );
+    let scales = v["model"]["scales"].as_array().unwrap().len();
+    assert_eq!(scales, 5, "edit-sd-f8c4 has scales 1, 2, 4, 8, 16");
+    let p = &v["providers"][0];
+    assert_eq!(p["available"], true, "tract always runs: {}", p["reason"]);
+    let entries = p["batches"].as_array().unwrap();
+    let labels: Vec<&str> = entries
+        .iter()
+        .map(|b| {
+            b["edit"]["label"]
+                .as_str()
+                .unwrap_or(b["task"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "generate",
+            "variation k=0",
+            "inpaint center",
+            "variation k=3",
+            "inpaint center k=3"
+        ],
+        "the generation, then every keep-scales x mask case"
+    );
+
+    let gen = &entries[0];
+    assert_eq!(gen["task"], "generate");
+    assert!(gen["encoder_s"].is_null() && gen["vs_generate"].is_null());
+    let gen_calls = gen["flow_calls"].as_u64().unwrap();
+    assert_eq!(
+        gen_calls,
+        (scales * steps) as u64,
+        "Euler: one call per step"
+    );
+    for b in entries {
+        let label = b["edit"]["label"].as_str().unwrap_or("generate");
+        assert_eq!(b["runs"], 2);
+        for k in STAT_FIELDS {
+            assert!(is_stat(&b[k]), "{label}: {k} = {}", b[k]);
+        }
+        assert_eq!(b["ar_per_scale_s"].as_array().unwrap().len(), scales);
+        assert_eq!(
+            b["flops"]["flow_calls"], b["flow_calls"],
+            "{label}: the FLOP model counts the calls made"
+        );
+        assert!(b["flops"]["total"].as_f64().unwrap() > 0.0);
+        if b["task"] == "generate" {
+            continue;
+        }
+        assert_eq!(b["task"], "edit");
+        assert!(
+            is_stat(&b["encoder_s"]),
+            "{label}: the encoder is its own stage"
+        );
+        assert!(b["flops"]["encoder"].as_f64().unwrap() > 0.0, "{label}");
+        let e = &b["edit"];
+        let skipped: Vec<u64> = e["skipped_scales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_u64().unwrap())
+            .collect();
+        let calls = b["flow_calls"].as_u64().unwrap();
+        assert_eq!(
+            calls,
+            gen_calls - (skipped.len() * steps) as u64,
+            "{label}: no flow-head call at a skipped scale"
+        );
+        let keep = e["keep_scales"].as_u64().unwrap();
+        // The first `keep` scales are known whole; past them, some token is regenerated
+        // (a mask's cells at 1x1 cover it, and a variation regenerates everything).
+        assert_eq!(skipped, (0..keep).collect::<Vec<_>>(), "{label}");
+        let regen = e["regenerated_tokens"].as_array().unwrap();
+        assert_eq!(regen.len(), scales);
+        assert!(regen[..keep as usize].iter().all(|n| n == 0));
+        let vs = &b["vs_generate"];
+        assert_eq!(vs["generate_flow_calls"], gen_calls);
+        assert_eq!(vs["flow_calls"], calls);
+        for k in [
+            "flow_ratio",
+            "total_ratio",
+            "flow_s_per_image",
+            "generate_flow_s_per_image",
+        ] {
+            assert!(is_stat(&vs[k]), "{label}: vs_generate.{k} = {}", vs[k]);
+        }
+        let flop_ratio = vs["flow_flops_ratio"].as_f64().unwrap();
+        if keep > 0 {
+            assert!(
+                calls < gen_calls,
+                "{label}: {calls} calls, generate {gen_calls}"
+            );
+            assert!(flop_ratio < 1.0, "{label}: flow FLOP ratio {flop_ratio}");
+        } else {
+            assert_eq!(calls, gen_calls, "{label}: every scale has work");
+            assert_eq!(flop_ratio, 1.0, "{label}");
+        }
+    }
+
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.contains("| tract | 1 | variation k=3 | [0, 1, 2] | 15 → 6 |"),
+        "{md}"
+    );
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // The saved report renders again, in the same layout.
+    let again = out.path().join("again.md");
+    let cmd = Cmd::parse_from([
+        "bench",
+        "--from-json",
+        json.to_str().unwrap(),
+        "--quiet",
+        "--markdown",
+        again.to_str().unwrap(),
+    ]);
+    flowar_bench::engine::run(cmd.args).expect("re-render");
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), md);
+}
+
+/// The edit options without `--mode edit` are a usage error, not silently ignored.
+#[test]
+fn edit_options_need_edit_mode() {
+    let cmd = Cmd::parse_from(["bench", "--model", "unused", "--keep-scales", "2"]);
+    let err = flowar_bench::engine::measure(&cmd.args).unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("--mode edit"),
+        "{err}"
+    );
+}

@@ -161,6 +161,27 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// A switch: the integer 0 or 1, or the string "0", "1", "false" or "true".
+    pub(crate) fn bool(self, name: &str) -> Result<bool, Error> {
+        match self {
+            Value::Int(0) => Ok(false),
+            Value::Int(1) => Ok(true),
+            Value::Str(s) => match s.trim() {
+                "0" | "false" => Ok(false),
+                "1" | "true" => Ok(true),
+                _ => Err(bad(format!(
+                    "`{name}` is a switch: 0 / 1 (or \"false\" / \"true\"), got \"{s}\""
+                ))),
+            },
+            Value::Int(i) => Err(bad(format!(
+                "`{name}` is a switch: 0 / 1 (or \"false\" / \"true\"), got {i}"
+            ))),
+            Value::Float(f) => Err(bad(format!(
+                "`{name}` is a switch: 0 / 1 (or \"false\" / \"true\"), got {f}"
+            ))),
+        }
+    }
+
     pub(crate) fn str(self, name: &str) -> Result<&'a str, Error> {
         match self {
             Value::Str(s) => Ok(s),
@@ -278,5 +299,10 @@ mod tests {
         assert!(Value::Float(f64::INFINITY).float("x").is_err());
         assert!(Value::Str("1e400").float("x").is_err());
         assert!(Value::Int(1).str("s").is_err());
+        assert!(Value::Str(" true ").bool("b").unwrap());
+        assert!(!Value::Int(0).bool("b").unwrap());
+        assert!(Value::Int(2).bool("b").is_err());
+        assert!(Value::Str("yes").bool("b").is_err());
+        assert!(Value::Float(1.0).bool("b").is_err());
     }
 }

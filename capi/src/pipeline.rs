@@ -3,7 +3,9 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Mutex;
 
-use flowar_runtime::{Error, Pipeline, PipelineOptions, Progress, Request};
+use flowar_runtime::edit_input;
+use flowar_runtime::image::RgbImage;
+use flowar_runtime::{Error, Mask, Pipeline, PipelineOptions, Progress, Request};
 
 use crate::{bad, c_str, guard, out_handle, put, FlowarOptions, FlowarRequest, FlowarStatus};
 
@@ -262,18 +264,31 @@ impl FlowarPipeline {
     }
 }
 
-/// Generates the request's images into `out_rgb`: image `i` (in the order of the class
-/// ids) at byte offset `i * height * width * 3`, rows top to bottom, pixels `R, G, B`.
+/// Generates the request's images into `out_rgb`: image `i` at byte offset
+/// `i * height * width * 3`, rows top to bottom, pixels `R, G, B`. Without edit images,
+/// image `i` is of class `class_ids[i]`; with edit images (`flowar_request_add_edit_image`),
+/// image `i * count + j` is edit `j` of source image `i` ("count" defaults to 1).
 /// `out_len` is the buffer's size in bytes and must be at least
-/// `flowar_pipeline_buffer_size(count)`; the buffer is written only on success.
+/// `flowar_pipeline_buffer_size(n)`, `n` from `flowar_request_image_count`; the buffer is
+/// written only on success.
+///
+/// An edit encodes each source image once with the model's VAE encoder, then samples with
+/// the source's tokens teacher-forced wherever they are kept: where the mask is 0 (or,
+/// with "invert_mask", where it is not), and at scales below "keep_scales". With
+/// "composite", the source's pixels are pasted back where the mask keeps them.
 ///
 /// `progress` (may be NULL) is called after every ODE step with `user_data`; a nonzero
 /// return cancels the run (`FLOWAR_CODE_CANCELLED`). The call blocks until the images are
 /// done; on one pipeline, concurrent calls wait for each other.
 ///
-/// Errors: NULL pipeline / request / buffer, a request without classes, a class id >= the
-/// model's class count, a buffer too small, cfg < 1, guidance outside [0, 1], steps < 2
-/// (`FLOWAR_CODE_BAD_ARGUMENT`, checked before any work); cancellation; backend failures.
+/// Errors (`FLOWAR_CODE_BAD_ARGUMENT`, checked before any work unless noted): NULL pipeline
+/// / request / buffer, a request without classes, a class id >= the model's class count, a
+/// buffer too small, cfg < 1, guidance outside [0, 1], steps < 2. For an edit: a model
+/// folder without a VAE encoder (`FLOWAR_CODE_MODEL`, checked first), classes neither one
+/// nor one per image, classes with "unconditional", "unconditional" with cfg other than 1,
+/// "keep_scales" past the model's scales, a mask neither its image's size nor the model's,
+/// "invert_mask" without any mask, "composite" with an image without a mask; edit
+/// settings on a request without edit images. Then: cancellation; backend failures.
 ///
 /// # Safety
 /// `pipeline` and `request` are NULL or live; `out_rgb` is NULL or valid for `out_len`
@@ -295,31 +310,38 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
         if out_rgb.is_null() {
             return Err(bad("`out_rgb` is NULL"));
         }
-        if r.classes.is_empty() {
-            return Err(bad(
-                "the request has no classes: call flowar_request_set_classes first",
-            ));
+        let editing = !r.edit.images.is_empty();
+        if !editing {
+            if let Some(name) = r.edit.changed().first() {
+                return Err(bad(format!(
+                    "`{name}` is an edit setting, but the request has no edit images: add them \
+                     with flowar_request_add_edit_image (or reset the edit settings with \
+                     flowar_request_clear_edit)"
+                )));
+            }
+            if r.classes.is_empty() {
+                return Err(bad(
+                    "the request has no classes: call flowar_request_set_classes first",
+                ));
+            }
         }
-        let need = p.buffer_size(r.classes.len())?;
+        let n = r.num_images();
+        let need = p.buffer_size(n)?;
         if out_len < need {
             return Err(bad(format!(
-                "`out_len` is {out_len} bytes, too small for {} images of {}x{}x{}: need {need}",
-                r.classes.len(),
-                p.width,
-                p.height,
-                CHANNELS
+                "`out_len` is {out_len} bytes, too small for {n} images of {}x{}x{}: need {need}",
+                p.width, p.height, CHANNELS
             )));
         }
-        let req = p
+        let base = p
             .defaults
             .clone()
             .with_sampler(r.cfg, r.guidance, None)
-            .with_images(r.classes.clone(), r.first_index)?
             .with_seed(r.seed)
             .with_solver(r.solver);
-        let req = match &r.steps {
-            Some(steps) => req.with_steps(steps),
-            None => req,
+        let base = match &r.steps {
+            Some(steps) => base.with_steps(steps),
+            None => base,
         };
         let mut pipe = p.inner.lock().map_err(|_| Error::Poisoned {
             what: "this pipeline".into(),
@@ -335,10 +357,16 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
                 rc == 0
             }
         };
-        let output = pipe.generate(&req, &mut on_progress)?;
+        let (mut output, edit) = if editing {
+            let (req, edit) = prepare_edit(&mut pipe, r, base)?;
+            (pipe.generate(&req, &mut on_progress)?, Some(edit))
+        } else {
+            let req = base.with_images(r.classes.clone(), r.first_index)?;
+            (pipe.generate(&req, &mut on_progress)?, None)
+        };
         drop(pipe);
         let size = p.width * p.height * CHANNELS;
-        if output.images.len() != r.classes.len()
+        if output.images.len() != n
             || output
                 .images
                 .iter()
@@ -352,6 +380,15 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
                 ),
             });
         }
+        if let Some(edit) = edit.filter(|e| e.composite) {
+            for (row, img) in output.images.iter_mut().enumerate() {
+                let i = row / edit.count;
+                let mask = edit.masks[i]
+                    .as_ref()
+                    .ok_or_else(|| bad(format!("edit image {i} has no mask to composite with")))?;
+                edit_input::composite(img, &edit.sources[i], mask)?;
+            }
+        }
         // SAFETY: `out_rgb` is not NULL (checked above), so it is valid for `out_len >= need`
         // bytes of writes (the caller's contract); `need <= isize::MAX` (`buffer_size`).
         let dst = unsafe { std::slice::from_raw_parts_mut(out_rgb, need) };
@@ -360,4 +397,134 @@ pub unsafe extern "C" fn flowar_pipeline_generate(
         }
         Ok(())
     })
+}
+
+/// What compositing an edit's outputs needs: per source image its fitted pixels and mask.
+struct PreparedEdit {
+    sources: Vec<RgbImage>,
+    masks: Vec<Option<Mask>>,
+    count: usize,
+    composite: bool,
+}
+
+/// Prefixes a bad-argument error with the edit image it is about.
+fn in_image(i: usize, e: Error) -> Error {
+    match e {
+        Error::BadArgument(msg) => bad(format!("edit image {i}: {msg}")),
+        e => e,
+    }
+}
+
+/// Checks an edit request against the model, fits its images and masks, and encodes them:
+/// the request to sample (`base` with the edit's classes, indices and plan). Every check
+/// comes before the encoder runs.
+fn prepare_edit(
+    pipe: &mut Pipeline,
+    r: &FlowarRequest,
+    base: Request,
+) -> Result<(Request, PreparedEdit), Error> {
+    // Before anything else: a folder without an encoder says how to get one.
+    pipe.model_mut().require_encoder()?;
+    let e = &r.edit;
+    let m = pipe.manifest();
+    let (size, null_class, scales) = (m.image_size, m.null_class, m.scales.clone());
+    let n = e.images.len();
+    if e.keep_scales > scales.len() {
+        return Err(bad(format!(
+            "`keep_scales` {} exceeds the model's {} scales {scales:?}",
+            e.keep_scales,
+            scales.len()
+        )));
+    }
+    let (classes, base) = if e.unconditional {
+        if !r.classes.is_empty() {
+            return Err(bad(format!(
+                "`unconditional` edits use the model's null class, but the request also has \
+                 {} class id(s): use a request without classes, or unset `unconditional`",
+                r.classes.len()
+            )));
+        }
+        if let Some(cfg) = r.cfg.filter(|&c| c != 1.0) {
+            return Err(bad(format!(
+                "`unconditional` edits have no class for guidance to steer to, so cfg must be \
+                 1 or unset, not {cfg}"
+            )));
+        }
+        (
+            vec![null_class; n],
+            base.with_sampler(Some(1.0), None, None),
+        )
+    } else {
+        let classes = match r.classes.len() {
+            0 => {
+                return Err(bad(
+                    "an edit needs classes: one for all edit images or one per image \
+                     (flowar_request_set_classes), or the `unconditional` setting",
+                ))
+            }
+            1 => vec![r.classes[0]; n],
+            k if k == n => r.classes.clone(),
+            k => {
+                return Err(bad(format!(
+                    "{k} classes for {n} edit images: give one class per image, or one for all"
+                )))
+            }
+        };
+        (classes, base)
+    };
+    let mut sources = Vec::with_capacity(n);
+    let mut masks = Vec::with_capacity(n);
+    for (i, im) in e.images.iter().enumerate() {
+        let source =
+            edit_input::source_from_pixels(&im.pixels, im.width, im.height, im.channels, size)
+                .map_err(|err| in_image(i, err))?;
+        let mask = match &im.mask {
+            Some(g) => Some(
+                edit_input::mask_from_grey(
+                    &g.values,
+                    g.width,
+                    g.height,
+                    (im.width, im.height),
+                    size,
+                )
+                .map_err(|err| in_image(i, err))?,
+            ),
+            None => source.alpha_mask,
+        };
+        sources.push(source.image);
+        masks.push(if e.invert_mask {
+            mask.map(|m| m.inverted())
+        } else {
+            mask
+        });
+    }
+    if e.invert_mask && masks.iter().all(Option::is_none) {
+        return Err(bad(
+            "`invert_mask` needs a mask (the `mask` of flowar_request_add_edit_image, or an \
+             RGBA image's alpha), but no edit image has one",
+        ));
+    }
+    if e.composite {
+        if let Some(i) = masks.iter().position(Option::is_none) {
+            return Err(bad(format!(
+                "`composite` pastes the source back where its mask keeps it, but edit image \
+                 {i} has no mask (pass one to flowar_request_add_edit_image, or give an RGBA \
+                 image with transparency)"
+            )));
+        }
+    }
+    // Row `k` edits image `k / count`.
+    let rows: Vec<usize> = (0..n * e.count).map(|k| k / e.count).collect();
+    let row_classes = rows.iter().map(|&i| classes[i]).collect();
+    let req = base.with_images(row_classes, r.first_index)?;
+    // The sampler settings against the model, before the encoder runs.
+    pipe.validate(&req)?;
+    let plan = pipe.edit_plan(&sources, &masks, e.keep_scales, &rows)?;
+    let edit = PreparedEdit {
+        sources,
+        masks,
+        count: e.count,
+        composite: e.composite,
+    };
+    Ok((req.with_edit(Some(plan)), edit))
 }

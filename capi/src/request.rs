@@ -1,4 +1,5 @@
-//! A generation request: classes plus sampler settings, set by name.
+//! A generation request: classes plus sampler settings, set by name, and optionally source
+//! images to edit.
 
 use std::ffi::c_char;
 
@@ -8,8 +9,9 @@ use flowar_runtime::{Error, Solver};
 use crate::{bad, c_str, guard, out_handle, put, FlowarStatus, Value};
 
 /// What to generate. Create with `flowar_request_create`, fill with
-/// `flowar_request_set_classes` and the `flowar_request_set*` setters, free with
-/// `flowar_request_destroy`. A request is not tied to a pipeline and may be reused.
+/// `flowar_request_set_classes` and the `flowar_request_set*` setters (and, for an edit,
+/// `flowar_request_add_edit_image`), free with `flowar_request_destroy`. A request is not
+/// tied to a pipeline and may be reused.
 pub struct FlowarRequest {
     pub(crate) classes: Vec<usize>,
     pub(crate) first_index: u64,
@@ -18,9 +20,87 @@ pub struct FlowarRequest {
     pub(crate) guidance: Option<f64>,
     pub(crate) steps: Option<Steps>,
     pub(crate) solver: Solver,
+    /// Source images to edit (empty: generate from scratch), with the edit settings.
+    pub(crate) edit: EditSettings,
+}
+
+/// A source image as the caller handed it over (copied): `[height, width, channels]` bytes,
+/// and its optional grey mask `[mask_height, mask_width]`.
+#[derive(Debug, Clone)]
+pub(crate) struct EditImage {
+    pub(crate) pixels: Vec<u8>,
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+    pub(crate) channels: usize,
+    pub(crate) mask: Option<GreyMask>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GreyMask {
+    pub(crate) values: Vec<u8>,
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+}
+
+/// An edit's images and settings; the defaults are a request that generates from scratch.
+#[derive(Debug, Clone)]
+pub(crate) struct EditSettings {
+    pub(crate) images: Vec<EditImage>,
+    /// Edits per source image.
+    pub(crate) count: usize,
+    pub(crate) keep_scales: usize,
+    pub(crate) invert_mask: bool,
+    pub(crate) composite: bool,
+    pub(crate) unconditional: bool,
+}
+
+impl Default for EditSettings {
+    fn default() -> Self {
+        EditSettings {
+            images: Vec::new(),
+            count: 1,
+            keep_scales: 0,
+            invert_mask: false,
+            composite: false,
+            unconditional: false,
+        }
+    }
+}
+
+impl EditSettings {
+    /// The edit settings set to something other than their defaults (each needs images).
+    pub(crate) fn changed(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.count != 1 {
+            out.push("count");
+        }
+        if self.keep_scales != 0 {
+            out.push("keep_scales");
+        }
+        if self.invert_mask {
+            out.push("invert_mask");
+        }
+        if self.composite {
+            out.push("composite");
+        }
+        if self.unconditional {
+            out.push("unconditional");
+        }
+        out
+    }
 }
 
 impl FlowarRequest {
+    /// The number of images the request makes: one per class, or, for an edit, `count` per
+    /// source image.
+    pub(crate) fn num_images(&self) -> usize {
+        if self.edit.images.is_empty() {
+            self.classes.len()
+        } else {
+            self.edit.images.len().saturating_mul(self.edit.count)
+        }
+    }
+
     fn set(&mut self, name: &str, value: Value) -> Result<(), Error> {
         match name {
             "seed" => self.seed = value.uint(name)?,
@@ -38,9 +118,25 @@ impl FlowarRequest {
                 })
             }
             "solver" => self.solver = value.str(name)?.parse()?,
+            "count" => {
+                let n = value.uint(name)?;
+                if n == 0 {
+                    return Err(bad("`count` (edits per image) must be at least 1"));
+                }
+                self.edit.count = usize::try_from(n).map_err(|_| bad("`count` is too large"))?;
+            }
+            "keep_scales" => {
+                let n = value.uint(name)?;
+                self.edit.keep_scales =
+                    usize::try_from(n).map_err(|_| bad("`keep_scales` is too large"))?;
+            }
+            "invert_mask" => self.edit.invert_mask = value.bool(name)?,
+            "composite" => self.edit.composite = value.bool(name)?,
+            "unconditional" => self.edit.unconditional = value.bool(name)?,
             _ => {
                 return Err(bad(format!(
-                    "unknown request setting `{name}` (known: seed, first_index, cfg, guidance, steps, solver)"
+                    "unknown request setting `{name}` (known: seed, first_index, cfg, guidance, \
+                     steps, solver, count, keep_scales, invert_mask, composite, unconditional)"
                 )))
             }
         }
@@ -67,6 +163,7 @@ pub unsafe extern "C" fn flowar_request_create(out: *mut *mut FlowarRequest) -> 
             guidance: None,
             steps: None,
             solver: Solver::Euler,
+            edit: EditSettings::default(),
         };
         // SAFETY: `out_handle` rejected NULL, so `out` is valid for a write (the contract).
         unsafe { put(out, request) };
@@ -87,7 +184,9 @@ pub unsafe extern "C" fn flowar_request_destroy(request: *mut *mut FlowarRequest
 
 /// Sets the images to generate: `count` images, image `i` of class `class_ids[i]`.
 /// `class_ids` must hold `count` values; `count` must be at least 1; ids must be >= 0 (the
-/// upper bound, the model's class count, is checked by `flowar_pipeline_generate`).
+/// upper bound, the model's class count, is checked by `flowar_pipeline_generate`). For an
+/// edit (a request with edit images) the classes are one for all images (`count` 1) or one
+/// per edit image, in the order added.
 ///
 /// # Safety
 /// `request` is NULL or live; `class_ids` is NULL or points to `count` readable values.
@@ -137,6 +236,19 @@ pub unsafe extern "C" fn flowar_request_set_classes(
 ///   longer the reference's output). A schedule's length must match the model's scales.
 /// - "solver": "euler" (default) or "heun".
 ///
+/// Edit settings (they need source images, see `flowar_request_add_edit_image`;
+/// `flowar_pipeline_generate` refuses them on a request without any):
+/// - "count": edits per source image, >= 1 (default 1). Edit `j` of image `i` is output
+///   image `i * count + j`, with global index `first_index + i * count + j`.
+/// - "keep_scales": keep the first K scales of the source whole (a variation); with a
+///   mask, the mask applies from scale K on. At most the model's number of scales.
+/// - "invert_mask": 0 / 1 (or "false" / "true"): regenerate outside the mask instead
+///   (out-painting). Needs a mask on at least one image.
+/// - "composite": 0 / 1: paste the source's pixels back wherever its mask keeps them, so
+///   the kept region is the input's bit for bit. Every image needs a mask.
+/// - "unconditional": 0 / 1: edit without a class (the model's null class with guidance
+///   off); the request must then have no classes, and cfg must be 1 or unset.
+///
 /// cfg, guidance and steps default to the model's sampler defaults. Range checks that
 /// need the model happen in `flowar_pipeline_generate`. An unknown name or a malformed
 /// value is `FLOWAR_CODE_BAD_ARGUMENT` and leaves the request unchanged.
@@ -160,8 +272,9 @@ pub unsafe extern "C" fn flowar_request_set(
     })
 }
 
-/// Sets a numeric request setting ("seed", "first_index", "steps", "cfg", "guidance")
-/// from an integer. Negative values are errors.
+/// Sets a numeric request setting ("seed", "first_index", "steps", "cfg", "guidance",
+/// "count", "keep_scales") or a switch ("invert_mask", "composite", "unconditional": 0 or
+/// 1) from an integer. Negative values are errors.
 ///
 /// # Safety
 /// `request` is NULL or live; `name` is NULL or a NUL-terminated string.
@@ -197,5 +310,162 @@ pub unsafe extern "C" fn flowar_request_set_float(
         // SAFETY: `name` is NULL or a NUL-terminated string (the caller's contract).
         let name = unsafe { c_str(name, "name") }?;
         r.set(name, Value::Float(value))
+    })
+}
+
+/// Adds a source image to edit, with an optional mask; the request then edits its images
+/// (image `i` in the order added) instead of generating from scratch. Both buffers are
+/// copied: the caller may free them when the call returns.
+///
+/// - `pixels`: `height` rows of `width` pixels, top to bottom, each `channels` bytes: 3
+///   (`R, G, B`) or 4 (`R, G, B, A`). `pixels_len` must be exactly
+///   `width * height * channels`. An RGBA image whose alpha is not fully opaque and that has
+///   no `mask` is masked by its alpha (transparent = regenerate). Any size is accepted:
+///   images of another size than the model's are fitted to it the way the reference's data
+///   pipeline prepares images (box-halved while at least twice its size, bicubic resize
+///   of the short side, centre crop).
+/// - `mask` (may be NULL: no mask): `mask_height` rows of `mask_width` grey bytes, any
+///   value above 0 = regenerate (white), 0 = keep. `mask_len` must be exactly
+///   `mask_width * mask_height`. It must be the image's size or the model's (checked by
+///   `flowar_pipeline_generate`) and is fitted like the image. With a NULL mask,
+///   `mask_len`, `mask_width` and `mask_height` must be 0.
+///
+/// An image without a mask (nor alpha) is regenerated whole from scale `keep_scales` on.
+/// Classes: one for all images or one per image (`flowar_request_set_classes`), or the
+/// "unconditional" setting. Errors (`FLOWAR_CODE_BAD_ARGUMENT`, the request unchanged):
+/// NULL request or pixels, channels not 3 or 4, an empty image or mask, a length that is
+/// not the stated size.
+///
+/// # Safety
+/// `request` is NULL or live; `pixels` is NULL or valid for `pixels_len` bytes of reads;
+/// `mask` is NULL or valid for `mask_len` bytes of reads.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn flowar_request_add_edit_image(
+    request: *mut FlowarRequest,
+    pixels: *const u8,
+    pixels_len: usize,
+    width: usize,
+    height: usize,
+    channels: usize,
+    mask: *const u8,
+    mask_len: usize,
+    mask_width: usize,
+    mask_height: usize,
+) -> *mut FlowarStatus {
+    guard("flowar_request_add_edit_image", || {
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let r = unsafe { request.as_mut() }.ok_or_else(|| bad("`request` is NULL"))?;
+        if pixels.is_null() {
+            return Err(bad("`pixels` is NULL"));
+        }
+        if !(channels == 3 || channels == 4) {
+            return Err(bad(format!(
+                "`channels` is {channels}: a source image has 3 (RGB) or 4 (RGBA) channels"
+            )));
+        }
+        let need = image_len(width, height, channels, "the image")?;
+        if pixels_len != need {
+            return Err(bad(format!(
+                "`pixels_len` is {pixels_len} bytes, but a {width}x{height} image with \
+                 {channels} channels holds {need}"
+            )));
+        }
+        let mask = if mask.is_null() {
+            if (mask_len, mask_width, mask_height) != (0, 0, 0) {
+                return Err(bad(format!(
+                    "`mask` is NULL (no mask) but `mask_len`, `mask_width`, `mask_height` are \
+                     {mask_len}, {mask_width}, {mask_height}: pass 0 for each without a mask"
+                )));
+            }
+            None
+        } else {
+            let need = image_len(mask_width, mask_height, 1, "the mask")?;
+            if mask_len != need {
+                return Err(bad(format!(
+                    "`mask_len` is {mask_len} bytes, but a {mask_width}x{mask_height} mask \
+                     holds {need} (one grey byte per pixel)"
+                )));
+            }
+            // SAFETY: `mask` is not NULL, so it is valid for `mask_len` bytes of reads (the
+            // caller's contract); `mask_len <= isize::MAX` (`image_len`).
+            let values = unsafe { std::slice::from_raw_parts(mask, mask_len) }.to_vec();
+            Some(GreyMask {
+                values,
+                width: mask_width,
+                height: mask_height,
+            })
+        };
+        // SAFETY: `pixels` is not NULL, so it is valid for `pixels_len` bytes of reads (the
+        // caller's contract); `pixels_len <= isize::MAX` (`image_len`).
+        let pixels = unsafe { std::slice::from_raw_parts(pixels, pixels_len) }.to_vec();
+        r.edit.images.push(EditImage {
+            pixels,
+            width,
+            height,
+            channels,
+            mask,
+        });
+        Ok(())
+    })
+}
+
+/// `width * height * channels` bytes, for a non-empty image whose sides fit in 32 bits.
+fn image_len(width: usize, height: usize, channels: usize, what: &str) -> Result<usize, Error> {
+    if width == 0 || height == 0 {
+        return Err(bad(format!(
+            "{what} is {width}x{height}: it must not be empty"
+        )));
+    }
+    if u32::try_from(width).is_err() || u32::try_from(height).is_err() {
+        return Err(bad(format!("{what} is {width}x{height}: too large")));
+    }
+    width
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(channels))
+        .filter(|&n| n <= isize::MAX as usize)
+        .ok_or_else(|| bad(format!("{what} is {width}x{height}: too large")))
+}
+
+/// Removes the request's edit images and resets the edit settings ("count",
+/// "keep_scales", "invert_mask", "composite", "unconditional") to their defaults: the
+/// request generates from scratch again. Classes and the other settings are kept.
+///
+/// # Safety
+/// `request` is NULL or live.
+#[no_mangle]
+pub unsafe extern "C" fn flowar_request_clear_edit(
+    request: *mut FlowarRequest,
+) -> *mut FlowarStatus {
+    guard("flowar_request_clear_edit", || {
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_mut.
+        let r = unsafe { request.as_mut() }.ok_or_else(|| bad("`request` is NULL"))?;
+        r.edit = EditSettings::default();
+        Ok(())
+    })
+}
+
+/// The number of images `flowar_pipeline_generate` makes for this request (size its buffer
+/// with `flowar_pipeline_buffer_size`): the number of class ids (0 before
+/// `flowar_request_set_classes`), or, for an edit, the number of edit images times
+/// "count".
+///
+/// # Safety
+/// `request` is NULL or live; `out` is NULL or valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn flowar_request_image_count(
+    request: *const FlowarRequest,
+    out: *mut usize,
+) -> *mut FlowarStatus {
+    guard("flowar_request_image_count", || {
+        // SAFETY: `request` is NULL or live (the caller's contract); NULL is handled by as_ref.
+        let r = unsafe { request.as_ref() }.ok_or_else(|| bad("`request` is NULL"))?;
+        if out.is_null() {
+            return Err(bad("`out` is NULL"));
+        }
+        let n = r.num_images();
+        // SAFETY: `out` is not NULL (checked above), so it is valid for a write (the contract).
+        unsafe { *out = n };
+        Ok(())
     })
 }

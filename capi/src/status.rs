@@ -15,12 +15,15 @@ pub enum FlowarCode {
     Ok = 0,
     /// A NULL, malformed or out-of-range argument: NULL handle or buffer, non-UTF-8 string,
     /// unknown option name, buffer too small, no classes, class id out of range, bad
-    /// cfg / guidance / steps / solver.
+    /// cfg / guidance / steps / solver; for an edit, an image or mask whose size does not
+    /// fit, classes that are neither one nor one per image, keep_scales past the model's
+    /// scales, composite without a mask.
     BadArgument = 1,
     /// A file could not be read or written.
     Io = 2,
-    /// The model folder, its manifest or a graph is missing, corrupt or inconsistent, or
-    /// the model produced non-finite values.
+    /// The model folder, its manifest or a graph is missing, corrupt or inconsistent (an
+    /// edit on a folder without a VAE encoder, too), or the model produced non-finite
+    /// values.
     Model = 3,
     /// The execution provider asked for cannot be used here (e.g. "cuda" without a GPU
     /// build of onnxruntime); the message says what is missing.

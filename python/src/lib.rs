@@ -5,6 +5,7 @@
 
 mod classes;
 mod convert;
+mod edit;
 mod errors;
 mod pipeline;
 
@@ -101,6 +102,8 @@ fn _flowar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipeline::Progress>()?;
     m.add_function(wrap_pyfunction!(classes::class_ids, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
+    m.add_function(wrap_pyfunction!(edit::edit_inputs, m)?)?;
+    m.add("EDIT_RULE", edit::RULE)?;
     m.add_function(wrap_pyfunction!(read_image, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(settings, m)?)?;

@@ -297,6 +297,63 @@ int main(int argc, char **argv) {
   EXPECT_ERR(flowar_pipeline_generate(pipe, req, buf, len, NULL, NULL),
              FLOWAR_CODE_BAD_ARGUMENT, "steps");
   EXPECT_OK(flowar_request_set_int(req, "steps", 2));
+
+  /* Edit requests: buffers and settings are checked when given; generating checks the
+   * buffer against the image count first, then that the model can edit (this one has no
+   * VAE encoder). */
+  {
+    uint8_t px[4 * 4 * 4], mk[4 * 4];
+    memset(px, 100, sizeof px);
+    memset(mk, 0, sizeof mk);
+    mk[5] = 255;
+    FlowarRequest *er = NULL;
+    size_t n = 99;
+    EXPECT_OK(flowar_request_create(&er));
+    EXPECT_OK(flowar_request_image_count(er, &n));
+    CHECK(n == 0, "a new request makes 0 images, not %zu", n);
+    EXPECT_ERR(flowar_request_image_count(NULL, &n), FLOWAR_CODE_BAD_ARGUMENT,
+               "`request` is NULL");
+    EXPECT_ERR(flowar_request_image_count(er, NULL), FLOWAR_CODE_BAD_ARGUMENT, "`out` is NULL");
+    EXPECT_ERR(flowar_request_add_edit_image(NULL, px, 48, 4, 4, 3, NULL, 0, 0, 0),
+               FLOWAR_CODE_BAD_ARGUMENT, "`request` is NULL");
+    EXPECT_ERR(flowar_request_add_edit_image(er, NULL, 48, 4, 4, 3, NULL, 0, 0, 0),
+               FLOWAR_CODE_BAD_ARGUMENT, "`pixels` is NULL");
+    EXPECT_ERR(flowar_request_add_edit_image(er, px, 48, 4, 4, 5, NULL, 0, 0, 0),
+               FLOWAR_CODE_BAD_ARGUMENT, "`channels` is 5");
+    EXPECT_ERR(flowar_request_add_edit_image(er, px, 47, 4, 4, 3, NULL, 0, 0, 0),
+               FLOWAR_CODE_BAD_ARGUMENT, "`pixels_len` is 47");
+    EXPECT_ERR(flowar_request_add_edit_image(er, px, 64, 4, 4, 4, mk, 15, 4, 4),
+               FLOWAR_CODE_BAD_ARGUMENT, "`mask_len` is 15");
+    EXPECT_ERR(flowar_request_add_edit_image(er, px, 48, 4, 4, 3, NULL, 16, 4, 4),
+               FLOWAR_CODE_BAD_ARGUMENT, "pass 0");
+    EXPECT_ERR(flowar_request_add_edit_image(er, px, SIZE_MAX, SIZE_MAX / 2, 4, 3, NULL, 0, 0, 0),
+               FLOWAR_CODE_BAD_ARGUMENT, "too large");
+    EXPECT_ERR(flowar_request_set_int(er, "count", 0), FLOWAR_CODE_BAD_ARGUMENT, "at least 1");
+    EXPECT_ERR(flowar_request_set(er, "composite", "maybe"), FLOWAR_CODE_BAD_ARGUMENT,
+               "is a switch");
+    EXPECT_OK(flowar_request_image_count(er, &n));
+    CHECK(n == 0, "failed adds add nothing (%zu images)", n);
+    EXPECT_OK(flowar_request_add_edit_image(er, px, 64, 4, 4, 4, mk, 16, 4, 4));
+    EXPECT_OK(flowar_request_add_edit_image(er, px, 48, 4, 4, 3, NULL, 0, 0, 0));
+    EXPECT_OK(flowar_request_set_int(er, "count", 3));
+    EXPECT_OK(flowar_request_image_count(er, &n));
+    CHECK(n == 6, "2 edit images x count 3 make 6 images, not %zu", n);
+    EXPECT_OK(flowar_request_set_classes(er, one, 1));
+    EXPECT_ERR(flowar_pipeline_generate(pipe, er, buf, 2 * len, NULL, NULL),
+               FLOWAR_CODE_BAD_ARGUMENT, "too small for 6 images");
+    EXPECT_OK(flowar_request_set(er, "count", "1"));
+    EXPECT_ERR(flowar_pipeline_generate(pipe, er, buf, 2 * len, NULL, NULL), FLOWAR_CODE_MODEL,
+               "no VAE encoder");
+    EXPECT_OK(flowar_request_clear_edit(er));
+    EXPECT_OK(flowar_request_image_count(er, &n));
+    CHECK(n == 1, "after clear_edit the request makes its 1 class's image, not %zu", n);
+    EXPECT_OK(flowar_request_set_int(er, "keep_scales", 1));
+    EXPECT_ERR(flowar_pipeline_generate(pipe, er, buf, len, NULL, NULL),
+               FLOWAR_CODE_BAD_ARGUMENT, "`keep_scales` is an edit setting");
+    EXPECT_ERR(flowar_request_clear_edit(NULL), FLOWAR_CODE_BAD_ARGUMENT, "`request` is NULL");
+    flowar_request_destroy(&er);
+  }
+
   int untouched = 1;
   for (size_t i = 0; i < 2 * len; i++) untouched &= buf[i] == 0xAB;
   CHECK(untouched, "a failed generate must not write the buffer");
