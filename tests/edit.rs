@@ -219,7 +219,10 @@ fn planted_faults_in_the_plan_fail_the_fixture() {
             }
         }
     }
-    assert_ne!(nearest, good, "the centre-box and half masks have partial cells");
+    assert_ne!(
+        nearest, good,
+        "the centre-box and half masks have partial cells"
+    );
     let r = tokens_error(name, "inpaint", &run(&mut pipe, nearest));
     assert!(!r.pass, "a nearest-downsampled mask passed: {r:?}");
 
@@ -268,7 +271,9 @@ fn known_cells_keep_the_encoders_tokens_exactly() {
             .with_images(s.labels.clone(), 0)
             .unwrap()
             .with_noise(Some(c.noise.clone()));
-        let out = pipe.edit(&req, &c.images, &masks, 0, &mut |_| true).unwrap();
+        let out = pipe
+            .edit(&req, &c.images, &masks, 0, &mut |_| true)
+            .unwrap();
         let plan = EditPlan::new(&own, 2, m.latent_channels, 16, &m.scales, &masks, 0).unwrap();
         let last = plan.scale(m.scales.len() - 1);
         let nn = 16 * 16;
@@ -307,8 +312,16 @@ fn fully_known_scales_skip_the_flow_head() {
     let c = case(name, "variation", &m);
     let keep = settings(name).keep_scales.unwrap();
     let mut pipe = load(&dir, Provider::Tract);
-    let plan = EditPlan::new(&c.tokens, 2, m.latent_channels, 16, &m.scales, &[None, None], keep)
-        .unwrap();
+    let plan = EditPlan::new(
+        &c.tokens,
+        2,
+        m.latent_channels,
+        16,
+        &m.scales,
+        &[None, None],
+        keep,
+    )
+    .unwrap();
     let edit = pipe
         .generate(&request(name, &m, c.noise.clone(), plan), &mut |_| true)
         .unwrap();
@@ -345,7 +358,10 @@ fn fully_known_scales_skip_the_flow_head() {
         .generate(&request(name, &m, c.noise, plan), &mut |_| true)
         .unwrap();
     assert_eq!(out.times.flow_calls, 0);
-    assert_eq!(out.tokens, c.tokens, "the round trip decodes the source tokens");
+    assert_eq!(
+        out.tokens, c.tokens,
+        "the round trip decodes the source tokens"
+    );
 }
 
 /// A folder converted from a VAE without an encoder still generates, and editing with it
@@ -406,7 +422,13 @@ fn bad_edit_inputs_are_refused_with_clear_errors() {
         height: 64,
         pixels: vec![0; 64 * 64 * 3],
     };
-    let e = err(pipe.edit(&req, &[wrong, c.images[1].clone()], &[None, None], 0, &mut |_| true));
+    let e = err(pipe.edit(
+        &req,
+        &[wrong, c.images[1].clone()],
+        &[None, None],
+        0,
+        &mut |_| true,
+    ));
     assert!(e.contains("source image 0 is 64x64"), "{e}");
     // Fitting: a 2x image with a 2x mask edits like the model-size ones (box halving and
     // nearest masks keep a binary mask binary).
@@ -425,5 +447,8 @@ fn bad_edit_inputs_are_refused_with_clear_errors() {
     let s = m.image_size;
     let src = flowar_runtime::edit_input::source_from_pixels(&big, 2 * s, 2 * s, 3, s).unwrap();
     assert_eq!(src.fitted_from, Some((2 * s as u32, 2 * s as u32)));
-    assert_eq!(src.image, c.images[0], "box-halving a 2x nearest upscale is exact");
+    assert_eq!(
+        src.image, c.images[0],
+        "box-halving a 2x nearest upscale is exact"
+    );
 }

@@ -97,6 +97,18 @@ pub fn print_report(r: &ConvertReport) {
         mp(g.ar_step.parameters + g.flow_head.parameters),
         mp(g.vae_decoder.parameters)
     );
+    match (&g.vae_encoder, &m.architecture.vae.encoder) {
+        (Some(spec), Some(e)) => println!(
+            "vae_encoder {:.1}M ({}, for `flowar edit`): {}",
+            mp(spec.parameters),
+            e.precision,
+            e.rule
+        ),
+        _ => println!(
+            "no VAE encoder in the VAE checkpoint: this folder generates but cannot edit images \
+             (`flowar edit` needs a VAE with its `encoder.*` weights)"
+        ),
+    }
     if !r.ignored_keys.is_empty() {
         let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
         for (_, why) in &r.ignored_keys {
