@@ -452,3 +452,35 @@ fn bad_edit_inputs_are_refused_with_clear_errors() {
         "box-halving a 2x nearest upscale is exact"
     );
 }
+
+/// The encoder stays float32 in float16, bfloat16 and int8 folders, so it meets the
+/// fixture's encoder bound there too (a float16 encoder would not: its tokens carry
+/// float16's 1e-3 relative rounding); the bfloat16 folder's VAE decoder is marked for an
+/// engine's bfloat16, its encoder explicitly for float32.
+#[test]
+fn reduced_precision_folders_keep_an_exact_encoder() {
+    use flowar_exporter::convert::Precision;
+    let name = "edit-kl16";
+    let want = reference(name).f32("enc.tokens").unwrap();
+    for (label, (_t, dir)) in [
+        ("f16", convert_fixture_as(name, Precision::F16)),
+        ("bf16", convert_fixture_as(name, Precision::Bf16)),
+        ("int8", convert_fixture_quantized(name)),
+    ] {
+        let m = Manifest::load(&dir).unwrap();
+        let spec = m.graphs.vae_encoder.as_ref().expect("encoder exported");
+        assert_eq!(spec.inference_precision.as_deref(), Some("f32"), "{label}");
+        assert!(spec.int8_linears.is_empty(), "{label}");
+        let c = case(name, "inpaint", &m);
+        for p in providers_for(&m) {
+            let mut pipe = load(&dir, p);
+            let tokens = pipe.encode(&c.images).unwrap();
+            let r = verify::compare("enc.tokens", &tokens, &want, 2e-4).unwrap();
+            assert!(
+                r.pass && r.max_abs <= MARGIN * KL16.encoder,
+                "{label} on {}: {r:?}",
+                p.name()
+            );
+        }
+    }
+}
