@@ -38,10 +38,44 @@ export FLOWAR_PYTHON="$PWD/.venv/bin/python"
 # shortened fuzzing, no probe override, no extra pytest options.
 unset FLOWAR_BLESS FLOWAR_HOSTILE_ONLY FLOWAR_BIN FLOWAR_FUZZ_SECONDS FLOWAR_FUZZ_SEED \
   FLOWAR_VENV_PROBE PYTEST_ADDOPTS
+# Nor any other variable that changes what a test does: test-only probes and fault
+# injection, pytest plugins.
+unset FLOWAR_OPENVINO_PROBE PYTEST_PLUGINS
+for v in $(compgen -e | grep '^FLOWAR_RAY_TEST_' || true); do unset "$v"; done
 export FLOWAR_REQUIRE_ORT=1
 export FLOWAR_REQUIRE_OPENVINO=1
 export FLOWAR_REQUIRE_ONNX_CHECKER=1
 export FLOWAR_REQUIRE_VALGRIND=1
+# A CPU that computes bfloat16 (AVX512-BF16 or AMX) must run the bf16 path: there a bf16
+# test that finds OpenVINO refusing bf16 fails instead of checking the refusal.
+CPU_NAME="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)"
+CPU_FLAGS="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|amx_bf16|amx_tile)$' | tr '\n' ' ' || true)"
+unset FLOWAR_REQUIRE_BF16
+if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo; then
+  export FLOWAR_REQUIRE_BF16=1
+fi
+# A fresh engine cache (OpenVINO's compiled blobs, TensorRT engines): what the suite covers
+# must not depend on what earlier runs left in ~/.cache/flowar.
+FLOWAR_CACHE_DIR="$(mktemp -d)"
+export FLOWAR_CACHE_DIR
+# Every check that did not run, or ran in another mode, writes one line here
+# (flowar_runtime::test_support::note_skip); the summary below prints them all.
+FLOWAR_SKIP_LOG="$(mktemp)"
+export FLOWAR_SKIP_LOG
+summary() {
+  local rc=$?
+  echo
+  echo "== scripts/test.sh on ${CPU_NAME} (${CPU_FLAGS:-no avx2/avx512/bf16/amx flags}); bf16 required: ${FLOWAR_REQUIRE_BF16:-no}"
+  if [ -s "$FLOWAR_SKIP_LOG" ]; then
+    echo "== NOT RUN or run in another mode ($(sort -u "$FLOWAR_SKIP_LOG" | wc -l) kinds):"
+    sort "$FLOWAR_SKIP_LOG" | uniq -c | sed 's/^ */   /'
+  else
+    echo "== every Rust check ran as written (nothing skipped); Python skips, if any, are listed by pytest above"
+  fi
+  rm -rf "$FLOWAR_CACHE_DIR" "$FLOWAR_SKIP_LOG"
+  exit $rc
+}
+trap summary EXIT
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -53,4 +87,4 @@ PATH="$PWD/.venv/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" .venv/bin/python
   --quiet --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./python
 # `cargo test --workspace` just built the CLI the tests compare against; building it
 # alone (`-p flowar-cli`) would resolve features differently and rebuild half the tree.
-FLOWAR_CLI="${CARGO_TARGET_DIR:-$PWD/target}/debug/flowar" FLOWAR_REQUIRE_RAY=1 .venv/bin/python -m pytest -q -p no:cacheprovider python/tests
+FLOWAR_CLI="${CARGO_TARGET_DIR:-$PWD/target}/debug/flowar" FLOWAR_REQUIRE_RAY=1 .venv/bin/python -m pytest -q -rs -p no:cacheprovider python/tests

@@ -23,7 +23,10 @@ fn capabilities() -> Option<openvino_backend::CpuCapabilities> {
                 std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
                 "OpenVINO is required here: {why}"
             );
-            eprintln!("SKIPPING the OpenVINO runs: {why}");
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("the OpenVINO runs: {why}"),
+            );
             None
         }
     }
@@ -79,7 +82,7 @@ fn bf16_fixtures_verify_on_openvino_where_the_cpu_computes_bf16() {
         if !caps.has_bf16() {
             let err = load_refused(&dir, ProviderChoice::Named(Provider::OpenVino));
             assert!(err.contains("neither AMX nor AVX512-BF16"), "{err}");
-            eprintln!("this CPU has no bf16, refused as it should be: {err}");
+            bf16_missing(&format!("bf16 {name} fixture verified as a refusal"), &err);
             continue;
         }
         let results = verify_on_with_manifest_bounds(name, &dir, Provider::OpenVino, "bf16");
@@ -121,6 +124,7 @@ fn bf16_folders_are_refused_where_bf16_is_not_native() {
                 err.contains("no provider here runs this bfloat16 model"),
                 "{err}"
             );
+            bf16_missing("bf16 `auto` provider choice checked as a refusal", &err);
         }
     }
 }

@@ -247,8 +247,9 @@ fn cpython_checkpoint(dir: &Path, hostile: bool) -> Option<PathBuf> {
                 std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").as_deref() != Ok("1"),
                 "{python} with numpy is required here: {other:?}"
             );
-            eprintln!(
-                "SKIPPING the CPython-pickled checkpoint: {python} could not write it ({other:?})"
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("the CPython-pickled checkpoint: {python} could not write it ({other:?})"),
             );
             None
         }

@@ -128,7 +128,10 @@ fn bf16_graphs_draw_the_classes_on_openvino() {
                 std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
                 "OpenVINO is required here: {why}"
             );
-            eprintln!("SKIPPING: OpenVINO is not installed: {why}");
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("OpenVINO is not installed: {why}"),
+            );
             return;
         }
     };
@@ -136,7 +139,7 @@ fn bf16_graphs_draw_the_classes_on_openvino() {
     if !caps.has_bf16() {
         let err = load_refused(&dir, ProviderChoice::Named(Provider::OpenVino));
         assert!(err.contains("neither AMX nor AVX512-BF16"), "{err}");
-        eprintln!("no bf16 on this CPU; refused as it should be: {err}");
+        bf16_missing("bf16 demo check done as a refusal", &err);
         return;
     }
     let meta = meta();

@@ -140,7 +140,10 @@ fn graphs_pass_the_onnx_checker() {
             std::env::var("FLOWAR_REQUIRE_ONNX_CHECKER").as_deref() != Ok("1"),
             "the onnx Python package is required ({python})"
         );
-        eprintln!("SKIPPING onnx checker: `{python} -c 'import onnx'` failed");
+        flowar_runtime::test_support::note_skip(
+            module_path!(),
+            &format!("onnx checker: `{python} -c 'import onnx'` failed"),
+        );
         return;
     }
     // Exact graphs, int8 ones (DynamicQuantizeLinear, MatMulInteger), float16 ones and

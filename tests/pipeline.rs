@@ -182,7 +182,10 @@ fn missing_provider_is_an_error_and_auto_reports_its_pick() {
                 assert_eq!(provider, p.name());
                 assert!(!reason.is_empty());
             }
-            Ok(_) => eprintln!("SKIPPING: {} is available on this machine", p.name()),
+            Ok(_) => flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("{} is available on this machine", p.name()),
+            ),
             Err(e) => panic!("unexpected error for {}: {e}", p.name()),
         }
     }

@@ -99,3 +99,19 @@ fn int8_and_float16_are_refused_together() {
     let err = int8_conversion_refused_with(Precision::F16);
     assert!(err.contains("--quantize int8 and --dtype f16"), "{err}");
 }
+
+/// The fast-mode provider by name: an int8 folder loads and verifies on ort-cpu, asked
+/// for explicitly (not through a provider list), whenever onnxruntime is here.
+#[test]
+fn int8_folders_run_on_ort_cpu_by_name() {
+    use flowar_runtime::Provider;
+    if !cpu_providers().contains(&Provider::OrtCpu) {
+        return; // recorded by cpu_providers (a failure under FLOWAR_REQUIRE_ORT)
+    }
+    let (_t, dir) = convert_fixture_quantized("spatial");
+    let m = Manifest::load(&dir).unwrap();
+    assert!(providers_for(&m).contains(&Provider::OrtCpu));
+    let results = verify_on_with_manifest_bounds("spatial", &dir, Provider::OrtCpu, "int8");
+    assert_eq!(results.len(), 16);
+    assert!(results.iter().all(|r| r.pass), "{results:?}");
+}

@@ -134,7 +134,10 @@ fn the_engine_cache_is_keyed_by_model_version_precision_and_batch() {
 #[test]
 fn a_missing_tensorrt_is_reported_with_what_was_tried() {
     match tensorrt::library_version(&[]) {
-        Ok(v) => eprintln!("SKIPPING: TensorRT {v} is installed here"),
+        Ok(v) => flowar_runtime::test_support::note_skip(
+            module_path!(),
+            &format!("TensorRT {v} is installed here"),
+        ),
         Err(e) => {
             let e = e.to_string();
             assert!(

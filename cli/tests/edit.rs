@@ -21,7 +21,10 @@ fn providers() -> Vec<&'static str> {
             Ok(()) => v.push(p.name()),
             Err(why) => {
                 assert!(std::env::var(var).as_deref() != Ok("1"), "{var}: {why}");
-                eprintln!("SKIPPING {} in the edit CLI tests: {why}", p.name());
+                flowar_runtime::test_support::note_skip(
+                    module_path!(),
+                    &format!("{} in the edit CLI tests: {why}", p.name()),
+                );
             }
         }
     }

@@ -31,6 +31,7 @@ pub mod rope;
 pub mod sample_set;
 pub mod sampler;
 pub mod tensor;
+pub mod test_support;
 pub mod verify;
 
 pub use backend::Provider;

@@ -30,7 +30,10 @@ fn ort_ok() -> bool {
                 std::env::var("FLOWAR_REQUIRE_ORT").as_deref() != Ok("1"),
                 "onnxruntime is required: {why}"
             );
-            eprintln!("SKIPPING onnxruntime checks: {why}");
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("onnxruntime checks: {why}"),
+            );
             false
         }
     }
@@ -46,7 +49,10 @@ fn openvino_ok() -> bool {
                 std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
                 "OpenVINO is required: {why}"
             );
-            eprintln!("SKIPPING OpenVINO checks: {why}");
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("OpenVINO checks: {why}"),
+            );
             false
         }
     }
@@ -282,7 +288,10 @@ fn gpu_providers_are_unavailable_on_the_cpu_wheel() {
         .map(|d| d.join("libonnxruntime_providers_cuda.so").exists())
         .unwrap_or(false);
     if gpu_wheel {
-        eprintln!("SKIPPING: {} is a GPU build", lib.display());
+        flowar_runtime::test_support::note_skip(
+            module_path!(),
+            &format!("{} is a GPU build", lib.display()),
+        );
         return;
     }
     assert!(ort_backend::provider_available(Provider::OrtCpu).is_ok());

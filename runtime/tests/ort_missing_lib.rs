@@ -88,7 +88,10 @@ fn bogus_library_paths_are_errors_not_panics_and_a_good_one_still_loads_afterwar
                 std::env::var("FLOWAR_REQUIRE_ORT").as_deref() != Ok("1"),
                 "onnxruntime is required here: {why}"
             );
-            eprintln!("SKIPPING the recovery check: {why}");
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("the recovery check: {why}"),
+            );
         }
     }
 }

@@ -100,7 +100,10 @@ pub fn ort_here(test: &str) -> bool {
                 std::env::var("FLOWAR_REQUIRE_ORT").as_deref() != Ok("1"),
                 "onnxruntime is required: {why}"
             );
-            eprintln!("SKIPPING {test}: onnxruntime is not available ({why})");
+            flowar_runtime::test_support::note_skip(
+                module_path!(),
+                &format!("{test}: onnxruntime is not available ({why})"),
+            );
             false
         }
     }

@@ -30,7 +30,10 @@ pub fn venv_has(package_dir: &str, require: &str) -> bool {
             "{package_dir} is required in {}/.venv (scripts/test.sh installs it)",
             repo.display()
         );
-        eprintln!("SKIPPING: no {package_dir} in {}/.venv", repo.display());
+        flowar_runtime::test_support::note_skip(
+            module_path!(),
+            &format!("no {package_dir} in {}/.venv", repo.display()),
+        );
     }
     found
 }
