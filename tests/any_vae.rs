@@ -423,3 +423,53 @@ fn a_diffusers_folder_with_bin_or_fp16_weights_converts() {
         "float16 weights moved a pixel by {worst} levels"
     );
 }
+
+/// A diffusers config's `force_upcast` (true in the fixture, as in SDXL's and SD's
+/// configs; absent means true) keeps the VAE decoder float32 under `--dtype f16`, and the
+/// report says so; with it false the decoder is converted to float16 like the rest.
+#[test]
+fn force_upcast_keeps_the_vae_float32_in_a_float16_folder() {
+    use flowar_exporter::checkpoint::Checkpoint;
+    use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
+    use flowar_exporter::vae_checkpoint::VaeCheckpoint;
+    let src = fixture("sd-f8c4");
+    let tmp = tempfile::tempdir().unwrap();
+    let off = tmp.path().join("no-upcast");
+    std::fs::create_dir(&off).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("vae/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["force_upcast"], serde_json::json!(true));
+    cfg["force_upcast"] = serde_json::json!(false);
+    std::fs::write(off.join("config.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        src.join("vae/diffusion_pytorch_model.safetensors"),
+        off.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let f = Checkpoint::open(&src.join("flowar.pth")).unwrap();
+    let vae_size = |vae: &Path, name: &str| {
+        let v = VaeCheckpoint::open(vae).unwrap();
+        let out = tmp.path().join(name);
+        let r = convert_as(
+            &ConvertRequest::from_files(&f, &src.join("flowar.pth"), &v, &out),
+            Precision::F16,
+        )
+        .unwrap();
+        let size = std::fs::metadata(out.join("vae_decoder.onnx"))
+            .unwrap()
+            .len();
+        (size, r.vae_upcast)
+    };
+    let (upcast_size, note) = vae_size(&src.join("vae"), "upcast");
+    assert!(
+        note.as_deref().is_some_and(|n| n.contains("force_upcast")),
+        "{note:?}"
+    );
+    let (half_size, note) = vae_size(&off, "half");
+    assert_eq!(note, None);
+    assert!(
+        (half_size as f64) < 0.6 * upcast_size as f64,
+        "float16 decoder {half_size} bytes, upcast {upcast_size}"
+    );
+}

@@ -151,6 +151,9 @@ pub fn verify_on_with_manifest_bounds(
 ) -> Vec<flowar_runtime::verify::CaseResult> {
     use flowar_runtime::verify::Tolerances;
     let m = flowar_runtime::manifest::Manifest::load(dir).unwrap();
+    m.verify
+        .check(&m.dtype, m.quantization.is_some())
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let tol = Tolerances {
         graph: m.verify.graph,
         vae: m.verify.vae,

@@ -561,3 +561,53 @@ fn a_step_schedule_runs_each_scale_with_its_own_count() {
         assert!(e.to_string().contains(needle), "{steps}: {e}");
     }
 }
+
+/// A NaN in a VAE decoder weight (here the first post-quant conv, then a conv deep in the
+/// finest up level) stops generation on every CPU provider with an error naming the graph,
+/// the folder's dtype and the cure, and returns no image. tract's min/max kernels turn
+/// such a NaN into finite garbage pixels by the output, so the graph's own
+/// `nonfinite_probe` (means of every ResNet block's output) is what catches it there.
+#[test]
+fn a_nan_in_the_vae_stops_generation_on_every_provider() {
+    let bytes = std::fs::read(fixture("spatial").join("vae.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for key in [
+        "post_quant_conv.weight",
+        "decoder.up.0.block.1.conv2.weight",
+    ] {
+        let mut tensors: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+            .collect();
+        let (_, _, _, data) = tensors.iter_mut().find(|(k, ..)| k == key).unwrap();
+        data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let tmp = tempfile::tempdir().unwrap();
+        let vae = tmp.path().join("nan-vae.safetensors");
+        std::fs::write(&vae, flowar_fuzz::torch::safetensors_bytes(&tensors)).unwrap();
+        let f =
+            flowar_exporter::checkpoint::Checkpoint::open(&fixture("spatial").join("flowar.pth"))
+                .unwrap();
+        let v = flowar_exporter::checkpoint::Checkpoint::open(&vae).unwrap();
+        let dir = tmp.path().join("model");
+        flowar_exporter::convert::convert(
+            &flowar_exporter::convert::ConvertRequest::new(&f, &v, &dir).allow_nonfinite(true),
+        )
+        .unwrap();
+        for p in cpu_providers() {
+            let mut pipe = load(&dir, p);
+            let Err(e) = pipe.generate(&request(&[3], &[0], 0), &mut |_| true) else {
+                panic!("{} with a NaN in {key}: an image came out", p.name());
+            };
+            let msg = e.to_string();
+            assert!(
+                msg.contains("vae_decoder.onnx")
+                    && msg.contains("NaN or infinite")
+                    && msg.contains("float32 folder")
+                    && msg.contains("--dtype f32"),
+                "{} with a NaN in {key}: {msg}",
+                p.name()
+            );
+        }
+    }
+}

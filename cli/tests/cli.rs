@@ -993,3 +993,33 @@ fn bench_from_json_re_renders_a_saved_report() {
     }
     assert!(seen > 0, "no saved reports in {}", results.display());
 }
+
+/// `flowar verify` does not trust the bounds in the manifest it verifies: a manifest
+/// edited to looser ones than flowar writes for its dtype is refused, naming the field.
+#[test]
+fn verify_refuses_a_manifest_with_loosened_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = convert_spatial(tmp.path());
+    let path = model.join("manifest.json");
+    let clean = std::fs::read_to_string(&path).unwrap();
+    for (field, value, needle) in [
+        ("graph", serde_json::json!(1e9), "`verify.graph` is 1e9"),
+        ("vae", serde_json::json!(0.5), "`verify.vae` is 5e-1"),
+        (
+            "pipeline",
+            serde_json::json!(false),
+            "`verify.pipeline` is false",
+        ),
+    ] {
+        let mut m: serde_json::Value = serde_json::from_str(&clean).unwrap();
+        m["verify"][field] = value;
+        std::fs::write(&path, m.to_string()).unwrap();
+        let o = verify_spatial(tmp.path(), &model, &[]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{field}: {t}");
+        assert!(
+            t.contains(needle) && t.contains("float32 folder"),
+            "{field}: {t}"
+        );
+    }
+}

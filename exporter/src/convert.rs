@@ -410,6 +410,9 @@ pub struct ConvertReport {
     /// Staging folders that killed conversions to the same output had left, now removed.
     pub removed_stale: Vec<PathBuf>,
     pub ignored_keys: Vec<(String, &'static str)>,
+    /// Set when a diffusers config's `force_upcast` kept the VAE decoder in float32 under
+    /// a reduced `--dtype`: what `convert` tells the user.
+    pub vae_upcast: Option<String>,
 }
 
 /// Released sampler settings for the detected size; other sizes get FlowAR-S's.
@@ -714,6 +717,16 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
 
     let vused = RefCell::new(BTreeSet::new());
     let vvb = Vb::root(req.vae, &vused, policy);
+    // Large VAEs overflow float16 (SDXL's decoder does): diffusers marks them
+    // `force_upcast`, and they decode in float32 whatever the folder's dtype.
+    let upcast = precision != Precision::F32 && req.vae_config.is_some_and(|c| c.force_upcast);
+    let vae_precision = if upcast { Precision::F32 } else { precision };
+    let vae_upcast = upcast.then(|| {
+        format!(
+            "the VAE's config.json sets force_upcast: its decoder stays float32 in this {} folder",
+            precision.name()
+        )
+    });
     let vae = write_graph(
         &staging.path,
         io::vae_decoder::FILE,
@@ -725,7 +738,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
                 scale: latent_scale,
                 shift: latent_shift,
             },
-            precision,
+            vae_precision,
             EXPORTER_VERSION,
         )?,
         req.external_data_threshold,
@@ -864,6 +877,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         latent_scale_source,
         latent_shift_source,
         ignored_keys: ignored,
+        vae_upcast,
     })
 }
 

@@ -115,3 +115,27 @@ impl std::str::FromStr for Precision {
         }
     }
 }
+
+#[cfg(test)]
+mod bounds_tests {
+    use super::*;
+
+    /// The bounds each precision writes are the ones `flowar verify` accepts as loosest.
+    #[test]
+    fn written_bounds_are_the_pinned_loosest() {
+        for p in [Precision::F32, Precision::F16, Precision::Bf16] {
+            assert_eq!(
+                VerifyBounds::loosest(p.name(), false),
+                Some(p.verify_bounds()),
+                "{}",
+                p.name()
+            );
+        }
+        let int8 = VerifyBounds {
+            graph: INT8_GRAPH_BOUND,
+            pipeline: false,
+            ..Precision::F32.verify_bounds()
+        };
+        assert_eq!(VerifyBounds::loosest("float32", true), Some(int8));
+    }
+}

@@ -69,6 +69,10 @@ pub struct DiffusersVaeConfig {
     pub use_quant_conv: bool,
     #[serde(default)]
     pub down_block_types: Vec<String>,
+    /// diffusers' mark for a VAE that overflows in float16 (SDXL's): decode in float32.
+    /// Absent means true, diffusers' default.
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
 }
 
 fn silu() -> String {

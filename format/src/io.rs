@@ -54,6 +54,11 @@ impl std::fmt::Display for SymbolicDim {
     }
 }
 
+/// The VAE graphs' second output: the sum of the means of the input and of every ResNet
+/// block's output. A NaN or infinity anywhere in them makes it non-finite, even where an
+/// engine's kernels (tract's min/max) would turn the NaN into finite pixels further on.
+pub const NONFINITE_PROBE: &str = "nonfinite_probe";
+
 /// `ar_step.onnx`: the AR transformer, one scale per call, with an explicit KV cache.
 pub mod ar_step {
     pub const FILE: &str = "ar_step.onnx";
@@ -102,6 +107,9 @@ pub mod vae_decoder {
     pub const FILE: &str = "vae_decoder.onnx";
     pub const LATENT: &str = "latent";
     pub const IMAGE: &str = "image";
+    /// `[1]` float32, finite exactly when every probed activation was (see
+    /// [`NONFINITE_PROBE`](super::NONFINITE_PROBE)).
+    pub const NONFINITE: &str = super::NONFINITE_PROBE;
 }
 
 /// `vae_encoder.onnx` (optional: exported when the VAE checkpoint holds an encoder):
@@ -112,6 +120,7 @@ pub mod vae_encoder {
     pub const IMAGE: &str = "image";
     /// `[batch, C, G, G]` float32: `(posterior mean - latent_shift) * latent_scale`.
     pub const TOKENS: &str = "tokens";
+    pub const NONFINITE: &str = super::NONFINITE_PROBE;
 }
 
 /// `solver_step.onnx`: the CFG combination and the float64 state update (no weights).

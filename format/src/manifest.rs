@@ -87,6 +87,59 @@ impl VerifyBounds {
     }
 }
 
+impl VerifyBounds {
+    /// The loosest bounds flowar writes for a folder of `dtype` (`int8` linears when
+    /// `quantized`), pinned here: `flowar verify` refuses a manifest whose bounds are
+    /// looser, so editing `verify.graph` to 1e9 cannot make anything verify. `None` for a
+    /// dtype this format does not define.
+    pub fn loosest(dtype: &str, quantized: bool) -> Option<VerifyBounds> {
+        let (graph, vae, pipeline) = match (dtype, quantized) {
+            ("float32", false) => (1e-4, 1e-3, true),
+            ("float32", true) => (0.5, 1e-3, false),
+            ("float16", false) => (2e-2, 1e-2, false),
+            ("bfloat16", false) => (0.15, 0.12, false),
+            _ => return None,
+        };
+        Some(VerifyBounds {
+            graph,
+            vae,
+            pipeline,
+        })
+    }
+
+    /// Refuses bounds looser than [`VerifyBounds::loosest`] for the folder's kind, naming
+    /// the field and both values.
+    pub fn check(&self, dtype: &str, quantized: bool) -> std::result::Result<(), String> {
+        let kind = if quantized {
+            format!("{dtype} int8")
+        } else {
+            dtype.to_string()
+        };
+        let max = VerifyBounds::loosest(dtype, quantized)
+            .ok_or_else(|| format!("no verification bounds are defined for a {kind} folder"))?;
+        let loose = |field: &str, got: f32, max: f32| {
+            format!(
+                "the manifest's `verify.{field}` is {got:e}, looser than the {max:e} flowar \
+                 writes for a {kind} folder (edited by hand?); re-run `flowar convert`, or \
+                 pass a bound on the command line"
+            )
+        };
+        if self.graph.is_nan() || self.graph > max.graph {
+            return Err(loose("graph", self.graph, max.graph));
+        }
+        if self.vae.is_nan() || self.vae > max.vae {
+            return Err(loose("vae", self.vae, max.vae));
+        }
+        if max.pipeline && !self.pipeline {
+            return Err(format!(
+                "the manifest's `verify.pipeline` is false, but a {kind} folder's end-to-end \
+                 cases are always compared (edited by hand?); re-run `flowar convert`"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for VerifyBounds {
     /// The fixture README's bounds for float32 graphs.
     fn default() -> Self {

@@ -216,6 +216,9 @@ pub fn run(a: Args) -> CliResult {
     print_report(&report);
     if a.preset.is_none() {
         println!("{}", report.latent_norm_note());
+        if let Some(note) = &report.vae_upcast {
+            println!("{note}");
+        }
     }
     println!(
         "wrote {} in {:.1}s",

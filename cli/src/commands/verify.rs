@@ -100,6 +100,10 @@ pub fn run(a: Args) -> CliResult {
     let mut pipe = Pipeline::load(&a.model, &a.backend.options()?)?;
     // Bounds default to the ones the manifest states for its graphs' precision.
     let bounds = pipe.manifest().verify;
+    let m = pipe.manifest();
+    bounds
+        .check(&m.dtype, m.quantization.is_some())
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.model.display())))?;
     let vae = a.vae_tol.unwrap_or(bounds.vae);
     let tol = Tolerances {
         graph: a.tol.unwrap_or(bounds.graph),

@@ -35,7 +35,9 @@ pub(crate) fn resnet_block(
     } else {
         x.to_string()
     };
-    Ok(g.scoped(vb.prefix(), |g| g.add(&skip, &h)))
+    let out = g.scoped(vb.prefix(), |g| g.add(&skip, &h));
+    g.scoped(vb.prefix(), |g| g.probe(&out));
+    Ok(out)
 }
 
 /// Single-head self-attention over the `hw*hw` positions (scale `ch^-0.5`), with a residual.

@@ -64,16 +64,19 @@ pub fn build(
             Dim::Fixed(size),
         ],
     )];
-    let outputs = vec![Io::new(
-        io::TOKENS,
-        Elem::F32,
-        vec![
-            Dim::Sym(BATCH),
-            Dim::Fixed(c),
-            Dim::Fixed(grid),
-            Dim::Fixed(grid),
-        ],
-    )];
+    let outputs = vec![
+        Io::new(
+            io::TOKENS,
+            Elem::F32,
+            vec![
+                Dim::Sym(BATCH),
+                Dim::Fixed(c),
+                Dim::Fixed(grid),
+                Dim::Fixed(grid),
+            ],
+        ),
+        Io::new(io::NONFINITE, Elem::F32, vec![Dim::Fixed(1)]),
+    ];
     for i in &inputs {
         g.input(&i.name, i.elem, &i.dims);
     }
@@ -170,6 +173,10 @@ pub fn build(
         g.mul(&mean, &s)
     });
     g.output(&tokens, io::TOKENS, Elem::F32, &outputs[0].dims);
+    let probe = g
+        .scoped("nonfinite_probe", |g| g.probe_sum())
+        .expect("the encoder's ResNet blocks probe");
+    g.output(&probe, io::NONFINITE, Elem::F32, &[Dim::Fixed(1)]);
     let parameters = g.param_count();
     let doc = format!(
         "KL-VAE encoder ({} layout); {}",

@@ -61,6 +61,8 @@ pub struct Graph {
     quantized: Vec<String>,
     /// Linears compute in bfloat16 (`convert --dtype bf16`; see [`crate::precision`]).
     bf16_products: bool,
+    /// Non-finite probes (see [`Graph::probe`]).
+    probes: Vec<Val>,
 }
 
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
@@ -134,7 +136,26 @@ impl Graph {
             quantize: None,
             quantized: Vec::new(),
             bf16_products: false,
+            probes: Vec::new(),
         }
+    }
+
+    /// Records a non-finite probe of `x`: its float32 mean, NaN or infinite exactly when
+    /// `x` holds a NaN or infinity (no min/max that an engine could let swallow a NaN).
+    pub fn probe(&mut self, x: &str) {
+        let x = self.to_f32(x);
+        let m = self.node("ReduceMean", &[&x], vec![attr_int("keepdims", 0)]);
+        self.probes.push(m);
+    }
+
+    /// The sum of every probe recorded so far, shaped `[1]` (engines read rank-0
+    /// outputs unevenly), if any: finite exactly when every probed activation was.
+    pub fn probe_sum(&mut self) -> Option<Val> {
+        let probes = std::mem::take(&mut self.probes);
+        let mut it = probes.into_iter();
+        let first = it.next()?;
+        let sum = it.fold(first, |acc, p| self.add(&acc, &p));
+        Some(self.reshape(&sum, &[1]))
     }
 
     /// Builds every linear as a bfloat16 product (see [`crate::precision`]).

@@ -356,14 +356,43 @@ impl Model {
     }
 
     /// VAE decode of `latent [batch, C, G, G]` (not yet divided by the latent scale).
+    /// Stops on a non-finite probe (see `flowar_format::io::NONFINITE_PROBE`).
     pub fn decode(&mut self, latent: &Tensor) -> Result<Tensor> {
-        self.vae
+        let mut out = self
+            .vae
             .run(&[(io::vae_decoder::LATENT, latent)])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                self.missing_output(GraphRole::VaeDecoder.name(), io::vae_decoder::IMAGE)
-            })
+            .into_iter();
+        let image = out.next().ok_or_else(|| {
+            self.missing_output(GraphRole::VaeDecoder.name(), io::vae_decoder::IMAGE)
+        })?;
+        self.check_probe(GraphRole::VaeDecoder, out.next())?;
+        Ok(image)
+    }
+
+    /// A VAE graph's `nonfinite_probe` (absent in folders converted before it existed):
+    /// non-finite means a NaN or infinity inside the graph, even where the engine turned
+    /// it into finite values by the output.
+    fn check_probe(&self, role: GraphRole, probe: Option<Tensor>) -> Result<()> {
+        let Some(p) = probe else { return Ok(()) };
+        let value = p.as_f32().and_then(|v| v.first().copied());
+        if value.is_some_and(f32::is_finite) {
+            return Ok(());
+        }
+        let spec = self.manifest.graphs.get(role).expect("a graph that ran");
+        let cure = match role {
+            GraphRole::VaeEncoder => "the encoder computes in float32 in every folder, so its \
+                                      weights are damaged: convert again from a good checkpoint",
+            _ => "large VAEs overflow in float16 (why diffusers configs carry `force_upcast`): \
+                  convert with `--dtype f32`, or check the VAE weights",
+        };
+        Err(Error::Model {
+            path: self.dir.join(&spec.file),
+            reason: format!(
+                "produced NaN or infinite values inside the graph (a {} folder; probe {value:?}); \
+                 nothing was written. {cure}",
+                self.manifest.dtype
+            ),
+        })
     }
 
     /// Whether the folder can edit images (it has `vae_encoder.onnx`).
@@ -404,19 +433,12 @@ impl Model {
             self.encoder = Some(open_graph(&self.dir, &spec, provider, &self.options, None)?);
         }
         let enc = self.encoder.as_mut().expect("just opened");
-        let out = enc
-            .run(&[(io::vae_encoder::IMAGE, image)])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Model {
-                path: self.dir.clone(),
-                reason: format!(
-                    "graph {} returned no `{}` output",
-                    GraphRole::VaeEncoder.name(),
-                    io::vae_encoder::TOKENS
-                ),
-            })?;
-        Ok(out)
+        let mut out = enc.run(&[(io::vae_encoder::IMAGE, image)])?.into_iter();
+        let tokens = out.next().ok_or_else(|| {
+            self.missing_output(GraphRole::VaeEncoder.name(), io::vae_encoder::TOKENS)
+        })?;
+        self.check_probe(GraphRole::VaeEncoder, out.next())?;
+        Ok(tokens)
     }
 
     fn missing_output(&self, graph: &str, name: &str) -> Error {

@@ -165,11 +165,17 @@ pub fn run(
         path: model.dir.clone(),
         reason: "the VAE decoder's `image` is not float32".into(),
     })?;
-    if let Some(bad) = image.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
-            scale: n_scales,
-            step: 0,
-            what: format!("VAE output element {bad}"),
+    let bad = image.iter().filter(|x| !x.is_finite()).count();
+    if bad > 0 {
+        // Nothing is written: the caller gets this error instead of images.
+        return Err(Error::Model {
+            path: model.dir.join(&m.graphs.vae_decoder.file),
+            reason: format!(
+                "the VAE decoder produced {bad} NaN or infinite pixel values (a {} folder); \
+                 large VAEs overflow in float16 (why diffusers configs carry `force_upcast`): \
+                 convert with `--dtype f32`, or check the VAE weights",
+                m.dtype
+            ),
         });
     }
     let images = to_rgb8(&image, b, h, wd);

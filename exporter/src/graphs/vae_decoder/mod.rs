@@ -4,7 +4,8 @@
 //!
 //! Input: `latent [batch, C, G, G]` exactly as sampled; the decode rule
 //! `latent / latent_scale + latent_shift` runs inside this graph, then `post_quant_conv`
-//! where the VAE has one. Output: `image [batch, 3, G*stride, G*stride]`, unclamped.
+//! where the VAE has one. Outputs: `image [batch, 3, G*stride, G*stride]`, unclamped, and
+//! `nonfinite_probe` (see `flowar_format::io::NONFINITE_PROBE`).
 
 mod diffusers;
 mod ldm;
@@ -71,16 +72,19 @@ pub fn build(
             Dim::Fixed(grid),
         ],
     )];
-    let outputs = vec![Io::new(
-        io::IMAGE,
-        Elem::F32,
-        vec![
-            Dim::Sym(BATCH),
-            Dim::Fixed(3),
-            Dim::Fixed(image),
-            Dim::Fixed(image),
-        ],
-    )];
+    let outputs = vec![
+        Io::new(
+            io::IMAGE,
+            Elem::F32,
+            vec![
+                Dim::Sym(BATCH),
+                Dim::Fixed(3),
+                Dim::Fixed(image),
+                Dim::Fixed(image),
+            ],
+        ),
+        Io::new(io::NONFINITE, Elem::F32, vec![Dim::Fixed(1)]),
+    ];
     for io in &inputs {
         g.input(&io.name, io.elem, &io.dims);
     }
@@ -104,12 +108,17 @@ pub fn build(
     // `decoder.conv_in` has the same key in both layouts.
     let top = dims.level_channels[dims.level_channels.len() - 1];
     let h = nn::conv2d(&mut g, &dvb.pp("conv_in"), &x, a.z_channels, top, 3)?;
+    g.scoped("decoder.conv_in", |g| g.probe(&h));
     let img = match a.layout {
         VaeLayout::Ldm => ldm::decoder(&mut g, &dvb, dims, &h, grid)?,
         VaeLayout::Diffusers => diffusers::decoder(&mut g, &dvb, dims, &h, grid)?,
     };
     let img = g.to_f32(&img);
     g.output(&img, io::IMAGE, Elem::F32, &outputs[0].dims);
+    let probe = g
+        .scoped("nonfinite_probe", |g| g.probe_sum())
+        .expect("the decoder's ResNet blocks probe");
+    g.output(&probe, io::NONFINITE, Elem::F32, &[Dim::Fixed(1)]);
     let parameters = g.param_count();
     let doc = format!(
         "KL-VAE decoder ({} layout); computes latent / {} + {} first",
