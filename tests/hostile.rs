@@ -68,6 +68,8 @@ fn flowar_bin() -> &'static Path {
             "cli/Cargo.toml",
             "runtime/src",
             "exporter/src",
+            "format/src",
+            "bench/src",
             "Cargo.lock",
         ]
         .map(|p| repo().join(p))

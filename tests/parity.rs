@@ -77,6 +77,12 @@ fn float32_bounds_are_pinned() {
         (t.pipe_tokens, t.pipe_identical, t.pipe_u8_levels),
         (1e-3, 0.99, 2)
     );
+    // Editing: the encoder's bound (see docs/editing.md for why 2e-4), edited pixels.
+    assert_eq!(
+        (t.encoder, t.edit_identical, t.edit_u8_levels),
+        (2e-4, 0.998, 1)
+    );
+    assert!(t.edit_tokens.is_empty());
 }
 
 #[test]
