@@ -12,6 +12,11 @@ move a pixel by at most one level.
 >>> import flowar
 >>> pipe = flowar.Pipeline("models/shapes10/converted")
 >>> images = pipe.generate(["circle", "square"], seed=0)   # uint8 [2, H, W, 3]
+>>> mask = np.zeros((32, 32), np.uint8); mask[8:24, 8:24] = 255   # white = regenerate
+>>> edits = pipe.edit(images, mask, labels="square")      # in-paint the centre: [2, H, W, 3]
+
+Editing (:meth:`Pipeline.edit`: in-painting, out-painting, variations) needs a model folder
+converted with a VAE checkpoint that holds its encoder, as the demo's does.
 
 Errors: ``ValueError`` for bad arguments, ``FileNotFoundError``/``OSError`` for files, and
 ``flowar.ModelError``, ``flowar.ProviderUnavailable`` and ``flowar.Cancelled``, subclasses
@@ -50,6 +55,10 @@ Class = Union[int, str]
 Steps = Union[int, str, Sequence[int]]
 ProgressCallback = Callable[[Progress], Optional[bool]]
 PathLike = Union[str, "os.PathLike[str]"]
+#: An image to edit: ``uint8 [H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA), or a PIL image.
+Image = Any
+#: A mask: ``uint8 [H, W]`` (above 0 = regenerate) or ``bool [H, W]``, or a PIL image.
+MaskImage = Any
 
 
 def _images(buf: bytearray, n: int, h: int, w: int) -> np.ndarray:
@@ -60,6 +69,91 @@ def _steps(steps: Optional[Steps]) -> Any:
     if steps is None or isinstance(steps, (int, str)):
         return steps
     return [int(s) for s in steps]
+
+
+def _is_pil(x: Any) -> bool:
+    """Whether ``x`` is a PIL image (told without importing PIL, which is optional)."""
+    return type(x).__module__.startswith("PIL.") and hasattr(x, "getbands")
+
+
+def _pil_pixels(img: Any) -> np.ndarray:
+    """A PIL image as ``uint8 [H, W, 3]``, or ``[H, W, 4]`` when it has transparency."""
+    has_alpha = "A" in img.getbands() or "transparency" in img.info
+    return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+
+
+def _pil_mask(img: Any) -> np.ndarray:
+    """A PIL mask as ``uint8 [H, W]``: grey as it is, colour as its brightest channel
+    (as ``flowar edit --mask`` reads a colour PNG), alpha ignored."""
+    if img.mode == "L":
+        return np.asarray(img)
+    if img.mode == "1":
+        return np.asarray(img.convert("L"))
+    return np.asarray(img.convert("RGB")).max(axis=2)
+
+
+def _items(x: Any, what: str, ndim: int) -> List[Any]:
+    """One item or a batch (an array of one more dimension, or a list) as a list."""
+    if isinstance(x, np.ndarray):
+        if x.ndim == ndim:
+            return [x]
+        if x.ndim == ndim + 1:
+            return list(x)
+        raise ValueError(
+            f"{what}: expected one array of {ndim} dimensions or a batch of {ndim + 1}, "
+            f"got shape {x.shape}"
+        )
+    if _is_pil(x):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    raise TypeError(f"{what}: expected a numpy array, a PIL image or a list of them, "
+                    f"got {type(x).__name__}")
+
+
+def _edit_images(images: Any) -> List[np.ndarray]:
+    """Source images as contiguous ``uint8 [H, W, 3|4]`` arrays."""
+    out = []
+    for i, x in enumerate(_items(images, "images", 3)):
+        a = _pil_pixels(x) if _is_pil(x) else np.asarray(x)
+        if a.dtype != np.uint8:
+            raise TypeError(f"image {i}: expected uint8 pixels, got {a.dtype}")
+        if a.ndim != 3 or a.shape[2] not in (3, 4):
+            raise ValueError(
+                f"image {i}: expected [H, W, 3] (RGB) or [H, W, 4] (RGBA), got shape {a.shape}"
+            )
+        out.append(np.ascontiguousarray(a))
+    if not out:
+        raise ValueError("no images to edit")
+    return out
+
+
+def _edit_masks(masks: Any, n: int) -> List[Optional[np.ndarray]]:
+    """Masks as contiguous ``uint8 [H, W]`` arrays (or None), one per image."""
+    if masks is None:
+        return [None] * n
+    items = _items(masks, "masks", 2)
+    if len(items) == 1:
+        items = items * n
+    elif len(items) != n:
+        raise ValueError(
+            f"{len(items)} masks for {n} images: give one mask for all images, or one per image"
+        )
+    out: List[Optional[np.ndarray]] = []
+    for i, x in enumerate(items):
+        if x is None:
+            out.append(None)
+            continue
+        a = _pil_mask(x) if _is_pil(x) else np.asarray(x)
+        if a.dtype == np.bool_:
+            a = a.astype(np.uint8) * 255
+        if a.dtype != np.uint8:
+            raise TypeError(f"mask {i}: expected uint8 (above 0 = regenerate) or bool, "
+                            f"got {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"mask {i}: expected [H, W], got shape {a.shape}")
+        out.append(np.ascontiguousarray(a))
+    return out
 
 
 def _package_lib(package: str, env_var: str, patterns: Sequence[str]) -> Optional[str]:
@@ -204,6 +298,109 @@ class Pipeline:
             cl, indices, seed, cfg, guidance, _steps(steps), solver, batch_size, progress
         )
         return _images(buf, n, h, w)
+
+    def edit(
+        self,
+        images: Union[Image, Sequence[Image]],
+        masks: Union[None, MaskImage, Sequence[Optional[MaskImage]]] = None,
+        keep_scales: int = 0,
+        labels: Union[None, Class, Sequence[Class]] = None,
+        unconditional: bool = False,
+        invert_mask: bool = False,
+        composite: bool = False,
+        count: int = 1,
+        seed: int = 0,
+        cfg: Optional[float] = None,
+        guidance: Optional[float] = None,
+        steps: Optional[Steps] = None,
+        solver: str = "euler",
+        batch_size: int = 8,
+        progress: Optional[ProgressCallback] = None,
+    ) -> np.ndarray:
+        """Edits images as ``flowar edit`` does: ``uint8`` array ``[N * count, H, W, 3]``,
+        edit ``j`` of image ``i`` at row ``i * count + j``.
+
+        The source image's tokens (from the model's VAE encoder) are teacher-forced into
+        the sampler, so the model regenerates only what the mask marks: in-painting (a
+        mask), out-painting (``invert_mask``), class-conditional editing (in-painting with
+        another label) and variations (``keep_scales=K``: the first ``K`` scales are kept
+        whole, the finer ones regenerated, under the mask when there is one). Needs a model
+        folder converted with a VAE that has its encoder; one without raises
+        :class:`ModelError` saying how to convert one.
+
+        - ``images``: one image or several: ``uint8`` arrays ``[H, W, 3]`` (RGB) or
+          ``[H, W, 4]`` (RGBA), a batch ``[N, H, W, 3|4]``, PIL images, or a list of them.
+          Another size than the model's is fitted to it (ADM's ``center_crop_arr``:
+          box-halved while at least twice the size, bicubic resize of the short side,
+          centre crop), so the output is the model's size.
+        - ``masks``: white (any value above 0) = regenerate: ``uint8`` or ``bool``
+          ``[H, W]``, a batch ``[N, H, W]``, PIL images (grey; a colour one counts its
+          brightest channel), or a list of them (``None`` for an image without one); one
+          for all images or one per image. A mask is its image's size as given, or the
+          model's. Without one, an RGBA image's alpha is its mask (transparent =
+          regenerate); an image with neither has every token regenerated from scale
+          ``keep_scales`` on.
+        - ``labels``: the class of the edit, by id or name: one for all images or one per
+          image. ``unconditional=True`` edits without a class instead (the null class,
+          ``cfg`` 1); one of the two is required.
+        - ``composite``: paste the source's pixels back where the mask is 0, so the kept
+          region is the input's bit for bit (needs a mask for every image).
+        - ``seed``, ``cfg``, ``guidance``, ``steps``, ``solver``, ``progress``: as
+          :meth:`generate`. Row ``k`` draws random stream ``k`` of ``seed`` whatever the
+          batch it runs in, and its pixels equal ``flowar edit``'s ``NNNNNN.png`` of the
+          same images, settings and batch size. The GIL is released while it runs.
+
+        Bad arguments (a mask of another size, labels that do not fit) raise
+        ``ValueError``, pixels that are not ``uint8`` ``TypeError``.
+        """
+        pixels = _edit_images(images)
+        grey = _edit_masks(masks, len(pixels))
+        if keep_scales < 0:
+            raise ValueError(f"keep_scales must be 0 or more, got {keep_scales}")
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        classes = self._edit_classes(labels, unconditional, len(pixels))
+        buf, n, h, w = self._native.edit(
+            [(a.tobytes(), a.shape[0], a.shape[1], a.shape[2]) for a in pixels],
+            [None if m is None else (m.tobytes(), m.shape[0], m.shape[1]) for m in grey],
+            classes,
+            keep_scales,
+            invert_mask,
+            composite,
+            count,
+            seed,
+            cfg,
+            guidance,
+            _steps(steps),
+            solver,
+            batch_size,
+            progress,
+        )
+        return _images(buf, n, h, w)
+
+    def _edit_classes(
+        self, labels: Union[None, Class, Sequence[Class]], unconditional: bool, n: int
+    ) -> Optional[List[int]]:
+        """One class id per image, or None for an unconditional edit."""
+        if unconditional:
+            if labels is not None:
+                raise ValueError("give labels or unconditional=True, not both")
+            return None
+        if labels is None:
+            raise ValueError(
+                "give labels (the class of the edit, by id or name: one for all images or one "
+                "per image), or unconditional=True to edit without a class"
+            )
+        ids = self._class_ids(labels)
+        if len(ids) == 1:
+            return ids * n
+        if len(ids) != n:
+            raise ValueError(
+                f"{len(ids)} labels for {n} images: give one per image, or one for all"
+            )
+        return ids
 
     def generate_to(
         self,

@@ -9,6 +9,8 @@ _Class = Union[int, str]
 _Steps = Union[int, str, List[int], None]
 
 __version__: str
+#: The editing rule every edit's PNG text records (``flowar:edit_rule``).
+EDIT_RULE: str
 
 class Error(Exception):
     """Base class of the errors only flowar raises."""
@@ -63,6 +65,50 @@ class Pipeline:
         batch_size: int,
         progress: Optional[Callable[[Progress], Optional[bool]]],
     ) -> Tuple[bytearray, int, int, int]: ...
+    def edit(
+        self,
+        images: Sequence[Tuple[bytes, int, int, int]],
+        masks: Sequence[Optional[Tuple[bytes, int, int]]],
+        classes: Optional[Sequence[_Class]],
+        keep_scales: int,
+        invert_mask: bool,
+        composite: bool,
+        count: int,
+        seed: int,
+        cfg: Optional[float],
+        guidance: Optional[float],
+        steps: _Steps,
+        solver: str,
+        batch_size: int,
+        progress: Optional[Callable[[Progress], Optional[bool]]],
+    ) -> Tuple[bytearray, int, int, int]:
+        """Edits of ``images[i] = (pixels, height, width, channels)`` (RGB8 or RGBA8) under
+        ``masks[i] = (values, height, width)`` (or the alpha, or none), ``classes`` one per
+        image or None (unconditional); edit ``j`` of image ``i`` is row and global image
+        ``i * count + j``. Returns (RGB8 bytes, N, H, W)."""
+    def edit_to(
+        self,
+        out_dir: _Path,
+        images: Sequence[_Path],
+        masks: Sequence[Optional[_Path]],
+        rows: Sequence[int],
+        indices: Sequence[int],
+        classes: Optional[Sequence[_Class]],
+        keep_scales: int,
+        invert_mask: bool,
+        composite: bool,
+        task: Optional[str],
+        seed: int,
+        cfg: Optional[float],
+        guidance: Optional[float],
+        steps: _Steps,
+        solver: str,
+        batch_size: int,
+        progress: Optional[Callable[[Progress], Optional[bool]]],
+    ) -> List[str]:
+        """Edits of PNG files into ``out_dir`` as ``flowar edit --out`` writes them: global
+        image ``indices[r]`` edits ``images[rows[r]]`` (under ``masks[rows[r]]``, else its
+        alpha); ``task`` is the set's ``flowar:edit`` (default: these images')."""
     def generate_to(
         self,
         out_dir: _Path,
@@ -94,6 +140,16 @@ def convert(
 def class_ids(
     classes: Union[_Class, Sequence[_Class]], num_classes: int, class_names: List[str]
 ) -> List[int]: ...
+def edit_inputs(
+    images: Sequence[_Path],
+    masks: Sequence[Optional[_Path]],
+    image_size: int,
+    keep_scales: int,
+    invert_mask: bool,
+    composite: bool,
+) -> Tuple[List[Dict[str, Any]], str]:
+    """Reads and checks an edit set's PNG files: per image ``{"sha256", "mask_sha256",
+    "fitted_from", "has_mask"}``, and the set's ``flowar:edit``."""
 def read_image(path: _Path) -> Tuple[bytearray, int, int, Dict[str, str]]: ...
 def read_manifest(dir: _Path) -> str: ...
 def settings(

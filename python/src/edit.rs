@@ -111,14 +111,14 @@ fn orient(mask: Option<Mask>, invert: bool) -> Option<Mask> {
 pub fn check(inputs: &[Input], invert: bool, composite: bool) -> Result<(), Error> {
     if invert && inputs.iter().all(|i| i.mask.is_none()) {
         return Err(Error::BadArgument(
-            "invert_mask needs a mask (masks=, or an RGBA image's alpha)".into(),
+            "invert_mask needs a mask (give one, or an RGBA image whose alpha is the mask)".into(),
         ));
     }
     if composite {
         if let Some(i) = inputs.iter().find(|i| i.mask.is_none()) {
             return Err(Error::BadArgument(format!(
                 "composite pastes the source back outside the mask, but {} has no mask \
-                 (masks=, or an RGBA image's alpha)",
+                 (give one, or an RGBA image whose alpha is the mask)",
                 i.name
             )));
         }

@@ -1,6 +1,6 @@
-//! `flowar._flowar.Pipeline`: a model folder loaded on a provider. Generation runs with
-//! the GIL released; every solver step it takes the GIL back briefly to call the progress
-//! callback and to notice Ctrl-C, and either stops the run.
+//! `flowar._flowar.Pipeline`: a model folder loaded on a provider. Generation and editing
+//! run with the GIL released; every solver step they take the GIL back briefly to call the
+//! progress callback and to notice Ctrl-C, and either stops the run.
 //!
 //! Lock order: the Pipeline's mutex is only ever taken with the GIL released (inside
 //! `py.detach`). A thread holding the mutex takes the GIL for its progress callback, so

@@ -1,5 +1,6 @@
 """Fixtures for the Python package's tests: the demo model converted by flowar.convert,
-the `flowar` CLI (built by cargo) to compare against, and which providers to run."""
+the editing fixture (a model with a VAE encoder) and one without an encoder, the `flowar`
+CLI (built by cargo) to compare against, and which providers to run."""
 
 import os
 import subprocess
@@ -11,6 +12,10 @@ import flowar
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "models" / "shapes10"
+FIXTURES = REPO / "tests" / "fixtures"
+#: The editing fixture: 128x128, a diffusers VAE folder `vae/` with its encoder, source
+#: images image0.png, image1.png and masks mask0.png (centre box), mask1.png (left half).
+EDIT = FIXTURES / "edit-sd-f8c4"
 
 
 def required(var: str) -> bool:
@@ -36,6 +41,24 @@ def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "converted"
     flowar.convert(DEMO / "flowar.pth", DEMO / "vae.ckpt", out)
     DEMO_CONVERTED = out
+    return out
+
+
+@pytest.fixture(scope="session")
+def edit_model(tmp_path_factory) -> Path:
+    """The editing fixture converted here: a FlowAR on a diffusers VAE folder (`vae/`)
+    that holds its encoder, so the folder can edit."""
+    out = tmp_path_factory.mktemp("edit") / "converted"
+    flowar.convert(EDIT / "flowar.pth", EDIT / "vae", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def no_encoder_model(tmp_path_factory) -> Path:
+    """`tests/fixtures/spatial` converted: its VAE checkpoint has no encoder, so the folder
+    can generate but not edit."""
+    out = tmp_path_factory.mktemp("no-encoder") / "converted"
+    flowar.convert(FIXTURES / "spatial" / "flowar.pth", FIXTURES / "spatial" / "vae.ckpt", out)
     return out
 
 
@@ -70,12 +93,21 @@ def provider(request, demo) -> str:
 
 def cli_generate(flowar_bin: Path, model: Path, out: Path, *args: str) -> None:
     """`flowar generate --model MODEL --out OUT ARGS...`, failing with its stderr."""
+    cli_run(flowar_bin, "generate", model, out, *args)
+
+
+def cli_edit(flowar_bin: Path, model: Path, out: Path, *args: str) -> None:
+    """`flowar edit --model MODEL --out OUT ARGS...`, failing with its stderr."""
+    cli_run(flowar_bin, "edit", model, out, *args)
+
+
+def cli_run(flowar_bin: Path, command: str, model: Path, out: Path, *args: str) -> None:
     env = dict(os.environ)
     lib = flowar._onnxruntime_lib()  # this interpreter's onnxruntime, as the package uses
     if lib and "ORT_DYLIB_PATH" not in env:
         env["ORT_DYLIB_PATH"] = lib
     r = subprocess.run(
-        [str(flowar_bin), "generate", "--model", str(model), "--out", str(out), *args],
+        [str(flowar_bin), command, "--model", str(model), "--out", str(out), *args],
         capture_output=True,
         text=True,
         env=env,
