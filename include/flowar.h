@@ -56,6 +56,21 @@
  *     flowar_status_destroy(&st); free(rgb);
  *     flowar_request_destroy(&req); flowar_pipeline_destroy(&pipe);
  *     flowar_options_destroy(&opts);
+ *
+ * EDITING (in-painting, out-painting, class-conditional editing, variations)
+ *   A request with source images edits them instead of generating from scratch; the
+ *   model folder needs a VAE encoder (vae_encoder.onnx). Masks are grey, > 0 = regenerate:
+ *     uint8_t *src = ...;   // h rows of w RGB pixels (or RGBA: alpha is the mask)
+ *     uint8_t *mask = ...;  // h rows of w grey bytes, or NULL (then pass 0, 0, 0)
+ *     if (!st) st = flowar_request_create(&req);
+ *     if (!st) st = flowar_request_add_edit_image(req, src, w * h * 3, w, h, 3,
+ *                                                 mask, w * h, w, h);
+ *     if (!st) st = flowar_request_set_classes(req, classes, 1);  // or "unconditional"
+ *     if (!st) st = flowar_request_set_int(req, "composite", 1);
+ *     size_t n = 0, len = 0;
+ *     if (!st) st = flowar_request_image_count(req, &n);          // images * "count"
+ *     if (!st) st = flowar_pipeline_buffer_size(pipe, n, &len);
+ *     if (!st) st = flowar_pipeline_generate(pipe, req, rgb, len, NULL, NULL);
  */
 
 #ifndef FLOWAR_H
@@ -73,12 +88,15 @@ typedef enum FlowarCode {
   FLOWAR_CODE_OK = 0,
   // A NULL, malformed or out-of-range argument: NULL handle or buffer, non-UTF-8 string,
   // unknown option name, buffer too small, no classes, class id out of range, bad
-  // cfg / guidance / steps / solver.
+  // cfg / guidance / steps / solver; for an edit, an image or mask whose size does not
+  // fit, classes that are neither one nor one per image, keep_scales past the model's
+  // scales, composite without a mask.
   FLOWAR_CODE_BAD_ARGUMENT = 1,
   // A file could not be read or written.
   FLOWAR_CODE_IO = 2,
-  // The model folder, its manifest or a graph is missing, corrupt or inconsistent, or
-  // the model produced non-finite values.
+  // The model folder, its manifest or a graph is missing, corrupt or inconsistent (an
+  // edit on a folder without a VAE encoder, too), or the model produced non-finite
+  // values.
   FLOWAR_CODE_MODEL = 3,
   // The execution provider asked for cannot be used here (e.g. "cuda" without a GPU
   // build of onnxruntime); the message says what is missing.
@@ -103,8 +121,9 @@ typedef struct FlowarOptions FlowarOptions;
 typedef struct FlowarPipeline FlowarPipeline;
 
 // What to generate. Create with `flowar_request_create`, fill with
-// `flowar_request_set_classes` and the `flowar_request_set*` setters, free with
-// `flowar_request_destroy`. A request is not tied to a pipeline and may be reused.
+// `flowar_request_set_classes` and the `flowar_request_set*` setters (and, for an edit,
+// `flowar_request_add_edit_image`), free with `flowar_request_destroy`. A request is not
+// tied to a pipeline and may be reused.
 typedef struct FlowarRequest FlowarRequest;
 
 // An error: a code and a message. Owned by the caller; free it with
@@ -232,18 +251,31 @@ struct FlowarStatus *flowar_pipeline_buffer_size(const struct FlowarPipeline *pi
 // `pipeline` is NULL or live; `out` is NULL or valid for a write.
 struct FlowarStatus *flowar_pipeline_provider(const struct FlowarPipeline *pipeline, const char **out);
 
-// Generates the request's images into `out_rgb`: image `i` (in the order of the class
-// ids) at byte offset `i * height * width * 3`, rows top to bottom, pixels `R, G, B`.
+// Generates the request's images into `out_rgb`: image `i` at byte offset
+// `i * height * width * 3`, rows top to bottom, pixels `R, G, B`. Without edit images,
+// image `i` is of class `class_ids[i]`; with edit images (`flowar_request_add_edit_image`),
+// image `i * count + j` is edit `j` of source image `i` ("count" defaults to 1).
 // `out_len` is the buffer's size in bytes and must be at least
-// `flowar_pipeline_buffer_size(count)`; the buffer is written only on success.
+// `flowar_pipeline_buffer_size(n)`, `n` from `flowar_request_image_count`; the buffer is
+// written only on success.
+//
+// An edit encodes each source image once with the model's VAE encoder, then samples with
+// the source's tokens teacher-forced wherever they are kept: where the mask is 0 (or,
+// with "invert_mask", where it is not), and at scales below "keep_scales". With
+// "composite", the source's pixels are pasted back where the mask keeps them.
 //
 // `progress` (may be NULL) is called after every ODE step with `user_data`; a nonzero
 // return cancels the run (`FLOWAR_CODE_CANCELLED`). The call blocks until the images are
 // done; on one pipeline, concurrent calls wait for each other.
 //
-// Errors: NULL pipeline / request / buffer, a request without classes, a class id >= the
-// model's class count, a buffer too small, cfg < 1, guidance outside [0, 1], steps < 2
-// (`FLOWAR_CODE_BAD_ARGUMENT`, checked before any work); cancellation; backend failures.
+// Errors (`FLOWAR_CODE_BAD_ARGUMENT`, checked before any work unless noted): NULL pipeline
+// / request / buffer, a request without classes, a class id >= the model's class count, a
+// buffer too small, cfg < 1, guidance outside [0, 1], steps < 2. For an edit: a model
+// folder without a VAE encoder (`FLOWAR_CODE_MODEL`, checked first), classes neither one
+// nor one per image, classes with "unconditional", "unconditional" with cfg other than 1,
+// "keep_scales" past the model's scales, a mask neither its image's size nor the model's,
+// "invert_mask" without any mask, "composite" with an image without a mask; edit
+// settings on a request without edit images. Then: cancellation; backend failures.
 //
 // # Safety
 // `pipeline` and `request` are NULL or live; `out_rgb` is NULL or valid for `out_len`
@@ -266,7 +298,9 @@ void flowar_request_destroy(struct FlowarRequest **request);
 
 // Sets the images to generate: `count` images, image `i` of class `class_ids[i]`.
 // `class_ids` must hold `count` values; `count` must be at least 1; ids must be >= 0 (the
-// upper bound, the model's class count, is checked by `flowar_pipeline_generate`).
+// upper bound, the model's class count, is checked by `flowar_pipeline_generate`). For an
+// edit (a request with edit images) the classes are one for all images (`count` 1) or one
+// per edit image, in the order added.
 //
 // # Safety
 // `request` is NULL or live; `class_ids` is NULL or points to `count` readable values.
@@ -285,6 +319,19 @@ struct FlowarStatus *flowar_request_set_classes(struct FlowarRequest *request, c
 //   longer the reference's output). A schedule's length must match the model's scales.
 // - "solver": "euler" (default) or "heun".
 //
+// Edit settings (they need source images, see `flowar_request_add_edit_image`;
+// `flowar_pipeline_generate` refuses them on a request without any):
+// - "count": edits per source image, >= 1 (default 1). Edit `j` of image `i` is output
+//   image `i * count + j`, with global index `first_index + i * count + j`.
+// - "keep_scales": keep the first K scales of the source whole (a variation); with a
+//   mask, the mask applies from scale K on. At most the model's number of scales.
+// - "invert_mask": 0 / 1 (or "false" / "true"): regenerate outside the mask instead
+//   (out-painting). Needs a mask on at least one image.
+// - "composite": 0 / 1: paste the source's pixels back wherever its mask keeps them, so
+//   the kept region is the input's bit for bit. Every image needs a mask.
+// - "unconditional": 0 / 1: edit without a class (the model's null class with guidance
+//   off); the request must then have no classes, and cfg must be 1 or unset.
+//
 // cfg, guidance and steps default to the model's sampler defaults. Range checks that
 // need the model happen in `flowar_pipeline_generate`. An unknown name or a malformed
 // value is `FLOWAR_CODE_BAD_ARGUMENT` and leaves the request unchanged.
@@ -293,8 +340,9 @@ struct FlowarStatus *flowar_request_set_classes(struct FlowarRequest *request, c
 // `request` is NULL or live; `name` and `value` are NULL or NUL-terminated strings.
 struct FlowarStatus *flowar_request_set(struct FlowarRequest *request, const char *name, const char *value);
 
-// Sets a numeric request setting ("seed", "first_index", "steps", "cfg", "guidance")
-// from an integer. Negative values are errors.
+// Sets a numeric request setting ("seed", "first_index", "steps", "cfg", "guidance",
+// "count", "keep_scales") or a switch ("invert_mask", "composite", "unconditional": 0 or
+// 1) from an integer. Negative values are errors.
 //
 // # Safety
 // `request` is NULL or live; `name` is NULL or a NUL-terminated string.
@@ -306,6 +354,51 @@ struct FlowarStatus *flowar_request_set_int(struct FlowarRequest *request, const
 // # Safety
 // `request` is NULL or live; `name` is NULL or a NUL-terminated string.
 struct FlowarStatus *flowar_request_set_float(struct FlowarRequest *request, const char *name, double value);
+
+// Adds a source image to edit, with an optional mask; the request then edits its images
+// (image `i` in the order added) instead of generating from scratch. Both buffers are
+// copied: the caller may free them when the call returns.
+//
+// - `pixels`: `height` rows of `width` pixels, top to bottom, each `channels` bytes: 3
+//   (`R, G, B`) or 4 (`R, G, B, A`). `pixels_len` must be exactly
+//   `width * height * channels`. An RGBA image whose alpha is not fully opaque and that has
+//   no `mask` is masked by its alpha (transparent = regenerate). Any size is accepted:
+//   images of another size than the model's are fitted to it the way the reference's data
+//   pipeline prepares images (box-halved while at least twice its size, bicubic resize
+//   of the short side, centre crop).
+// - `mask` (may be NULL: no mask): `mask_height` rows of `mask_width` grey bytes, any
+//   value above 0 = regenerate (white), 0 = keep. `mask_len` must be exactly
+//   `mask_width * mask_height`. It must be the image's size or the model's (checked by
+//   `flowar_pipeline_generate`) and is fitted like the image. With a NULL mask,
+//   `mask_len`, `mask_width` and `mask_height` must be 0.
+//
+// An image without a mask (nor alpha) is regenerated whole from scale `keep_scales` on.
+// Classes: one for all images or one per image (`flowar_request_set_classes`), or the
+// "unconditional" setting. Errors (`FLOWAR_CODE_BAD_ARGUMENT`, the request unchanged):
+// NULL request or pixels, channels not 3 or 4, an empty image or mask, a length that is
+// not the stated size.
+//
+// # Safety
+// `request` is NULL or live; `pixels` is NULL or valid for `pixels_len` bytes of reads;
+// `mask` is NULL or valid for `mask_len` bytes of reads.
+struct FlowarStatus *flowar_request_add_edit_image(struct FlowarRequest *request, const uint8_t *pixels, size_t pixels_len, size_t width, size_t height, size_t channels, const uint8_t *mask, size_t mask_len, size_t mask_width, size_t mask_height);
+
+// Removes the request's edit images and resets the edit settings ("count",
+// "keep_scales", "invert_mask", "composite", "unconditional") to their defaults: the
+// request generates from scratch again. Classes and the other settings are kept.
+//
+// # Safety
+// `request` is NULL or live.
+struct FlowarStatus *flowar_request_clear_edit(struct FlowarRequest *request);
+
+// The number of images `flowar_pipeline_generate` makes for this request (size its buffer
+// with `flowar_pipeline_buffer_size`): the number of class ids (0 before
+// `flowar_request_set_classes`), or, for an edit, the number of edit images times
+// "count".
+//
+// # Safety
+// `request` is NULL or live; `out` is NULL or valid for a write.
+struct FlowarStatus *flowar_request_image_count(const struct FlowarRequest *request, size_t *out);
 
 // The status's code; `FLOWAR_CODE_OK` for NULL (success).
 //

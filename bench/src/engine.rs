@@ -296,17 +296,39 @@ fn gpu_memory_bytes(device: i32) -> Option<u64> {
     Some(mib << 20)
 }
 
+/// The `/proc/cpuinfo` flags [`Machine::cpu_flags`] records, in this order.
+const CPU_FLAGS: [&str; 11] = [
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+];
+
 fn machine() -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    };
+    let cpu = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let flags = field("flags").unwrap_or_default();
+    let have: Vec<&str> = flags.split_whitespace().collect();
+    let cpu_flags = CPU_FLAGS
+        .iter()
+        .filter(|f| have.contains(f))
+        .map(|f| f.to_string())
+        .collect();
     Machine {
+        cpu_flags,
         cpu,
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -369,6 +391,14 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     }
     let solver: Solver = args.solver.parse()?;
     let edits = args.edit_specs()?;
+    if !edits.is_empty() && args.preset.is_some() {
+        return Err(BenchError::Usage(
+            "--mode edit needs a VAE encoder, and --preset models have none (their random \
+             weights cover the decoder only): give --model with a folder converted from a VAE \
+             checkpoint that holds its encoder"
+                .into(),
+        ));
+    }
     let (dir, source) = match (&args.model, &args.preset) {
         (Some(d), _) => (d.clone(), d.display().to_string()),
         (None, Some(p)) => {
@@ -400,15 +430,9 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     if !edits.is_empty() {
         if m.graphs.vae_encoder.is_none() {
             return Err(BenchError::Usage(format!(
-                "--mode edit needs a VAE encoder, and {} has none (vae_encoder.onnx){}",
-                dir.display(),
-                if args.preset.is_some() {
-                    ": --preset models are converted with random decoder weights only; give \
-                     --model with a folder converted from a VAE checkpoint that holds its \
-                     encoder"
-                } else {
-                    ": convert again with a VAE checkpoint that holds its encoder"
-                }
+                "--mode edit needs a VAE encoder, and {} has none (vae_encoder.onnx): convert \
+                 again with a VAE checkpoint that holds its encoder",
+                dir.display()
             )));
         }
         if let Some(e) = edits.iter().find(|e| e.keep_scales > m.scales.len()) {
@@ -479,6 +503,7 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
                 available: false,
                 reason: Some(e.to_string()),
                 load_s: None,
+                encoder_provider: None,
                 batches: vec![],
             },
         };
@@ -520,11 +545,47 @@ fn dedup<T: PartialEq>(xs: impl Iterator<Item = T>) -> Vec<T> {
 /// An edit plan's skipped scales and regenerated tokens per scale.
 type PlanSummary = (Vec<usize>, Vec<usize>);
 
-/// One timed run: the sampler's stage times, the encoder's (edits) and end to end.
+/// One timed run: the sampler's stage times, the encoder's (edits), end to end, and the
+/// wall time per scale.
 struct Run {
     times: StageTimes,
     encoder: Option<f64>,
     total: f64,
+    scale_s: Vec<f64>,
+}
+
+/// Runs the sampler once, marking when each scale's last solver step reports: the wall
+/// time per scale is from one mark to the next (scale 0 from the call), so scale `i` holds
+/// its AR step, its ODE (flow head, solver step, forcing) and the upsampling of scale
+/// `i - 1`'s tokens. A skipped scale (nothing to regenerate) reports its steps at once.
+fn sample(
+    pipe: &mut Pipeline,
+    req: &Request,
+    n_scales: usize,
+) -> Result<(flowar_runtime::Output, Vec<f64>), BenchError> {
+    let mut marks: Vec<Option<Instant>> = vec![None; n_scales];
+    let start = Instant::now();
+    let out = pipe.generate(req, &mut |p| {
+        if p.step == p.steps {
+            if let Some(m) = marks.get_mut(p.scale) {
+                *m = Some(Instant::now());
+            }
+        }
+        true
+    })?;
+    let mut prev = start;
+    let scale_s = marks
+        .iter()
+        .map(|m| match m {
+            Some(t) => {
+                let d = t.duration_since(prev).as_secs_f64();
+                prev = *t;
+                d
+            }
+            None => 0.0,
+        })
+        .collect();
+    Ok((out, scale_s))
 }
 
 /// Edits `sources` (the batch's generated images) as `spec` says: encoder, plan, then the
@@ -543,7 +604,7 @@ fn run_edit(
     let encoder = t.elapsed().as_secs_f64();
     let plan = EditPlan::for_rows(&tokens, &masks, spec.keep_scales, &rows, m)?;
     let req = base.clone().with_edit(Some(plan));
-    let out = pipe.generate(&req, &mut |_| true)?;
+    let (out, scale_s) = sample(pipe, &req, m.scales.len())?;
     let total = t.elapsed().as_secs_f64();
     let plan = req.edit.as_deref().expect("an edit");
     let skipped = (0..m.scales.len())
@@ -554,6 +615,7 @@ fn run_edit(
             times: out.times,
             encoder: Some(encoder),
             total,
+            scale_s,
         },
         (skipped, plan.regenerated_per_scale()),
     ))
@@ -601,6 +663,9 @@ fn batch_report(
                 })
             })
             .collect(),
+        scale_s: (0..n_scales)
+            .map(|i| stat(&|r| r.scale_s.get(i).copied().unwrap_or(0.0)))
+            .collect(),
         flow_s: stat(&|r| r.times.flow.as_secs_f64()),
         flow_calls: runs[0].times.flow_calls,
         flow_per_call_ms: stat(&|r| {
@@ -646,8 +711,26 @@ fn vs_generate(
     gen_runs: &[Run],
     edit: &BatchReport,
     runs: &[Run],
+    skipped: &[usize],
 ) -> VsGenerate {
     let per = 1.0 / b as f64;
+    // What the generation spent at the scales the edit skips, past their AR steps (which
+    // the edit runs too): its ODEs there, and the upsampling into them.
+    let at_skipped = |r: &Run| {
+        skipped
+            .iter()
+            .map(|&k| {
+                r.scale_s.get(k).copied().unwrap_or(0.0)
+                    - r.times
+                        .ar_per_scale
+                        .get(k)
+                        .map_or(0.0, Duration::as_secs_f64)
+            })
+            .sum::<f64>()
+    };
+    let of_runs = |f: &dyn Fn(&Run) -> f64| Stat::of(&gen_runs.iter().map(f).collect::<Vec<_>>());
+    let gen_at_skipped = of_runs(&|r| at_skipped(r) * per);
+    let gen_skipped_share = of_runs(&|r| at_skipped(r) / r.total.max(f64::MIN_POSITIVE));
     let paired = |f: &dyn Fn(&Run) -> f64| {
         Stat::of(
             &gen_runs
@@ -667,6 +750,8 @@ fn vs_generate(
         generate_seconds_per_image: gen.seconds_per_image,
         seconds_per_image: edit.seconds_per_image,
         total_ratio: paired(&|r| r.total),
+        generate_s_per_image_at_skipped: gen_at_skipped,
+        generate_share_at_skipped: gen_skipped_share,
     }
 }
 
@@ -723,7 +808,7 @@ fn bench_provider(
         let mut edit_runs: Vec<Vec<Run>> = (0..edits.len()).map(|_| Vec::new()).collect();
         for r in 0..s.runs {
             let t = Instant::now();
-            let out = pipe.generate(&req, &mut |_| true)?;
+            let (out, scale_s) = sample(&mut pipe, &req, m.scales.len())?;
             let total = t.elapsed().as_secs_f64();
             log(
                 args,
@@ -733,6 +818,7 @@ fn bench_provider(
                 times: out.times,
                 encoder: None,
                 total,
+                scale_s,
             });
             let src = sources.get_or_insert(out.images);
             for (i, e) in edits.iter().enumerate() {
@@ -781,10 +867,10 @@ fn bench_provider(
                 keep_scales: e.keep_scales,
                 mask: e.mask.clone(),
                 invert_mask: e.invert_mask,
-                skipped_scales: skipped,
+                skipped_scales: skipped.clone(),
                 regenerated_tokens: regenerated,
             });
-            r.vs_generate = Some(vs_generate(b, &gen, &gen_runs, &r, runs));
+            r.vs_generate = Some(vs_generate(b, &gen, &gen_runs, &r, runs, &skipped));
             entries.push(r);
         }
         batches.push(gen);
@@ -795,6 +881,7 @@ fn bench_provider(
         available: true,
         reason: None,
         load_s: Some(load_s),
+        encoder_provider: (!edits.is_empty()).then(|| p.for_float64().name().to_string()),
         batches,
     })
 }

@@ -49,6 +49,19 @@ fn text(buf: &mut [u8], x: i32, y: i32, s: &str, scale: i32, rgb: (u8, u8, u8)) 
     }
 }
 
+/// A bar's task in a few characters: `gen`, `k=2`, `in c k=2`, `out l`.
+fn short_task(label: &str) -> String {
+    let mut out = label
+        .replace("generate", "gen")
+        .replace("variation ", "")
+        .replace("outpaint ", "out ")
+        .replace("inpaint ", "in ")
+        .replace("center", "c")
+        .replace("left", "l");
+    out.truncate(10);
+    out
+}
+
 /// A "nice" axis step for a maximum `max` with about five ticks.
 fn tick_step(max: f64) -> f64 {
     let raw = max / 5.0;
@@ -79,7 +92,7 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
             let per = 1.0 / b.batch as f64;
             totals.push(b.seconds_per_image.median);
             tasks.push(if report.settings.mode == "edit" {
-                b.task_label().to_string()
+                short_task(b.task_label())
             } else {
                 String::new()
             });
@@ -203,17 +216,25 @@ pub fn write_png(report: &Report, path: &Path) -> std::io::Result<()> {
     let slot = (right - left) / n;
     for (i, ((label, vals), seconds)) in bars.iter().zip(&totals).enumerate() {
         let centre = left + slot * i as i32 + slot / 2;
-        let x = centre - 4 * label.len() as i32;
-        text(&mut buf, x, bottom + 10, label, 1, dark);
         let task = &tasks[i];
-        text(
-            &mut buf,
-            centre - 4 * task.chars().count() as i32,
-            bottom + 22,
-            task,
-            1,
-            dark,
-        );
+        if task.is_empty() {
+            let x = centre - 4 * label.len() as i32;
+            text(&mut buf, x, bottom + 10, label, 1, dark);
+        } else {
+            // Edit mode: each bar's task, and its provider and batch once per group.
+            text(
+                &mut buf,
+                centre - 4 * task.chars().count() as i32,
+                bottom + 10,
+                task,
+                1,
+                dark,
+            );
+            if i == 0 || bars[i - 1].0 != *label {
+                let x0 = left + slot * i as i32 + (slot - (slot * 3 / 5).min(120)) / 2;
+                text(&mut buf, x0, bottom + 24, label, 1, dark);
+            }
+        }
         let total = format!("{seconds:.2} s");
         let y = y_of(vals.iter().sum::<f64>()) - 12;
         text(

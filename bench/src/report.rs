@@ -59,6 +59,11 @@ pub struct Machine {
     pub cpu: String,
     pub cores: usize,
     pub os: String,
+    /// The CPU's vector and matrix extensions that decide the kernels (`/proc/cpuinfo`:
+    /// avx2, fma, avx512f/bw/vl, avx512_vnni, avx_vnni, avx512_bf16, avx512_fp16, amx_*).
+    /// Absent from reports made before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +140,11 @@ pub struct ProviderReport {
     pub reason: Option<String>,
     /// Seconds to open the four graphs (sessions created, optimized).
     pub load_s: Option<f64>,
+    /// `--mode edit`: the provider that ran the VAE encoder (the runtime runs it where
+    /// float64 runs: tract under openvino, cuda under tensorrt). Its graph is opened on the
+    /// first encode, in the warm-up, so `load_s` leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_provider: Option<String>,
     pub batches: Vec<BatchReport>,
 }
 
@@ -171,6 +181,11 @@ pub struct BatchReport {
     pub encoder_s: Option<Stat>,
     pub ar_s: Stat,
     pub ar_per_scale_s: Vec<Stat>,
+    /// Wall time per scale, coarse to fine, from the sampler's progress reports: scale
+    /// `i`'s AR step, its ODE (flow head, solver step, an edit's forcing) and the
+    /// upsampling of scale `i - 1`'s tokens. Absent from reports made before it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scale_s: Vec<Stat>,
     pub flow_s: Stat,
     pub flow_calls: usize,
     pub flow_per_call_ms: Stat,
@@ -235,6 +250,14 @@ pub struct VsGenerate {
     pub seconds_per_image: Stat,
     /// End to end, edit / generate.
     pub total_ratio: Stat,
+    /// Seconds per image the generation spent at the scales this edit skips, past their AR
+    /// steps (which an edit runs too): its ODEs there and the upsampling into them, from
+    /// [`BatchReport::scale_s`]. What skipping saves, measured inside the generate runs.
+    #[serde(default)]
+    pub generate_s_per_image_at_skipped: Stat,
+    /// The same as a share of the generation's end-to-end time.
+    #[serde(default)]
+    pub generate_share_at_skipped: Stat,
 }
 
 fn ms(s: f64) -> String {
@@ -377,6 +400,12 @@ impl Report {
     fn markdown_edit(&self) -> String {
         let mut out = self.header();
         let s = &self.settings;
+        if !self.machine.cpu_flags.is_empty() {
+            out.push_str(&format!(
+                "CPU flags: {}.\n\n",
+                self.machine.cpu_flags.join(", ")
+            ));
+        }
         if let Some(e) = &s.edit {
             out.push_str(&format!(
                 "Edit mode: each batch is generated (seed {}), and its images are the sources of the edits (seed {}; keep_scales {:?}, masks {:?}{}). Per timed run the generation and then every edit run in turn, so ratios are paired run by run. An edit's time runs from its source images to its edited images: the VAE encoder, then the teacher-forced sampler; a scale with nothing to regenerate runs its AR step but no flow-head call.\n\n",
@@ -436,7 +465,23 @@ impl Report {
                 ));
             }
         }
-        out.push_str("\nEach edit against the generation of the same batch (edit / generate, medians of the per-run ratios, min–max):\n\n| provider | batch | task | skipped scales | flow calls | flow ms / image | flow time ratio | flow FLOP ratio | s / image | end-to-end ratio |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+        let moved: Vec<String> = self
+            .providers
+            .iter()
+            .filter_map(|p| {
+                p.encoder_provider
+                    .as_ref()
+                    .filter(|e| **e != p.provider)
+                    .map(|e| format!("{} on {e}", p.provider))
+            })
+            .collect();
+        if !moved.is_empty() {
+            out.push_str(&format!(
+                "\nThe VAE encoder runs where float64 runs: {}.\n",
+                moved.join(", ")
+            ));
+        }
+        out.push_str("\nEach edit against the generation of the same batch (edit / generate, medians of the per-run ratios, min–max). \"generate's ODE at skipped scales\": what the generate runs spent at the scales the edit skips, past their AR steps (per-scale wall time from the progress reports), per image and as a share of their end-to-end time: what skipping saves, measured inside the generate runs.\n\n| provider | batch | task | skipped scales | flow calls | flow ms / image | flow time ratio | flow FLOP ratio | generate's ODE at skipped scales, ms / image (share) | s / image | end-to-end ratio |\n|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for p in self.providers.iter().filter(|p| p.available) {
             for b in &p.batches {
                 let (Some(e), Some(v)) = (&b.edit, &b.vs_generate) else {
@@ -444,7 +489,7 @@ impl Report {
                 };
                 let ratio = |r: &Stat| format!("{:.3} ({:.3}–{:.3})", r.median, r.min, r.max);
                 out.push_str(&format!(
-                    "| {} | {} | {} | {:?} | {} → {} | {} → {} | {} | {:.3} | {} → {} | {} |\n",
+                    "| {} | {} | {} | {:?} | {} → {} | {} → {} | {} | {:.3} | {} ({:.1}%) | {} → {} | {} |\n",
                     p.provider,
                     b.batch,
                     e.label,
@@ -455,9 +500,29 @@ impl Report {
                     ms(v.flow_s_per_image.median),
                     ratio(&v.flow_ratio),
                     v.flow_flops_ratio,
+                    ms(v.generate_s_per_image_at_skipped.median),
+                    100.0 * v.generate_share_at_skipped.median,
                     secs(v.generate_seconds_per_image.median),
                     secs(v.seconds_per_image.median),
                     ratio(&v.total_ratio),
+                ));
+            }
+        }
+        out.push_str("\nWall time per scale (medians, ms for the batch; a scale's AR step, its ODE, and the upsampling into it):\n\n| provider | batch | task | per scale ms |\n|---|---:|---|---|\n");
+        for p in self.providers.iter().filter(|p| p.available) {
+            for b in &p.batches {
+                let per_scale: Vec<String> = b
+                    .scale_s
+                    .iter()
+                    .zip(&self.model.scales)
+                    .map(|(x, side)| format!("{side}²: {}", ms(x.median)))
+                    .collect();
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    p.provider,
+                    b.batch,
+                    b.task_label(),
+                    per_scale.join(", ")
                 ));
             }
         }

@@ -211,7 +211,7 @@ fn edit_mode_measures_each_case_against_generation() {
         out.path().join("e.md"),
         out.path().join("e.png"),
     );
-    let steps = 3;
+    let steps = 4; // an even count: that many Euler steps per scale
     let cmd = Cmd::parse_from([
         "bench",
         "--model",
@@ -223,7 +223,7 @@ fn edit_mode_measures_each_case_against_generation() {
         "--mask",
         "none,center",
         "--providers",
-        "tract",
+        "tract,ort-cpu",
         "--steps",
         &steps.to_string(),
         "--warmup",
@@ -250,8 +250,80 @@ fn edit_mode_measures_each_case_against_generation() {
     );
     let scales = v["model"]["scales"].as_array().unwrap().len();
     assert_eq!(scales, 5, "edit-sd-f8c4 has scales 1, 2, 4, 8, 16");
-    let p = &v["providers"][0];
-    assert_eq!(p["available"], true, "tract always runs: {}", p["reason"]);
+    let providers = v["providers"].as_array().unwrap();
+    assert_eq!(
+        providers[0]["available"], true,
+        "tract always runs: {}",
+        providers[0]["reason"]
+    );
+    let ort = &providers[1];
+    if ort["available"] != true {
+        assert!(
+            std::env::var("FLOWAR_REQUIRE_ORT").as_deref() != Ok("1"),
+            "onnxruntime is required here: {}",
+            ort["reason"]
+        );
+        eprintln!("SKIPPING the ort-cpu entry's checks: {}", ort["reason"]);
+    }
+    for p in providers.iter().filter(|p| p["available"] == true) {
+        check_edit_entries(p, scales, steps);
+    }
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.contains("| tract | 1 | variation k=3 | [0, 1, 2] | 20 → 8 |"),
+        "{md}"
+    );
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // The saved report renders again, in the same layout.
+    let again = out.path().join("again.md");
+    let cmd = Cmd::parse_from([
+        "bench",
+        "--from-json",
+        json.to_str().unwrap(),
+        "--quiet",
+        "--markdown",
+        again.to_str().unwrap(),
+    ]);
+    flowar_bench::engine::run(cmd.args).expect("re-render");
+    assert_eq!(std::fs::read_to_string(&again).unwrap(), md);
+}
+
+/// The edit options without `--mode edit` are a usage error, not silently ignored; so is
+/// edit mode on a `--preset` (no encoder), before converting anything.
+#[test]
+fn edit_options_need_edit_mode_and_an_encoder() {
+    let cmd = Cmd::parse_from(["bench", "--model", "unused", "--keep-scales", "2"]);
+    let err = flowar_bench::engine::measure(&cmd.args).unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("--mode edit"),
+        "{err}"
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let cmd = Cmd::parse_from([
+        "bench",
+        "--preset",
+        "s",
+        "--mode",
+        "edit",
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+    ]);
+    let err = flowar_bench::engine::measure(&cmd.args).unwrap_err();
+    assert!(
+        err.is_usage() && err.to_string().contains("encoder"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.path()).unwrap().count(),
+        0,
+        "refused before converting the preset"
+    );
+}
+
+/// One provider's entries of the edit-mode test: the generation, then each case.
+fn check_edit_entries(p: &Value, scales: usize, steps: usize) {
+    let name = p["provider"].as_str().unwrap();
     let entries = p["batches"].as_array().unwrap();
     let labels: Vec<&str> = entries
         .iter()
@@ -270,7 +342,7 @@ fn edit_mode_measures_each_case_against_generation() {
             "variation k=3",
             "inpaint center k=3"
         ],
-        "the generation, then every keep-scales x mask case"
+        "{name}: the generation, then every keep-scales x mask case"
     );
 
     let gen = &entries[0];
@@ -283,12 +355,18 @@ fn edit_mode_measures_each_case_against_generation() {
         "Euler: one call per step"
     );
     for b in entries {
-        let label = b["edit"]["label"].as_str().unwrap_or("generate");
+        let label = format!(
+            "{name} {}",
+            b["edit"]["label"].as_str().unwrap_or("generate")
+        );
         assert_eq!(b["runs"], 2);
         for k in STAT_FIELDS {
             assert!(is_stat(&b[k]), "{label}: {k} = {}", b[k]);
         }
         assert_eq!(b["ar_per_scale_s"].as_array().unwrap().len(), scales);
+        let per_scale = b["scale_s"].as_array().unwrap();
+        assert_eq!(per_scale.len(), scales, "{label}: wall time per scale");
+        assert!(per_scale.iter().all(is_stat), "{label}");
         assert_eq!(
             b["flops"]["flow_calls"], b["flow_calls"],
             "{label}: the FLOP model counts the calls made"
@@ -331,6 +409,8 @@ fn edit_mode_measures_each_case_against_generation() {
             "total_ratio",
             "flow_s_per_image",
             "generate_flow_s_per_image",
+            "generate_s_per_image_at_skipped",
+            "generate_share_at_skipped",
         ] {
             assert!(is_stat(&vs[k]), "{label}: vs_generate.{k} = {}", vs[k]);
         }
@@ -344,36 +424,10 @@ fn edit_mode_measures_each_case_against_generation() {
         } else {
             assert_eq!(calls, gen_calls, "{label}: every scale has work");
             assert_eq!(flop_ratio, 1.0, "{label}");
+            assert_eq!(
+                vs["generate_s_per_image_at_skipped"]["max"], 0.0,
+                "{label}: nothing skipped, nothing saved"
+            );
         }
     }
-
-    let md = std::fs::read_to_string(&md).unwrap();
-    assert!(
-        md.contains("| tract | 1 | variation k=3 | [0, 1, 2] | 15 → 6 |"),
-        "{md}"
-    );
-    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
-    // The saved report renders again, in the same layout.
-    let again = out.path().join("again.md");
-    let cmd = Cmd::parse_from([
-        "bench",
-        "--from-json",
-        json.to_str().unwrap(),
-        "--quiet",
-        "--markdown",
-        again.to_str().unwrap(),
-    ]);
-    flowar_bench::engine::run(cmd.args).expect("re-render");
-    assert_eq!(std::fs::read_to_string(&again).unwrap(), md);
-}
-
-/// The edit options without `--mode edit` are a usage error, not silently ignored.
-#[test]
-fn edit_options_need_edit_mode() {
-    let cmd = Cmd::parse_from(["bench", "--model", "unused", "--keep-scales", "2"]);
-    let err = flowar_bench::engine::measure(&cmd.args).unwrap_err();
-    assert!(
-        err.is_usage() && err.to_string().contains("--mode edit"),
-        "{err}"
-    );
 }

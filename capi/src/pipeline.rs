@@ -407,14 +407,6 @@ struct PreparedEdit {
     composite: bool,
 }
 
-/// Prefixes a bad-argument error with the edit image it is about.
-fn in_image(i: usize, e: Error) -> Error {
-    match e {
-        Error::BadArgument(msg) => bad(format!("edit image {i}: {msg}")),
-        e => e,
-    }
-}
-
 /// Checks an edit request against the model, fits its images and masks, and encodes them:
 /// the request to sample (`base` with the edit's classes, indices and plan). Every check
 /// comes before the encoder runs.
@@ -472,47 +464,24 @@ fn prepare_edit(
         };
         (classes, base)
     };
-    let mut sources = Vec::with_capacity(n);
-    let mut masks = Vec::with_capacity(n);
-    for (i, im) in e.images.iter().enumerate() {
-        let source =
-            edit_input::source_from_pixels(&im.pixels, im.width, im.height, im.channels, size)
-                .map_err(|err| in_image(i, err))?;
-        let mask = match &im.mask {
-            Some(g) => Some(
-                edit_input::mask_from_grey(
-                    &g.values,
-                    g.width,
-                    g.height,
-                    (im.width, im.height),
-                    size,
-                )
-                .map_err(|err| in_image(i, err))?,
-            ),
-            None => source.alpha_mask,
-        };
-        sources.push(source.image);
-        masks.push(if e.invert_mask {
-            mask.map(|m| m.inverted())
-        } else {
-            mask
-        });
-    }
-    if e.invert_mask && masks.iter().all(Option::is_none) {
-        return Err(bad(
-            "`invert_mask` needs a mask (the `mask` of flowar_request_add_edit_image, or an \
-             RGBA image's alpha), but no edit image has one",
-        ));
-    }
-    if e.composite {
-        if let Some(i) = masks.iter().position(Option::is_none) {
-            return Err(bad(format!(
-                "`composite` pastes the source back where its mask keeps it, but edit image \
-                 {i} has no mask (pass one to flowar_request_add_edit_image, or give an RGBA \
-                 image with transparency)"
-            )));
-        }
-    }
+    let inputs = e
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| {
+            let mask = im.mask.as_ref().map(|g| (&g.values[..], g.height, g.width));
+            edit_input::from_pixels(
+                i,
+                (&im.pixels, im.height, im.width, im.channels),
+                mask,
+                e.invert_mask,
+                size,
+            )
+        })
+        .collect::<flowar_runtime::Result<Vec<_>>>()?;
+    edit_input::check(&inputs, e.invert_mask, e.composite)?;
+    let (sources, masks): (Vec<_>, Vec<_>) =
+        inputs.into_iter().map(|i| (i.source.image, i.mask)).unzip();
     // Row `k` edits image `k / count`.
     let rows: Vec<usize> = (0..n * e.count).map(|k| k / e.count).collect();
     let row_classes = rows.iter().map(|&i| classes[i]).collect();

@@ -52,11 +52,13 @@ fn edit_model() -> &'static Path {
 
 /// Fixture image `i` of the edit fixture (RGB) and its mask (grey), 128x128.
 fn edit_fixture_image(i: usize) -> (Vec<u8>, Vec<u8>) {
-    use flowar_runtime::edit_input::{load_mask, load_source};
+    use flowar_runtime::edit_input::load_source;
     let dir = flowar_tests::fixture("edit-sd-f8c4");
     let src = load_source(&dir.join(format!("image{i}.png")), 128).unwrap();
-    let mask = load_mask(&dir.join(format!("mask{i}.png")), (128, 128), 128).unwrap();
-    (src.image.pixels, mask.values)
+    // The mask is a grey PNG: read as RGB, each pixel's channels are its grey value.
+    let mask = load_source(&dir.join(format!("mask{i}.png")), 128).unwrap();
+    let mask = mask.image.pixels.iter().step_by(3).copied().collect();
+    (src.image.pixels, mask)
 }
 
 /// The pixels of a binary PPM (P6) or PGM (P5) with maxval 255 and no comments.
@@ -336,7 +338,10 @@ fn build_error_test(dir: &Path) -> PathBuf {
 fn c_error_paths() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = build_error_test(tmp.path());
-    let out = run(Command::new(&exe).arg(model()));
+    let out = run(Command::new(&exe)
+        .arg(model())
+        .arg("--edit")
+        .arg(edit_model()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(" passed, 0 failed"), "{}", show(&out));
     eprintln!("{stdout}");
@@ -370,6 +375,9 @@ fn c_error_paths_under_valgrind() {
         .arg(model())
         // No VAE decode under valgrind (it alone takes minutes there); see test_errors.c.
         .arg("--light")
+        // The edit's checks, and its encoder, under valgrind too.
+        .arg("--edit")
+        .arg(edit_model())
         .output()
         .expect("run valgrind");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use flowar::*;
 use flowar_runtime::edit_input;
 use flowar_runtime::sampler::schedule::Steps;
-use flowar_runtime::{Mask, Pipeline, PipelineOptions, ProviderChoice};
+use flowar_runtime::{Mask, Pipeline, Provider};
 
 /// The model size of the fixture.
 const SIZE: usize = 128;
@@ -39,8 +39,18 @@ fn fixture_image(i: usize) -> (Vec<u8>, Vec<u8>) {
     let dir = flowar_tests::fixture("edit-sd-f8c4");
     let src = edit_input::load_source(&dir.join(format!("image{i}.png")), SIZE).unwrap();
     assert!(src.fitted_from.is_none());
-    let mask = edit_input::load_mask(&dir.join(format!("mask{i}.png")), (128, 128), SIZE).unwrap();
-    assert!(mask.any() && mask.values.iter().any(|&v| v == 0));
+    // The mask is a grey PNG: read as RGB, each pixel's channels are its grey value.
+    let grey = edit_input::load_source(&dir.join(format!("mask{i}.png")), SIZE).unwrap();
+    assert!(grey
+        .image
+        .pixels
+        .chunks_exact(3)
+        .all(|p| p[0] == p[1] && p[1] == p[2]));
+    let mask = Mask {
+        size: SIZE,
+        values: grey.image.pixels.iter().step_by(3).copied().collect(),
+    };
+    assert!(mask.any() && mask.values.contains(&0));
     (src.image.pixels, mask.values)
 }
 
@@ -236,6 +246,11 @@ impl Drop for Req {
     }
 }
 
+/// The edit fixture on tract, as a Rust pipeline.
+fn rust_pipeline() -> Pipeline {
+    flowar_tests::load(edit_model(), Provider::Tract)
+}
+
 /// The Rust pipeline's edit of `images` (already fitted, with their masks), row `r`
 /// editing image `rows[r]` with `classes[rows[r]]`, global indices from 0: what the C ABI
 /// must reproduce.
@@ -246,11 +261,7 @@ fn rust_edit(
     rows: &[usize],
     keep_scales: usize,
 ) -> Vec<u8> {
-    let opts = PipelineOptions {
-        provider: ProviderChoice::Tract,
-        ..Default::default()
-    };
-    let mut pipe = Pipeline::load(edit_model(), &opts).unwrap();
+    let mut pipe = rust_pipeline();
     let plan = pipe.edit_plan(images, masks, keep_scales, rows).unwrap();
     let req = pipe
         .request()
@@ -323,22 +334,9 @@ fn edits_equal_the_rust_pipeline() {
     ok(var.int(c"keep_scales", 3));
     ok(var.str(c"unconditional", c"true"));
     let got = p.generate(&var).unwrap();
-    let null = {
-        let opts = PipelineOptions {
-            provider: ProviderChoice::Tract,
-            ..Default::default()
-        };
-        Pipeline::load(edit_model(), &opts)
-            .unwrap()
-            .manifest()
-            .null_class
-    };
     let want = {
-        let opts = PipelineOptions {
-            provider: ProviderChoice::Tract,
-            ..Default::default()
-        };
-        let mut pipe = Pipeline::load(edit_model(), &opts).unwrap();
+        let mut pipe = rust_pipeline();
+        let null = pipe.manifest().null_class;
         let plan = pipe.edit_plan(&images[..1], &[None], 3, &[0]).unwrap();
         let req = pipe
             .request()
@@ -600,13 +598,16 @@ fn edit_errors_name_the_problem() {
     ok(two.int(c"composite", 1));
     let msg = p.generate(&two).unwrap_err().1;
     assert!(
-        msg.contains("`composite`") && msg.contains("edit image 1 has no mask"),
+        msg.contains("composite pastes") && msg.contains("edit image 1 has no mask"),
         "{msg}"
     );
     ok(none.int(c"invert_mask", 1));
     none.classes(&[1]);
     let msg = p.generate(&none).unwrap_err().1;
-    assert!(msg.contains("`invert_mask` needs a mask"), "{msg}");
+    assert!(
+        msg.contains("inverting the mask (out-painting) needs a mask"),
+        "{msg}"
+    );
 
     // A mask neither its image's size nor the model's.
     let odd = Req::new();

@@ -379,11 +379,11 @@ fn edit_errors_are_clear_and_leave_nothing() {
         ),
         (
             vec!["--image", &img, "--class", "1", "--composite"],
-            "--composite",
+            "composite pastes the source back",
         ),
         (
             vec!["--image", &img, "--class", "1", "--invert-mask"],
-            "--invert-mask needs a mask",
+            "inverting the mask (out-painting) needs a mask",
         ),
         (
             vec!["--image", "missing.png", "--class", "1"],

@@ -117,7 +117,7 @@ fn missing_gpu_providers_are_clear_errors_and_auto_falls_back_with_a_log_line() 
     if ort_is_gpu_build() {
         flowar_runtime::test_support::note_skip(
             module_path!(),
-            &format!("the loaded onnxruntime is a GPU build; bench/gpu/check.sh covers it"),
+            "the loaded onnxruntime is a GPU build; bench/gpu/check.sh covers it",
         );
         return;
     }

@@ -193,7 +193,7 @@ def test_labels_are_required_unless_unconditional(pipe, sources, masks):
         (lambda s, m: dict(images=s, masks=[m[0], m[1], m[0]]), ValueError, "3 masks for 2"),
         (lambda s, m: dict(images=s, masks=m.astype(np.float32)), TypeError, "mask 0"),
         (lambda s, m: dict(images=s, composite=True), ValueError, "has no mask"),
-        (lambda s, m: dict(images=s, invert_mask=True), ValueError, "invert_mask needs a mask"),
+        (lambda s, m: dict(images=s, invert_mask=True), ValueError, "inverting the mask .out-painting. needs a mask"),
         (lambda s, m: dict(images=s, masks=m, count=0), ValueError, "count"),
         (lambda s, m: dict(images=s, masks=m, keep_scales=-1), ValueError, "keep_scales"),
         (lambda s, m: dict(images=s, masks=m, batch_size=0), ValueError, "batch_size"),

@@ -230,11 +230,6 @@ pub fn mask_from_png(
         .map_err(|e| Error::BadArgument(format!("{what}: {e}")))
 }
 
-/// A mask from a PNG file (see [`mask_from_png`]).
-pub fn load_mask(path: &Path, source_size: (u32, u32), size: usize) -> Result<Mask> {
-    mask_from_png(&read(path)?, &path.display().to_string(), source_size, size)
-}
-
 /// The encoder's input `[n, 3, H, W]`: `u8 / 127.5 - 1`, channel planes.
 pub fn encoder_input(images: &[RgbImage]) -> Result<Tensor> {
     let first = images
@@ -282,6 +277,148 @@ pub fn composite(out: &mut RgbImage, source: &RgbImage, mask: &Mask) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The rule, as every edited image records it (`flowar:edit_rule`), in one line.
+pub const RULE: &str = "teacher forcing: tokens = (encoder mean - shift) * scale; G_k = \
+area_downsample(tokens, s_k); regenerate where area_downsample(mask, s_k) > 0 (scales < \
+keep_scales known whole); after every step known tokens = (1 - t_next) G_k + t_next noise_k";
+
+/// One source image, fitted to the model's size, with its mask (inverted already when the
+/// edit out-paints) and what the output's text records of them.
+pub struct EditInput {
+    pub source: Source,
+    pub mask: Option<Mask>,
+    /// The mask file's sha256, `alpha:<sha256 of the image>`, or `none` (as `flowar edit`).
+    pub mask_hash: String,
+    /// How errors name it: `image 3` or its path.
+    pub name: String,
+}
+
+/// Source `i` from an 8-bit buffer `[height, width, channels]` (3 or 4; RGBA's alpha is
+/// the mask where no mask is given) and its optional grey mask `[mask_h, mask_w]`.
+pub fn from_pixels(
+    i: usize,
+    image: (&[u8], usize, usize, usize),
+    mask: Option<(&[u8], usize, usize)>,
+    invert: bool,
+    size: usize,
+) -> Result<EditInput> {
+    let (pixels, h, w, c) = image;
+    let name = format!("edit image {i}");
+    let source = source_from_pixels(pixels, w, h, c, size).map_err(|e| named(&name, e))?;
+    let (mask, mask_hash) = match mask {
+        Some((values, mh, mw)) => {
+            let m = mask_from_grey(values, mw, mh, (w, h), size)
+                .map_err(|e| named(&format!("the mask of {name}"), e))?;
+            (Some(m), sha256_hex(values))
+        }
+        None => alpha(&source),
+    };
+    Ok(EditInput {
+        mask: orient(mask, invert),
+        source,
+        mask_hash,
+        name,
+    })
+}
+
+/// A source image from a PNG file and its optional mask file (`flowar edit --image
+/// --mask`).
+pub fn from_files(
+    path: &Path,
+    mask_path: Option<&Path>,
+    invert: bool,
+    size: usize,
+) -> Result<EditInput> {
+    let source = load_source(path, size)?;
+    let from = source.fitted_from.unwrap_or((size as u32, size as u32));
+    let (mask, mask_hash) = match mask_path {
+        Some(mp) => {
+            let bytes = std::fs::read(mp).map_err(|e| Error::io(mp, e))?;
+            let m = mask_from_png(&bytes, &mp.display().to_string(), from, size)?;
+            (Some(m), sha256_hex(&bytes))
+        }
+        None => alpha(&source),
+    };
+    Ok(EditInput {
+        mask: orient(mask, invert),
+        source,
+        mask_hash,
+        name: path.display().to_string(),
+    })
+}
+
+/// A `BadArgument` prefixed with what it is about.
+fn named(what: &str, e: Error) -> Error {
+    match e {
+        Error::BadArgument(m) => Error::BadArgument(format!("{what}: {m}")),
+        other => other,
+    }
+}
+
+fn alpha(source: &Source) -> (Option<Mask>, String) {
+    match &source.alpha_mask {
+        Some(m) => (Some(m.clone()), format!("alpha:{}", source.sha256)),
+        None => (None, "none".to_string()),
+    }
+}
+
+fn orient(mask: Option<Mask>, invert: bool) -> Option<Mask> {
+    match (mask, invert) {
+        (Some(m), true) => Some(m.inverted()),
+        (m, _) => m,
+    }
+}
+
+/// The checks of a set of inputs: out-painting needs a mask, compositing one per
+/// image.
+pub fn check(inputs: &[EditInput], invert: bool, composite: bool) -> Result<()> {
+    if invert && inputs.iter().all(|i| i.mask.is_none()) {
+        return Err(Error::BadArgument(
+            "inverting the mask (out-painting) needs a mask: give one, or an RGBA image whose alpha is the mask".into(),
+        ));
+    }
+    if composite {
+        if let Some(i) = inputs.iter().find(|i| i.mask.is_none()) {
+            return Err(Error::BadArgument(format!(
+                "composite pastes the source back outside the mask, but {} has no mask \
+                 (give one, or an RGBA image whose alpha is the mask)",
+                i.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What kind of edit a run is (`flowar:edit`).
+pub fn task(any_mask: bool, keep_scales: usize, invert: bool) -> &'static str {
+    match (any_mask, keep_scales > 0) {
+        (false, _) => "variation",
+        (true, _) if invert => "outpaint",
+        (true, false) => "inpaint",
+        (true, true) => "inpaint+keep_scales",
+    }
+}
+
+/// The PNG text keys an edited image carries after the generation's
+/// ([`crate::sample_set::png_text`]): the CLI, Python and Ray write the same.
+pub fn png_text(
+    input: &EditInput,
+    task: &str,
+    invert: bool,
+    keep_scales: usize,
+    composite: bool,
+) -> [(String, String); 7] {
+    [
+        ("flowar:edit".into(), task.to_string()),
+        ("flowar:source_sha256".into(), input.source.sha256.clone()),
+        ("flowar:mask_sha256".into(), input.mask_hash.clone()),
+        ("flowar:invert_mask".into(), invert.to_string()),
+        ("flowar:keep_scales".into(), keep_scales.to_string()),
+        ("flowar:composite".into(), composite.to_string()),
+        ("flowar:edit_rule".into(), RULE.to_string()),
+    ]
 }
 
 #[cfg(test)]

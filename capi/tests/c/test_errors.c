@@ -1,12 +1,17 @@
 /*
  * test_errors.c: drives libflowar's error paths from C and checks codes and messages,
  * then runs two pipelines on two threads at once. Run by capi/tests/c_api.rs (also under
- * valgrind). Usage: test_errors MODEL_DIR [--light]
+ * valgrind). Usage: test_errors MODEL_DIR [--light] [--edit EDIT_MODEL_DIR]
+ *
+ * MODEL_DIR has no VAE encoder (edits on it are refused); EDIT_MODEL_DIR has one: with
+ * --edit, the edit errors that need a model that can edit are checked there, and an
+ * in-painting runs (composited: the unmasked pixels must be the source's).
  *
  * --light (used under valgrind, where the 256x256 VAE decode alone takes minutes) never
  * decodes: the runs that complete natively are cancelled at the last step of the third
  * scale instead, and the checks on finished pixels are skipped. Every error path, the
- * callback and two concurrent pipelines still run.
+ * callback and two concurrent pipelines still run; the in-painting encodes its image and
+ * is cancelled at its first step.
  *
  * Exits 0 when every check passes; prints "N passed, N failed" at the end.
  */
@@ -124,10 +129,96 @@ static void *run_job(void *arg) {
   return NULL;
 }
 
+/* Edits on a model folder with a VAE encoder: the errors that need one, then an
+ * in-painting of a synthetic image (cancelled at its first step in light mode). */
+static void edit_checks(const char *dir, int light) {
+  FlowarPipeline *pipe = load(dir);
+  if (pipe == NULL) return;
+  size_t w = 0, h = 0, scales = 0, len = 0;
+  EXPECT_OK(flowar_pipeline_image_width(pipe, &w));
+  EXPECT_OK(flowar_pipeline_image_height(pipe, &h));
+  EXPECT_OK(flowar_pipeline_num_scales(pipe, &scales));
+  EXPECT_OK(flowar_pipeline_buffer_size(pipe, 1, &len));
+  uint8_t *src = malloc(w * h * 3), *mask = calloc(w * h, 1), *out = malloc(2 * len);
+  for (size_t i = 0; i < w * h * 3; i++) src[i] = (uint8_t)(i * 31 / 7);
+  for (size_t y = h / 4; y < h / 2; y++)
+    for (size_t x = w / 8; x < w / 2; x++) mask[y * w + x] = 200;
+  memset(out, 0xAB, 2 * len);
+  int32_t one[1] = {3}, three[3] = {1, 2, 3};
+
+  FlowarRequest *req = NULL;
+  EXPECT_OK(flowar_request_create(&req));
+  EXPECT_OK(flowar_request_set(req, "steps", "2"));
+  /* A mask neither its image's size nor the model's. */
+  EXPECT_OK(flowar_request_add_edit_image(req, src, w * h * 3, w, h, 3, mask, 12, 4, 3));
+  EXPECT_OK(flowar_request_set_classes(req, one, 1));
+  EXPECT_ERR(flowar_pipeline_generate(pipe, req, out, len, NULL, NULL),
+             FLOWAR_CODE_BAD_ARGUMENT, "edit image 0: the mask is 4x3");
+  EXPECT_OK(flowar_request_clear_edit(req));
+  EXPECT_OK(flowar_request_add_edit_image(req, src, w * h * 3, w, h, 3, mask, w * h, w, h));
+  EXPECT_OK(flowar_request_add_edit_image(req, src, w * h * 3, w, h, 3, NULL, 0, 0, 0));
+  EXPECT_OK(flowar_request_set_classes(req, three, 3));
+  EXPECT_ERR(flowar_pipeline_generate(pipe, req, out, 2 * len, NULL, NULL),
+             FLOWAR_CODE_BAD_ARGUMENT, "3 classes for 2 edit images");
+  EXPECT_OK(flowar_request_set_classes(req, one, 1));
+  EXPECT_OK(flowar_request_set_int(req, "keep_scales", (int64_t)scales + 1));
+  EXPECT_ERR(flowar_pipeline_generate(pipe, req, out, 2 * len, NULL, NULL),
+             FLOWAR_CODE_BAD_ARGUMENT, "`keep_scales`");
+  EXPECT_OK(flowar_request_set_int(req, "keep_scales", 0));
+  EXPECT_OK(flowar_request_set_int(req, "composite", 1));
+  EXPECT_ERR(flowar_pipeline_generate(pipe, req, out, 2 * len, NULL, NULL),
+             FLOWAR_CODE_BAD_ARGUMENT, "edit image 1 has no mask");
+  int untouched = 1;
+  for (size_t i = 0; i < 2 * len; i++) untouched &= out[i] == 0xAB;
+  CHECK(untouched, "a failed edit must not write the buffer");
+
+  /* An in-painting, composited. */
+  EXPECT_OK(flowar_request_clear_edit(req));
+  EXPECT_OK(flowar_request_add_edit_image(req, src, w * h * 3, w, h, 3, mask, w * h, w, h));
+  EXPECT_OK(flowar_request_set_int(req, "composite", 1));
+  Progress prog = {0, light ? 0 : -1, -1, 0, 0, 0, 0};
+  FlowarStatus *st = flowar_pipeline_generate(pipe, req, out, len, on_progress, &prog);
+  if (light) {
+    EXPECT_ERR(st, FLOWAR_CODE_CANCELLED, "cancelled");
+    CHECK(prog.calls == 1, "cancelled at the first step (%d calls)", prog.calls);
+  } else {
+    EXPECT_OK(st);
+    CHECK(prog.calls > 0 && !prog.bad_order, "edit progress in order (%d calls)", prog.calls);
+    size_t kept = 0, changed = 0, regenerated = 0;
+    for (size_t p = 0; p < w * h; p++) {
+      int same = memcmp(out + p * 3, src + p * 3, 3) == 0;
+      if (mask[p] == 0) {
+        kept++;
+        changed += !same;
+      } else {
+        regenerated += !same;
+      }
+    }
+    CHECK(changed == 0 && kept > 0, "%zu of %zu unmasked pixels changed", changed, kept);
+    CHECK(regenerated > 0, "the masked region is regenerated");
+    CHECK(out[len] == 0xAB, "an edit writes no more than one image");
+  }
+  flowar_request_destroy(&req);
+  free(src);
+  free(mask);
+  free(out);
+  flowar_pipeline_destroy(&pipe);
+}
+
 int main(int argc, char **argv) {
-  int light = argc == 3 && strcmp(argv[2], "--light") == 0;
-  if (argc != 2 && !light) {
-    fprintf(stderr, "usage: test_errors MODEL_DIR [--light]\n");
+  int light = 0;
+  const char *edit_model = NULL;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--light") == 0) {
+      light = 1;
+    } else if (strcmp(argv[i], "--edit") == 0 && i + 1 < argc) {
+      edit_model = argv[++i];
+    } else {
+      argc = 0;
+    }
+  }
+  if (argc < 2) {
+    fprintf(stderr, "usage: test_errors MODEL_DIR [--light] [--edit EDIT_MODEL_DIR]\n");
     return 2;
   }
   const char *model = argv[1];
@@ -416,6 +507,8 @@ int main(int argc, char **argv) {
     flowar_request_destroy(&other);
     free(buf2);
   }
+
+  if (edit_model != NULL) edit_checks(edit_model, light);
 
   free(buf);
   flowar_request_destroy(&req);

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use flowar_runtime::edit_input::{self, Source};
+use flowar_runtime::edit_input::{self, EditInput};
 use flowar_runtime::image::{labelled_grid, save_png, write_atomic, RgbImage};
 use flowar_runtime::sample_set;
 use flowar_runtime::sampler::noise;
@@ -14,11 +14,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::{ensure_writable, model_dir, secs, CreatedDirs};
 use super::{BackendArgs, CliError, CliResult};
-
-/// The rule, as every output records it.
-pub const RULE: &str = "teacher forcing: tokens = (encoder mean - shift) * scale; G_k = \
-area_downsample(tokens, s_k); regenerate where area_downsample(mask, s_k) > 0 (scales < \
-keep_scales known whole); after every step known tokens = (1 - t_next) G_k + t_next noise_k";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -83,17 +78,8 @@ pub struct Args {
     pub grid: Option<PathBuf>,
 }
 
-/// One source image with its mask and where they came from.
-struct Input {
-    path: PathBuf,
-    source: Source,
-    mask: Option<Mask>,
-    /// What the output's text records: the mask file's sha256, `alpha:<sha256 of the
-    /// image>`, or `none`.
-    mask_hash: String,
-}
-
-fn read_inputs(a: &Args, size: usize) -> CliResult<Vec<Input>> {
+/// The images and masks of the command line, read and checked before any work.
+fn read_inputs(a: &Args, size: usize) -> CliResult<Vec<EditInput>> {
     if !(a.masks.is_empty() || a.masks.len() == 1 || a.masks.len() == a.images.len()) {
         return Err(CliError::Usage(format!(
             "{} masks for {} images: give one mask for all images, or one per image",
@@ -103,8 +89,9 @@ fn read_inputs(a: &Args, size: usize) -> CliResult<Vec<Input>> {
     }
     let mut out = Vec::with_capacity(a.images.len());
     for (i, path) in a.images.iter().enumerate() {
-        let source = edit_input::load_source(path, size)?;
-        if let Some((w, h)) = source.fitted_from {
+        let mask = a.masks.get(if a.masks.len() == 1 { 0 } else { i });
+        let input = edit_input::from_files(path, mask.map(PathBuf::as_path), a.invert_mask, size)?;
+        if let Some((w, h)) = input.source.fitted_from {
             eprintln!(
                 "{}: {w}x{h} fitted to the model's {size}x{size} (box-halved while at least \
                  twice the size, bicubic resize of the short side, centre crop: \
@@ -112,60 +99,17 @@ fn read_inputs(a: &Args, size: usize) -> CliResult<Vec<Input>> {
                 path.display()
             );
         }
-        let from = source.fitted_from.unwrap_or((size as u32, size as u32));
-        let (mask, mask_hash) = match a.masks.get(if a.masks.len() == 1 { 0 } else { i }) {
-            Some(mp) => {
-                let bytes = std::fs::read(mp).map_err(|e| flowar_runtime::Error::io(mp, e))?;
-                let m = edit_input::mask_from_png(&bytes, &mp.display().to_string(), from, size)?;
-                (Some(m), edit_input::sha256_hex(&bytes))
-            }
-            None => match &source.alpha_mask {
-                Some(m) => {
-                    eprintln!(
-                        "{}: no --mask, so its alpha channel is the mask (transparent = regenerate)",
-                        path.display()
-                    );
-                    (Some(m.clone()), format!("alpha:{}", source.sha256))
-                }
-                None => (None, "none".to_string()),
-            },
-        };
-        let mask = match (mask, a.invert_mask) {
-            (Some(m), true) => Some(m.inverted()),
-            (m, _) => m,
-        };
-        out.push(Input {
-            path: path.clone(),
-            source,
-            mask,
-            mask_hash,
-        });
-    }
-    if a.invert_mask && out.iter().all(|i| i.mask.is_none()) {
-        return Err(CliError::Usage(
-            "--invert-mask needs a mask (--mask, or an RGBA image's alpha)".into(),
-        ));
-    }
-    if a.composite {
-        if let Some(i) = out.iter().find(|i| i.mask.is_none()) {
-            return Err(CliError::Usage(format!(
-                "--composite pastes the source back outside the mask, but {} has no mask \
-                 (--mask, or an RGBA image's alpha)",
-                i.path.display()
-            )));
+        if mask.is_none() && input.mask.is_some() {
+            eprintln!(
+                "{}: no --mask, so its alpha channel is the mask (transparent = regenerate)",
+                path.display()
+            );
         }
+        out.push(input);
     }
+    edit_input::check(&out, a.invert_mask, a.composite)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(out)
-}
-
-/// What kind of edit a run is, for its metadata.
-fn task(inputs: &[Input], keep_scales: usize, invert: bool) -> &'static str {
-    match (inputs.iter().any(|i| i.mask.is_some()), keep_scales > 0) {
-        (false, _) => "variation",
-        (true, _) if invert => "outpaint",
-        (true, false) => "inpaint",
-        (true, true) => "inpaint+keep_scales",
-    }
 }
 
 pub fn run(a: Args) -> CliResult {
@@ -237,7 +181,8 @@ pub fn run(a: Args) -> CliResult {
         Some(s) => base.with_steps(s),
         None => base,
     };
-    let task = task(&inputs, a.keep_scales, a.invert_mask);
+    let any_mask = inputs.iter().any(|i| i.mask.is_some());
+    let task = edit_input::task(any_mask, a.keep_scales, a.invert_mask);
     let n_scales = m.scales.len();
     for i in &inputs {
         let none_regenerated =
@@ -245,13 +190,13 @@ pub fn run(a: Args) -> CliResult {
         if none_regenerated {
             eprintln!(
                 "{}: nothing to regenerate, so the output is the VAE round trip of the image",
-                i.path.display()
+                i.name
             );
         } else if i.mask.is_none() && a.keep_scales == 0 {
             eprintln!(
                 "{}: no mask and --keep-scales 0: every token is regenerated, so the output \
                  does not depend on the image (give a mask, or --keep-scales K for a variation)",
-                i.path.display()
+                i.name
             );
         }
     }
@@ -374,15 +319,13 @@ pub fn run(a: Args) -> CliResult {
             for (&k, img) in chunk.iter().zip(&edited) {
                 let input = &inputs[source_of(k)];
                 let mut text = sample_set::png_text(&m, &req, k, classes[source_of(k)]);
-                text.extend([
-                    ("flowar:edit".into(), task.to_string()),
-                    ("flowar:source_sha256".into(), input.source.sha256.clone()),
-                    ("flowar:mask_sha256".into(), input.mask_hash.clone()),
-                    ("flowar:invert_mask".into(), a.invert_mask.to_string()),
-                    ("flowar:keep_scales".into(), a.keep_scales.to_string()),
-                    ("flowar:composite".into(), a.composite.to_string()),
-                    ("flowar:edit_rule".into(), RULE.to_string()),
-                ]);
+                text.extend(edit_input::png_text(
+                    input,
+                    task,
+                    a.invert_mask,
+                    a.keep_scales,
+                    a.composite,
+                ));
                 save_png(&dir.join(sample_set::file_name(k)), img, &text)?;
             }
         }
@@ -435,9 +378,9 @@ pub fn run(a: Args) -> CliResult {
             "dtype": m.dtype,
             "provider": pipe.provider().provider.name(),
             "edit": task,
-            "rule": RULE,
+            "rule": edit_input::RULE,
             "images": inputs.iter().map(|i| serde_json::json!({
-                "path": i.path.display().to_string(),
+                "path": i.name,
                 "sha256": i.source.sha256,
                 "fitted_from": i.source.fitted_from,
                 "mask_sha256": i.mask_hash,

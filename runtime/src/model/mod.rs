@@ -380,10 +380,14 @@ impl Model {
         }
         let spec = self.manifest.graphs.get(role).expect("a graph that ran");
         let cure = match role {
-            GraphRole::VaeEncoder => "the encoder computes in float32 in every folder, so its \
-                                      weights are damaged: convert again from a good checkpoint",
-            _ => "large VAEs overflow in float16 (why diffusers configs carry `force_upcast`): \
-                  convert with `--dtype f32`, or check the VAE weights",
+            GraphRole::VaeEncoder => {
+                "the encoder computes in float32 in every folder, so its \
+                                      weights are damaged: convert again from a good checkpoint"
+            }
+            _ => {
+                "large VAEs overflow in float16 (why diffusers configs carry `force_upcast`): \
+                  convert with `--dtype f32`, or check the VAE weights"
+            }
         };
         Err(Error::Model {
             path: self.dir.join(&spec.file),
@@ -418,8 +422,8 @@ impl Model {
     }
 
     /// VAE encode of `image [batch, 3, H, W]` in [-1, 1] to tokens `[batch, C, G, G]` (the
-    /// encode rule runs inside the graph). The encoder runs where float64 runs (CUDA under
-    /// TensorRT): once per edit, it is not worth an engine build.
+    /// encode rule runs inside the graph). The encoder runs on the model's provider (CUDA
+    /// under TensorRT).
     pub fn encode(&mut self, image: &Tensor) -> Result<Tensor> {
         if self.encoder.is_none() {
             self.require_encoder()?;
@@ -429,7 +433,12 @@ impl Model {
                 .vae_encoder
                 .clone()
                 .expect("required above");
-            let provider = self.provider.for_float64();
+            // On its own provider, but not through TensorRT: one call per edit does not
+            // pay for an engine build (CUDA runs it on the same device).
+            let provider = match self.provider {
+                Provider::TensorRt => Provider::Cuda,
+                p => p,
+            };
             self.encoder = Some(open_graph(&self.dir, &spec, provider, &self.options, None)?);
         }
         let enc = self.encoder.as_mut().expect("just opened");
