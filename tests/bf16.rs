@@ -223,7 +223,7 @@ fn bf16_moves_an_s_sized_model_within_pinned_bounds() {
 }
 
 /// What `bf16_moves_an_s_sized_model_within_pinned_bounds` measured (preset s, seed 0, on
-/// an Intel Xeon with AVX512-BF16 and no AMX, 2026-12-06): 4.37%, 38.0 dB, 18 levels. The
+/// an AMD EPYC with AVX512-BF16 and no AMX, 2026-12-06): 4.37%, 38.0 dB, 18 levels. The
 /// bounds: 1.5x the RMS and the levels, 3 dB below the PSNR. (The 1.71% / 44 dB / 11
 /// levels in docs/benchmarks.md are for the reference's own random weights, which need
 /// PyTorch to load.)

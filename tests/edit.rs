@@ -11,8 +11,8 @@ use flowar_runtime::verify::{self, CaseResult, PipeSettings, Reference, Toleranc
 use flowar_runtime::{EditPlan, Mask, Provider, Request, Solver};
 use flowar_tests::*;
 
-/// Largest errors measured on this fixture over ort-cpu, tract and OpenVINO (Intel Xeon,
-/// AVX-512; 2026-12-06), rounded up: the pins fail at [`MARGIN`] times these, inside the
+/// Largest errors measured on this fixture over ort-cpu, tract and OpenVINO (AMD EPYC,
+/// avx2/avx512f/avx512_bf16, no AMX; 2026-12-06), rounded up: the pins fail at [`MARGIN`] times these, inside the
 /// issue's bounds (encoder 2e-4, edit tokens 4x drift and at least 1e-3).
 struct Measured {
     encoder: f64,

@@ -428,8 +428,8 @@ pub fn bf16_missing(what: &str, refusal: &str) {
     flowar_runtime::test_support::note_skip(what, &format!("no bf16 on this CPU: {refusal}"));
 }
 
-/// `pipe.tokens`' largest error per fixture over ort-cpu, tract and OpenVINO (Intel Xeon,
-/// AVX-512, 2026-12-05/06), rounded up; [`PIPE_TOKENS_MARGIN`] above it fails.
+/// `pipe.tokens`' largest error per fixture over ort-cpu, tract and OpenVINO (an Intel
+/// Xeon with AVX-512 on 2026-12-05, an AMD EPYC with AVX-512 on 2026-12-06; neither has AMX), rounded up; [`PIPE_TOKENS_MARGIN`] above it fails.
 pub fn measured_pipe_tokens(name: &str) -> f64 {
     match name {
         "spatial" => 6.2e-4,
