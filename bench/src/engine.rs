@@ -881,7 +881,7 @@ fn bench_provider(
         available: true,
         reason: None,
         load_s: Some(load_s),
-        encoder_provider: (!edits.is_empty()).then(|| p.for_float64().name().to_string()),
+        encoder_provider: (!edits.is_empty()).then(|| p.encoder_provider().name().to_string()),
         batches,
     })
 }

@@ -185,7 +185,10 @@ pub fn compare(
         for (i, (ta, tb)) in ra.scale_tokens.iter().zip(&rb.scale_tokens).enumerate() {
             for (&x, &y) in ta.iter().zip(tb) {
                 let d = (x - y).abs() as f64;
-                sums[i].0 = sums[i].0.max(d);
+                // `f64::max` would drop a NaN: a NaN on either side stays NaN.
+                if d.is_nan() || d > sums[i].0 {
+                    sums[i].0 = d;
+                }
                 sums[i].1 += d * d;
                 sums[i].2 += (x as f64) * (x as f64);
             }
@@ -220,7 +223,14 @@ pub fn compare(
         .map(|(&side, &(max_abs, d2, r2))| ScaleError {
             side,
             max_abs,
-            rel_rms: if r2 > 0.0 { (d2 / r2).sqrt() } else { 0.0 },
+            rel_rms: if r2 > 0.0 {
+                (d2 / r2).sqrt()
+            } else if d2 == 0.0 {
+                0.0
+            } else {
+                // A zero or NaN reference with a difference: no ratio, and not zero.
+                f64::NAN
+            },
         })
         .collect();
     report.identical = same as f64 / values.max(1) as f64;

@@ -120,8 +120,7 @@ impl VerifyBounds {
         let loose = |field: &str, got: f32, max: f32| {
             format!(
                 "the manifest's `verify.{field}` is {got:e}, looser than the {max:e} flowar \
-                 writes for a {kind} folder (edited by hand?); re-run `flowar convert`, or \
-                 pass a bound on the command line"
+                 writes for a {kind} folder (edited by hand?); re-run `flowar convert`"
             )
         };
         if self.graph.is_nan() || self.graph > max.graph {

@@ -40,7 +40,7 @@ def head(tmp_path):
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
-         "--include-dashboard=false"],
+         "--include-dashboard=false", '--resources={"flowar_join_test_head": 1}'],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     address = f"127.0.0.1:{port}"
@@ -67,6 +67,11 @@ def head(tmp_path):
             pytest.fail(f"the Ray head did not come up at {address}: "
                         f"{log.read_text(errors='replace')[-2000:]}")
         time.sleep(1)
+    # `ray start` wrote its address to /tmp/ray/ray_current_cluster, which a plain
+    # `ray.init()` joins: removed, so only an honoured `address=` reaches this head.
+    current = "/tmp/ray/ray_current_cluster"
+    if os.path.exists(current) and open(current).read().strip().endswith(f":{port}"):
+        os.remove(current)
     try:
         yield address, env
     finally:
@@ -80,12 +85,22 @@ def test_joins_a_running_cluster(head, demo, flowar_bin, tmp_path):
                  "--count", str(COUNT), "--batch-size", "3", "--seed", "5",
                  "--class", *map(str, CLASSES))
     out = tmp_path / "ray"
+    # The driver records which cluster `generate_dataset`'s `ray.init` reached: the head
+    # carries a resource no other cluster has.
     code = (
         "import json, sys, ray, flowar.ray as fray\n"
+        "seen = {}\n"
+        "init = ray.init\n"
+        "def recording_init(*a, **k):\n"
+        "    r = init(*a, **k)\n"
+        "    seen['resources'] = ray.cluster_resources()\n"
+        "    return r\n"
+        "ray.init = recording_init\n"
         f"r = fray.generate_dataset({str(demo)!r}, {COUNT}, classes={CLASSES}, seed=5,"
         f" out_dir={str(out)!r}, provider='tract', num_workers=2, batch_size=3,"
         f" progress=False, address={head!r})\n"
         "assert not ray.is_initialized(), 'the call left its connection open'\n"
+        "assert seen.get('resources', {}).get('flowar_join_test_head') == 1, seen\n"
         "print(json.dumps(r['engine']))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

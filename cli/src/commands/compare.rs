@@ -124,5 +124,16 @@ pub fn run(a: Args) -> CliResult {
         )?;
         println!("wrote {}", p.display());
     }
+    if let Some(s) = report
+        .scales
+        .iter()
+        .find(|s| s.max_abs.is_nan() || s.rel_rms.is_nan())
+    {
+        return Err(CliError::Failed(format!(
+            "the two sides' tokens at scale {0}x{0} hold NaN or infinite values (max abs {1}, \
+             relative RMS {2}); nothing can be compared there",
+            s.side, s.max_abs, s.rel_rms
+        )));
+    }
     Ok(())
 }

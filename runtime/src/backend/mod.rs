@@ -59,6 +59,15 @@ impl Provider {
         self == Provider::TensorRt
     }
 
+    /// Where a model's VAE encoder runs: its own provider, but CUDA under TensorRT (one
+    /// call per edit does not pay for an engine build).
+    pub fn encoder_provider(self) -> Provider {
+        match self {
+            Provider::TensorRt => Provider::Cuda,
+            p => p,
+        }
+    }
+
     /// The provider that runs float64 graphs in place of this one: TensorRT has no float64,
     /// so such graphs run on CUDA, on the same device; OpenVINO computes float64 in float32,
     /// so they run on the host, in tract.

@@ -433,12 +433,7 @@ impl Model {
                 .vae_encoder
                 .clone()
                 .expect("required above");
-            // On its own provider, but not through TensorRT: one call per edit does not
-            // pay for an engine build (CUDA runs it on the same device).
-            let provider = match self.provider {
-                Provider::TensorRt => Provider::Cuda,
-                p => p,
-            };
+            let provider = self.provider.encoder_provider();
             self.encoder = Some(open_graph(&self.dir, &spec, provider, &self.options, None)?);
         }
         let enc = self.encoder.as_mut().expect("just opened");
