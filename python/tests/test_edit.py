@@ -109,7 +109,7 @@ def test_pil_images_and_masks_equal_arrays(pipe, sources, masks, inpainted):
     assert np.array_equal(pipe.edit(imgs[1], Image.fromarray(blue), labels=640, **FAST), alone)
     # An RGBA PIL image: its alpha is the mask.
     rgba = np.dstack([sources[0], 255 - masks[0]])
-    out = pipe.edit(Image.fromarray(rgba, "RGBA"), labels=12, **FAST)
+    out = pipe.edit(Image.fromarray(rgba), labels=12, **FAST)
     assert np.array_equal(out[0], inpainted[0])
 
 
@@ -134,7 +134,7 @@ def test_a_mask_of_another_size_is_refused_naming_the_sizes(pipe, sources, masks
     small = np.zeros((100, 90), np.uint8)
     with pytest.raises(ValueError, match=r"90x100 .*128x128"):
         pipe.edit(sources[0], small, labels=12, **FAST)
-    with pytest.raises(ValueError, match=r"mask of image 1: the mask is 90x100"):
+    with pytest.raises(ValueError, match=r"mask of edit image 1: the mask is 90x100"):
         pipe.edit(sources, [masks[0], small], labels=LABELS, **FAST)
 
 

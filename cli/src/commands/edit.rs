@@ -2,7 +2,7 @@
 //! input images, by teacher-forcing their tokens into the sampler (the rule is in
 //! `flowar_runtime::sampler::edit`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use flowar_runtime::edit_input::{self, EditInput};
@@ -12,7 +12,7 @@ use flowar_runtime::sampler::noise;
 use flowar_runtime::{EditPlan, Mask, Pipeline, Request, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::generate::{ensure_writable, model_dir, secs, CreatedDirs};
+use super::generate::{model_dir, prepare_outputs, secs};
 use super::{BackendArgs, CliError, CliResult};
 
 #[derive(clap::Args, Debug)]
@@ -201,25 +201,7 @@ pub fn run(a: Args) -> CliResult {
         }
     }
 
-    let mut created = CreatedDirs::default();
-    if let Some(out) = &a.out {
-        ensure_writable(out, &mut created)?;
-        let stale = sample_set::sweep_stale(out)?;
-        if !stale.is_empty() {
-            eprintln!(
-                "removed {} temporary file(s) that an interrupted run left in {}",
-                stale.len(),
-                out.display()
-            );
-        }
-    }
-    if let Some(g) = &grid_path {
-        let parent = g
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        ensure_writable(parent, &mut created)?;
-    }
+    let created = prepare_outputs(a.out.as_deref(), grid_path.as_deref())?;
 
     // Row k edits image k / count; its noise is image k's stream.
     let total = inputs.len() * a.count;

@@ -139,6 +139,34 @@ pub(crate) fn ensure_writable(dir: &Path, created: &mut CreatedDirs) -> CliResul
     Ok(())
 }
 
+/// Makes sure a run's outputs can be written before any work: the `--out` folder (with
+/// the temporaries a killed run left in it removed) and the grid's folder. The folders it
+/// created are removed again if the run fails.
+pub(crate) fn prepare_outputs(out: Option<&Path>, grid: Option<&Path>) -> CliResult<CreatedDirs> {
+    let mut created = CreatedDirs::default();
+    if let Some(out) = out {
+        ensure_writable(out, &mut created)?;
+        // A run killed outright (SIGKILL, a lost machine) left the temporary of the image
+        // it was writing; its images before that are whole, and this run rewrites them all.
+        let stale = sample_set::sweep_stale(out)?;
+        if !stale.is_empty() {
+            eprintln!(
+                "removed {} temporary file(s) that an interrupted run left in {}",
+                stale.len(),
+                out.display()
+            );
+        }
+    }
+    if let Some(g) = grid {
+        let parent = g
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        ensure_writable(parent, &mut created)?;
+    }
+    Ok(created)
+}
+
 pub(crate) fn secs(d: std::time::Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -160,27 +188,7 @@ pub fn run(a: Args) -> CliResult {
         (None, None) => Some(PathBuf::from("flowar-grid.png")),
         (None, Some(_)) => None,
     };
-    let mut created = CreatedDirs::default();
-    if let Some(out) = &a.out {
-        ensure_writable(out, &mut created)?;
-        // A run killed outright (SIGKILL, a lost machine) left the temporary of the image
-        // it was writing; its images before that are whole, and this run rewrites them all.
-        let stale = sample_set::sweep_stale(out)?;
-        if !stale.is_empty() {
-            eprintln!(
-                "removed {} temporary file(s) that an interrupted run left in {}",
-                stale.len(),
-                out.display()
-            );
-        }
-    }
-    if let Some(g) = &grid_path {
-        let parent = g
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        ensure_writable(parent, &mut created)?;
-    }
+    let created = prepare_outputs(a.out.as_deref(), grid_path.as_deref())?;
 
     let mut pipe = Pipeline::load(&model_path, &options)?;
     let m = pipe.manifest().clone();
