@@ -67,6 +67,45 @@ pub(crate) fn count_indexed(src: &dyn WeightSource, prefix: &str, suffix: &str) 
         .count()
 }
 
+/// What one side of a KL-VAE (`"encoder"` or `"decoder"`) shows per level: ResNet blocks
+/// per level (the same at every level, or an error naming the level), each level's width
+/// (its first block's `conv1` output) and the levels with attention. `block(l)` is level
+/// `l`'s ResNet block prefix, `attn(l)` a key only an attention level has.
+pub(crate) fn vae_levels(
+    src: &dyn WeightSource,
+    side: &str,
+    levels: usize,
+    block: impl Fn(usize) -> String,
+    attn: impl Fn(usize) -> String,
+) -> Result<(usize, Vec<usize>, Vec<usize>)> {
+    let blocks = count_indexed(src, &block(0), "conv1.weight");
+    let mut level_channels = Vec::with_capacity(levels);
+    let mut attn_levels = Vec::new();
+    for l in 0..levels {
+        let prefix = block(l);
+        let s = need_rank(
+            src,
+            &format!("{prefix}.0.conv1.weight"),
+            4,
+            "[out, in, 3, 3]",
+        )?;
+        level_channels.push(s[0]);
+        let n = count_indexed(src, &prefix, "conv1.weight");
+        if n != blocks {
+            return Err(layout(
+                src,
+                format!(
+                    "{side} level {l} (`{prefix}`) has {n} ResNet blocks, level 0 has {blocks}"
+                ),
+            ));
+        }
+        if src.shape(&attn(l)).is_some() {
+            attn_levels.push(l);
+        }
+    }
+    Ok((blocks, level_channels, attn_levels))
+}
+
 /// Scale sides 1, 2, 4, ... whose squares sum to `total`.
 pub fn scales_from_total(total: usize) -> Option<Vec<usize>> {
     let mut scales = Vec::new();

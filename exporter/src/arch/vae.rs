@@ -6,7 +6,7 @@
 
 use flowar_format::manifest::{VaeArch, VaeLayout};
 
-use super::{count_indexed, layout, need_rank};
+use super::{layout, need_rank, vae_levels};
 use crate::error::{ExportError, Result};
 use crate::vae_checkpoint::DiffusersVaeConfig;
 use crate::weights::{IgnoreRule, WeightSource};
@@ -159,31 +159,13 @@ pub fn detect_vae(src: &dyn WeightSource) -> Result<VaeDims> {
             expected: "[channels of the level, in, 3, 3]".into(),
         });
     }
-    let blocks = count_indexed(src, &(keys.up_block)(0, levels), "conv1.weight");
-    let mut level_channels = Vec::with_capacity(levels);
-    let mut attn_levels = Vec::new();
-    for l in 0..levels {
-        let prefix = (keys.up_block)(l, levels);
-        let s = need_rank(
-            src,
-            &format!("{prefix}.0.conv1.weight"),
-            4,
-            "[out, in, 3, 3]",
-        )?;
-        level_channels.push(s[0]);
-        let n = count_indexed(src, &prefix, "conv1.weight");
-        if n != blocks {
-            return Err(layout(
-                src,
-                format!(
-                    "decoder level {l} (`{prefix}`) has {n} ResNet blocks, level 0 has {blocks}"
-                ),
-            ));
-        }
-        if src.shape(&(keys.up_attn)(l, levels)).is_some() {
-            attn_levels.push(l);
-        }
-    }
+    let (blocks, level_channels, attn_levels) = vae_levels(
+        src,
+        "decoder",
+        levels,
+        |l| (keys.up_block)(l, levels),
+        |l| (keys.up_attn)(l, levels),
+    )?;
     let ch = match src.shape("encoder.conv_in.weight") {
         Some(s) if s.len() == 4 => s[0],
         _ => level_channels.iter().copied().fold(0, gcd),

@@ -6,7 +6,7 @@
 
 use flowar_format::manifest::{VaeEncoderArch, VaeLayout};
 
-use super::{count_indexed, layout, need_rank};
+use super::{layout, need_rank, vae_levels};
 use crate::error::{ExportError, Result};
 use crate::vae_checkpoint::DiffusersVaeConfig;
 use crate::weights::WeightSource;
@@ -93,30 +93,9 @@ pub fn detect_encoder(
             expected: "the encoder's first ResNet block [out, in, 3, 3]".into(),
         });
     }
-    let blocks = count_indexed(src, &(keys.down_block)(0), "conv1.weight");
-    let mut level_channels = Vec::with_capacity(levels);
-    let mut attn_levels = Vec::new();
+    let (blocks, level_channels, attn_levels) =
+        vae_levels(src, "encoder", levels, keys.down_block, keys.down_attn)?;
     for l in 0..levels {
-        let prefix = (keys.down_block)(l);
-        let s = need_rank(
-            src,
-            &format!("{prefix}.0.conv1.weight"),
-            4,
-            "[out, in, 3, 3]",
-        )?;
-        level_channels.push(s[0]);
-        let n = count_indexed(src, &prefix, "conv1.weight");
-        if n != blocks {
-            return Err(layout(
-                src,
-                format!(
-                    "encoder level {l} (`{prefix}`) has {n} ResNet blocks, level 0 has {blocks}"
-                ),
-            ));
-        }
-        if src.shape(&(keys.down_attn)(l)).is_some() {
-            attn_levels.push(l);
-        }
         // Every level but the coarsest halves the resolution.
         let has_down = src.shape(&(keys.downsample)(l)).is_some();
         if has_down != (l + 1 < levels) {
