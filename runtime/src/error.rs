@@ -82,7 +82,7 @@ impl Error {
     }
 
     /// A provider that cannot be used, with the reason a backend gave.
-    pub fn unavailable(provider: &str, why: crate::backend::Unavailable) -> Error {
+    pub fn unavailable(provider: &str, why: Unavailable) -> Error {
         Error::ProviderUnavailable {
             provider: provider.to_string(),
             reason: why.reason,
@@ -97,6 +97,32 @@ impl From<FormatError> for Error {
             FormatError::Io { path, source } => Error::Io { path, source },
             FormatError::Invalid { path, reason } => Error::Model { path, reason },
             FormatError::UnknownClass(msg) => Error::BadArgument(msg),
+        }
+    }
+}
+
+/// Why a provider or the engine library cannot be used: what is missing, and the loader's
+/// or engine's own error when there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", with_cause(reason, source))]
+pub struct Unavailable {
+    pub reason: String,
+    #[source]
+    pub source: Option<Cause>,
+}
+
+impl Unavailable {
+    pub fn new(reason: impl Into<String>) -> Unavailable {
+        Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    pub fn caused_by(reason: impl Into<String>, source: impl Into<Cause>) -> Unavailable {
+        Unavailable {
+            reason: reason.into(),
+            source: Some(source.into()),
         }
     }
 }

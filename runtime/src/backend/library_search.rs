@@ -91,7 +91,7 @@ impl LibrarySpec {
             };
             match found {
                 Ok(lib) => return Ok(lib),
-                Err(why) => tried.push(why),
+                Err(why) => tried.push(why.to_string()),
             }
         }
         Err(Unavailable::new(format!(
@@ -151,23 +151,22 @@ impl LibrarySpec {
     }
 
     /// The library in the package's folder of `python3` on PATH; `Err` says why not.
-    pub fn in_python3(&self) -> Result<PathBuf, String> {
-        let dir = python_package_dir(self.package)
-            .map_err(|why| format!("python3's {} package ({why})", self.package))?;
+    pub fn in_python3(&self) -> Result<PathBuf, Miss> {
+        let dir = python_package_dir(self.package).map_err(|why| Miss::NoPython3Package {
+            package: self.package,
+            why,
+        })?;
         let libs = dir.join(self.subdir);
-        self.in_dir(&libs).ok_or_else(|| {
-            format!(
-                "{} (python3's {} package; no {}* there)",
-                libs.display(),
-                self.package,
-                self.stem
-            )
+        self.in_dir(&libs).ok_or(Miss::NotInPython3Package {
+            dir: libs,
+            package: self.package,
+            stem: self.stem,
         })
     }
 
     /// The library in the package's folder of `.venv` (relative to the current directory);
     /// `Err` names the pattern searched.
-    pub fn in_venv(&self) -> Result<PathBuf, String> {
+    pub fn in_venv(&self) -> Result<PathBuf, Miss> {
         let venv_lib = absolute(Path::new(".venv/lib"));
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&venv_lib)
             .map(|rd| {
@@ -186,20 +185,40 @@ impl LibrarySpec {
         dirs.iter()
             .rev()
             .find_map(|d| self.in_dir(d))
-            .ok_or_else(|| {
-                format!(
-                    "{}/python3*/site-packages/{}/{}/",
-                    venv_lib.display(),
-                    self.package,
-                    self.subdir
-                )
+            .ok_or(Miss::NotInVenv {
+                venv_lib,
+                package: self.package,
+                subdir: self.subdir,
             })
     }
 }
 
+/// Why one fallback place does not hold the library: one entry of the "tried" list in
+/// [`LibrarySpec::locate`]'s error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Miss {
+    #[error("python3's {package} package ({why})")]
+    NoPython3Package {
+        package: &'static str,
+        why: PythonLookup,
+    },
+    #[error("{} (python3's {package} package; no {stem}* there)", dir.display())]
+    NotInPython3Package {
+        dir: PathBuf,
+        package: &'static str,
+        stem: &'static str,
+    },
+    #[error("{}/python3*/site-packages/{package}/{subdir}/", venv_lib.display())]
+    NotInVenv {
+        venv_lib: PathBuf,
+        package: &'static str,
+        subdir: &'static str,
+    },
+}
+
 /// Why `python3` could not say where a package is.
 #[derive(Debug, thiserror::Error)]
-enum PythonLookup {
+pub(crate) enum PythonLookup {
     #[error("could not run python3: {0}")]
     Spawn(#[source] std::io::Error),
     #[error("python3 cannot import it")]

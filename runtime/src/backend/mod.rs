@@ -5,7 +5,8 @@
 //! are decided by the model layer ([`crate::model`]) and handed down as neutral
 //! [`ShapeRange`]s and options.
 
-use crate::error::{Cause, Result};
+use crate::error::Result;
+pub use crate::error::Unavailable;
 use crate::tensor::Tensor;
 use std::path::Path;
 
@@ -144,32 +145,6 @@ impl BackendOptions {
     }
 }
 
-/// Why a provider or the engine library cannot be used: what is missing, and the loader's
-/// or engine's own error when there is one.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", match source { Some(c) => format!("{reason}: {c}"), None => reason.clone() })]
-pub struct Unavailable {
-    pub reason: String,
-    #[source]
-    pub source: Option<Cause>,
-}
-
-impl Unavailable {
-    pub fn new(reason: impl Into<String>) -> Unavailable {
-        Unavailable {
-            reason: reason.into(),
-            source: None,
-        }
-    }
-
-    pub fn caused_by(reason: impl Into<String>, source: impl Into<Cause>) -> Unavailable {
-        Unavailable {
-            reason: reason.into(),
-            source: Some(source.into()),
-        }
-    }
-}
-
 /// Whether `provider` can run here; `Err` says what is missing. Loads onnxruntime for the
 /// onnxruntime providers; TensorRT also needs its own library (the engine cache is keyed by
 /// its version), so a missing `libnvinfer` is found here rather than at the first run.
@@ -299,17 +274,26 @@ pub fn open_session_with(
 /// OpenVINO); `Err` names an input that is an onnxruntime value instead.
 pub(crate) fn host_inputs<'a>(
     inputs: &[(&'a str, &'a Resident)],
-    engine: &str,
-) -> std::result::Result<Vec<(&'a str, &'a Tensor)>, String> {
+    engine: &'static str,
+) -> std::result::Result<Vec<(&'a str, &'a Tensor)>, NotOnHost> {
     inputs
         .iter()
         .map(|(name, r)| match r {
             Resident::Host(t) => Ok((*name, t)),
-            Resident::Ort(_) => Err(format!(
-                "input `{name}` is an onnxruntime value; {engine} takes host tensors"
-            )),
+            Resident::Ort(_) => Err(NotOnHost {
+                input: name.to_string(),
+                engine,
+            }),
         })
         .collect()
+}
+
+/// An input handed to a host engine (tract, OpenVINO) that lives in onnxruntime instead.
+#[derive(Debug, thiserror::Error)]
+#[error("input `{input}` is an onnxruntime value; {engine} takes host tensors")]
+pub(crate) struct NotOnHost {
+    pub input: String,
+    pub engine: &'static str,
 }
 
 /// The graph's file name, for error messages.

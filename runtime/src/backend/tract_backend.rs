@@ -383,7 +383,7 @@ impl Session for TractSession {
     }
 
     fn run_resident(&mut self, inputs: &[(&str, &Resident)]) -> Result<Vec<Resident>> {
-        let host = host_inputs(inputs, "tract").map_err(|why| self.err(why, None))?;
+        let host = host_inputs(inputs, "tract").map_err(|why| self.err(why.to_string(), None))?;
         Ok(self.run(&host)?.into_iter().map(Resident::Host).collect())
     }
 }
