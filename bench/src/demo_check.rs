@@ -19,16 +19,13 @@ pub struct Meta {
 impl Meta {
     /// Reads the demo's `meta.json` (its `classes` and `colours`); a card without them
     /// is not the demo's, and an error says so.
-    pub fn load(path: &Path) -> Result<Meta, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Meta, MetaError> {
+        let at = || path.to_path_buf();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| MetaError::Io { path: at(), source })?;
         let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let bad = || {
-            format!(
-                "{}: no `classes` and `colours` of the shapes demo",
-                path.display()
-            )
-        };
+            serde_json::from_str(&text).map_err(|source| MetaError::Json { path: at(), source })?;
+        let bad = || MetaError::NotDemo { path: at() };
         let colours = v["colours"]
             .as_array()
             .ok_or_else(bad)?
@@ -38,29 +35,53 @@ impl Meta {
                 let f = |i: usize| c[i].as_f64().ok_or_else(bad);
                 Ok([f(0)?, f(1)?, f(2)?])
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, MetaError>>()?;
         let names = v["classes"]
             .as_array()
             .ok_or_else(bad)?
             .iter()
             .map(|n| n.as_str().map(str::to_string).ok_or_else(bad))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, MetaError>>()?;
         if names.len() != colours.len() {
             return Err(bad());
         }
         let shapes = names
             .iter()
             .map(|n| {
-                Shape::of_class(n)
-                    .ok_or_else(|| format!("{}: class `{n}` names no shape", path.display()))
+                Shape::of_class(n).ok_or_else(|| MetaError::NoShape {
+                    path: at(),
+                    class: n.clone(),
+                })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, MetaError>>()?;
         Ok(Meta {
             colours,
             names,
             shapes,
         })
     }
+}
+
+/// Why a `meta.json` is not the shapes demo's card.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: no `classes` and `colours` of the shapes demo", path.display())]
+    NotDemo { path: std::path::PathBuf },
+    #[error("{}: class `{class}` names no shape", path.display())]
+    NoShape {
+        path: std::path::PathBuf,
+        class: String,
+    },
 }
 
 /// What an image shows: its foreground share, the share of the foreground in the largest
@@ -359,7 +380,7 @@ pub fn colour_ok(r: &Reading, class: usize, meta: &Meta) -> bool {
 /// (measured: tract, seeds 0-2, every class); decoding with a wrong latent scale tints
 /// 5-61%, so the background rejects most of those images even where shape and colour
 /// survive.
-pub fn shows_class(img: &RgbImage, class: usize, meta: &Meta) -> Result<(), String> {
+pub fn shows_class(img: &RgbImage, class: usize, meta: &Meta) -> Result<(), NotShown> {
     let r = read(img, meta);
     let ok = colour_ok(&r, class, meta)
         && r.shape.shape() == meta.shapes[class]
@@ -367,11 +388,21 @@ pub fn shows_class(img: &RgbImage, class: usize, meta: &Meta) -> Result<(), Stri
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "expected {} but read a {:?} in {r:?} (nearest colour: {})",
-            meta.names[class],
-            r.shape.shape(),
-            meta.names[r.nearest_class]
-        ))
+        Err(NotShown {
+            expected: meta.names[class].clone(),
+            shape: r.shape.shape(),
+            nearest: meta.names[r.nearest_class].clone(),
+            reading: Box::new(r),
+        })
     }
+}
+
+/// An image that does not show its class: what was expected and what was read.
+#[derive(Debug, thiserror::Error)]
+#[error("expected {expected} but read a {shape:?} in {reading:?} (nearest colour: {nearest})")]
+pub struct NotShown {
+    pub expected: String,
+    pub shape: Shape,
+    pub nearest: String,
+    pub reading: Box<Reading>,
 }

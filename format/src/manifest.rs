@@ -109,34 +109,52 @@ impl VerifyBounds {
 
     /// Refuses bounds looser than [`VerifyBounds::loosest`] for the folder's kind, naming
     /// the field and both values.
-    pub fn check(&self, dtype: &str, quantized: bool) -> std::result::Result<(), String> {
+    pub fn check(&self, dtype: &str, quantized: bool) -> std::result::Result<(), BoundsError> {
         let kind = if quantized {
             format!("{dtype} int8")
         } else {
             dtype.to_string()
         };
-        let max = VerifyBounds::loosest(dtype, quantized)
-            .ok_or_else(|| format!("no verification bounds are defined for a {kind} folder"))?;
-        let loose = |field: &str, got: f32, max: f32| {
-            format!(
-                "the manifest's `verify.{field}` is {got:e}, looser than the {max:e} flowar \
-                 writes for a {kind} folder (edited by hand?); re-run `flowar convert`"
-            )
+        let Some(max) = VerifyBounds::loosest(dtype, quantized) else {
+            return Err(BoundsError::Undefined { kind });
         };
-        if self.graph.is_nan() || self.graph > max.graph {
-            return Err(loose("graph", self.graph, max.graph));
-        }
-        if self.vae.is_nan() || self.vae > max.vae {
-            return Err(loose("vae", self.vae, max.vae));
+        for (field, got, max) in [("graph", self.graph, max.graph), ("vae", self.vae, max.vae)] {
+            if got.is_nan() || got > max {
+                return Err(BoundsError::Looser {
+                    field,
+                    got,
+                    max,
+                    kind,
+                });
+            }
         }
         if max.pipeline && !self.pipeline {
-            return Err(format!(
-                "the manifest's `verify.pipeline` is false, but a {kind} folder's end-to-end \
-                 cases are always compared (edited by hand?); re-run `flowar convert`"
-            ));
+            return Err(BoundsError::PipelineOff { kind });
         }
         Ok(())
     }
+}
+
+/// Why a manifest's `verify` bounds are refused (see [`VerifyBounds::check`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BoundsError {
+    #[error("no verification bounds are defined for a {kind} folder")]
+    Undefined { kind: String },
+    #[error(
+        "the manifest's `verify.{field}` is {got:e}, looser than the {max:e} flowar writes \
+         for a {kind} folder (edited by hand?); re-run `flowar convert`"
+    )]
+    Looser {
+        field: &'static str,
+        got: f32,
+        max: f32,
+        kind: String,
+    },
+    #[error(
+        "the manifest's `verify.pipeline` is false, but a {kind} folder's end-to-end cases \
+         are always compared (edited by hand?); re-run `flowar convert`"
+    )]
+    PipelineOff { kind: String },
 }
 
 impl Default for VerifyBounds {

@@ -89,7 +89,7 @@ pub fn run(a: Args) -> CliResult {
             .collect::<Result<_, _>>()?
     };
     let demo_meta = match &a.demo_meta {
-        Some(p) => Some(Meta::load(p).map_err(CliError::Usage)?),
+        Some(p) => Some(Meta::load(p).map_err(|e| CliError::Usage(e.to_string()))?),
         None if m.name == "shapes10" => {
             demo_model().and_then(|d| Meta::load(&d.dir.join("meta.json")).ok())
         }
