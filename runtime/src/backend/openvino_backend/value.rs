@@ -103,10 +103,13 @@ mod tests {
     fn host_tensors_round_trip() {
         if let Err(why) = super::super::library::load(&Default::default()) {
             assert!(
-                std::env::var("FLOWAR_REQUIRE_OPENVINO").as_deref() != Ok("1"),
+                !crate::test_support::required("FLOWAR_REQUIRE_OPENVINO"),
                 "OpenVINO is required: {why}"
             );
-            eprintln!("SKIPPING: OpenVINO is not installed here: {why}");
+            crate::test_support::note_skip(
+                "OpenVINO host tensor round trip",
+                &format!("OpenVINO is not installed here: {why}"),
+            );
             return;
         }
         for t in [
