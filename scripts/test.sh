@@ -40,7 +40,7 @@ unset FLOWAR_BLESS FLOWAR_HOSTILE_ONLY FLOWAR_BIN FLOWAR_FUZZ_SECONDS FLOWAR_FUZ
   FLOWAR_VENV_PROBE PYTEST_ADDOPTS
 # Nor any other variable that changes what a test does: test-only probes and fault
 # injection, pytest plugins.
-unset FLOWAR_OPENVINO_PROBE PYTEST_PLUGINS
+unset FLOWAR_OPENVINO_PROBE PYTEST_PLUGINS FLOWAR_TEST_PACK_PAUSE_BEFORE_RENAME
 for v in $(compgen -e | grep '^FLOWAR_RAY_TEST_' || true); do unset "$v"; done
 export FLOWAR_REQUIRE_ORT=1
 export FLOWAR_REQUIRE_OPENVINO=1

@@ -1,7 +1,9 @@
 //! Runs killed outright (SIGKILL: no handler runs, as when a machine is lost or the OOM
 //! killer strikes) leave nothing half-written where a reader looks, and a rerun completes:
 //! `generate` (every PNG whole, the dead writer's temporary removed by the rerun, a live
-//! writer's kept) and `pack` (the `.npz` whole or absent, at any moment of the kill).
+//! writer's kept) and `pack` (the `.npz` whole or absent at any moment of the kill, and
+//! absent when killed between its write and its rename, which a test-only pause makes
+//! certain).
 
 mod common;
 use common::*;
@@ -177,10 +179,66 @@ fn a_killed_generate_leaves_whole_pngs_and_a_rerun_completes() {
     }
 }
 
-/// `pack` killed at moments spread over its run (from before it reads a file to after it
-/// renamed the `.npz`; measured here 17 of 24 kills before the rename) never leaves a partial `.npz`: the output is absent or whole. The
-/// temporary of a pack killed mid-write (planted with a dead writer's name) is removed by
-/// the rerun, which writes the same bytes as a clean pack.
+/// The pack test's pause window (see `flowar pack`'s `PAUSE_BEFORE_RENAME`): a pack run
+/// with it set writes the whole temporary, says so on stderr, and waits this long before
+/// its rename.
+const PAUSE_VAR: &str = "FLOWAR_TEST_PACK_PAUSE_BEFORE_RENAME";
+
+/// Starts `flowar pack set --out samples.npz` in `cwd` with the pause before its rename set
+/// to `pause_ms`, and returns it once it says, on stderr, that the temporary is written
+/// (with that temporary's path and what it said before), so that a kill now lands between
+/// the write and the rename, every time.
+fn pack_paused_before_rename(cwd: &Path, pause_ms: u64) -> (Child, PathBuf, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowar"))
+        .args(["pack", "set", "--out", "samples.npz"])
+        .env(PAUSE_VAR, pause_ms.to_string())
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run flowar");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with(PAUSE_VAR) {
+                let _ = tx.send(Ok((line, seen.join("\n"))));
+                return;
+            }
+            seen.push(line);
+        }
+        let _ = tx.send(Err(seen.join("\n")));
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok((line, before))) => {
+            // `{PAUSE_VAR}: PATH is written whole; pausing ...`
+            let path = line
+                .strip_prefix(&format!("{PAUSE_VAR}: "))
+                .and_then(|r| r.split_once(" is written whole"))
+                .map(|(p, _)| cwd.join(p))
+                .unwrap_or_else(|| panic!("unexpected pause line: {line}"));
+            (child, path, before)
+        }
+        Ok(Err(stderr)) => {
+            let status = child.wait().unwrap();
+            panic!("pack ended ({status}) without pausing before its rename: {stderr}")
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("pack did not reach its rename in 120 s")
+        }
+    }
+}
+
+/// `pack` killed between writing its temporary and renaming it (made certain by the
+/// test-only pause there) leaves no `.npz`, and the same pack left to finish leaves the
+/// whole one: both outcomes are asserted, each in its own run. Kills at moments spread over
+/// a run (from before it reads a file to after the rename) leave the output absent or whole,
+/// never partial. The killed pack's temporary is removed by the rerun, which writes the same
+/// bytes as a clean pack.
 #[test]
 fn a_killed_pack_leaves_no_partial_npz_and_a_rerun_completes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -210,24 +268,7 @@ fn a_killed_pack_leaves_no_partial_npz_and_a_rerun_completes() {
     assert!(clean.status.success(), "{}", text(&clean));
     let want = std::fs::read(tmp.path().join("clean.npz")).unwrap();
     let out = tmp.path().join("samples.npz");
-    let (mut whole, mut absent) = (0, 0);
-    // Kill moments spread over the clean pack's own duration (process start included).
-    for step in 0..24u32 {
-        let delay = took * step / 20;
-        let _ = std::fs::remove_file(&out);
-        let mut child = spawn(&["pack", "set", "--out", "samples.npz"], tmp.path());
-        std::thread::sleep(delay);
-        let _ = Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-        match std::fs::read(&out) {
-            Ok(got) => {
-                assert!(got == want, "a partial .npz after a kill at {delay:?}");
-                whole += 1;
-            }
-            Err(_) => absent += 1,
-        }
+    let only_known_names_visible = || {
         // What a kill before the rename leaves is hidden and is swept by the next pack.
         let visible: Vec<String> = names(tmp.path())
             .into_iter()
@@ -239,25 +280,65 @@ fn a_killed_pack_leaves_no_partial_npz_and_a_rerun_completes() {
                 .all(|n| ["clean.npz", "samples.npz", "set", "demo"].contains(&n.as_str())),
             "{visible:?}"
         );
+    };
+
+    // Kill moments spread over the clean pack's own duration (process start included):
+    // wherever one lands, the output is absent or whole.
+    for step in 0..24u32 {
+        let delay = took * step / 20;
+        let _ = std::fs::remove_file(&out);
+        let mut child = spawn(&["pack", "set", "--out", "samples.npz"], tmp.path());
+        std::thread::sleep(delay);
+        let _ = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        if let Ok(got) = std::fs::read(&out) {
+            assert!(got == want, "a partial .npz after a kill at {delay:?}");
+        }
+        only_known_names_visible();
     }
-    eprintln!("kills over {took:?}: {absent} before the rename, {whole} after");
     let _ = std::fs::remove_file(&out);
-    let dead = tmp
-        .path()
-        .join(format!(".samples.npz.tmp-{}-4194400", host()));
-    std::fs::write(&dead, &want[..want.len() / 2]).unwrap();
-    let rerun = flowar(&["pack", "set", "--out", "samples.npz"], tmp.path());
-    let t = text(&rerun);
-    assert!(rerun.status.success(), "{t}");
+
+    // Killed inside the window between the whole write and the rename: no output, and the
+    // temporary it leaves holds every byte, so only the rename makes an .npz visible.
+    let (mut child, partial, _) = pack_paused_before_rename(tmp.path(), 60_000);
+    assert!(!out.exists(), "the output exists before the rename");
+    sigkill(&mut child);
     assert!(
-        t.contains("removed 1 temporary file(s) that an interrupted pack left"),
-        "{t}"
+        !out.exists(),
+        "a pack killed before its rename left an .npz"
     );
-    assert!(std::fs::read(&out).unwrap() == want);
+    let left = std::fs::read(&partial)
+        .unwrap_or_else(|e| panic!("the killed pack's temporary {}: {e}", partial.display()));
+    assert!(left == want, "the temporary was not written whole");
+    only_known_names_visible();
+
+    // The same pack left to finish (the pause included) renames the whole .npz into place,
+    // and removes the killed pack's temporary on the way.
+    let (child, _, said) = pack_paused_before_rename(tmp.path(), 100);
+    let rerun = child.wait_with_output().unwrap();
+    assert!(
+        rerun.status.success(),
+        "the unkilled pack failed: {}",
+        text(&rerun)
+    );
+    assert!(
+        said.contains("removed 1 temporary file(s) that an interrupted pack left"),
+        "{said}"
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the unkilled pack's .npz is not the clean pack's"
+    );
+    assert!(
+        !partial.exists(),
+        "the killed pack's temporary was not swept"
+    );
     let hidden: Vec<String> = names(tmp.path())
         .into_iter()
         .filter(|n| n.starts_with(".samples.npz.tmp-"))
         .collect();
-    // The killed packs' own temporaries went with the rerun's sweep too.
     assert!(hidden.is_empty(), "{hidden:?}");
+    only_known_names_visible();
 }

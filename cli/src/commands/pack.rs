@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -172,6 +173,39 @@ impl Drop for Partial {
     }
 }
 
+/// Test-only, never for use (`scripts/test.sh` clears it): milliseconds `pack` waits, once
+/// the temporary holds the whole `.npz`, before renaming it into place, after saying so on
+/// stderr. `cli/tests/interrupted.rs` kills a pack inside this window, so the kill lands
+/// between the write and the rename every time instead of when a timed kill happens to.
+pub const PAUSE_BEFORE_RENAME: &str = "FLOWAR_TEST_PACK_PAUSE_BEFORE_RENAME";
+
+/// The [`PAUSE_BEFORE_RENAME`] window, when the variable is set; a Ctrl-C during it stops
+/// the pack as one during the write does (the temporary goes, nothing is renamed).
+fn pause_before_rename(partial: &Path, out: &Path) -> CliResult {
+    let Some(value) = std::env::var_os(PAUSE_BEFORE_RENAME) else {
+        return Ok(());
+    };
+    let ms: u64 = value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{PAUSE_BEFORE_RENAME}={value:?} is not a number of milliseconds (a test-only \
+                 variable: unset it)"
+            ))
+        })?;
+    eprintln!(
+        "{PAUSE_BEFORE_RENAME}: {} is written whole; pausing {ms} ms before renaming it to {}",
+        partial.display(),
+        out.display()
+    );
+    std::thread::sleep(Duration::from_millis(ms));
+    if crate::interrupted() {
+        return Err(CliError::Failed("packing interrupted by Ctrl-C".into()));
+    }
+    Ok(())
+}
+
 /// The run's image count as the folders' `run.json` files record it (every shard of a
 /// run records the whole run's count), when any does; folders that disagree are an error.
 fn recorded_count(dirs: &[PathBuf]) -> CliResult<Option<u64>> {
@@ -326,6 +360,7 @@ pub fn run(a: Args) -> CliResult {
     let mut inner = zip.finish().map_err(zip_err)?;
     inner.flush().map_err(io(&partial.0))?;
     drop(inner);
+    pause_before_rename(&partial.0, &a.out)?;
     std::fs::rename(&partial.0, &a.out).map_err(io(&a.out))?;
     println!(
         "packed {n} images of {}x{} from {} folder(s) into {} (arr_0: uint8 [{n}, {}, {}, 3]); model {}, seed {}, cfg {}, guidance {}, steps {}, solver {}",
