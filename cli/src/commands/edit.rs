@@ -13,7 +13,7 @@ use flowar_runtime::{EditPlan, Mask, Pipeline, Request, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::{model_dir, prepare_outputs, secs};
-use super::{BackendArgs, CliError, CliResult};
+use super::{BackendArgs, CliError, CliResult, SamplerArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -50,19 +50,8 @@ pub struct Args {
     /// the batch size).
     #[arg(long, default_value_t = 1)]
     pub count: usize,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Classifier-free guidance scale at the last scale (1 = off). Default: the manifest's.
-    #[arg(long)]
-    pub cfg: Option<f64>,
-    /// Guidance window: steps with t <= this are guided. Default: the manifest's.
-    #[arg(long)]
-    pub guidance: Option<f64>,
-    /// Solver steps per scale: one count, or one per scale coarse to fine. Default: the manifest's.
-    #[arg(long)]
-    pub steps: Option<flowar_runtime::sampler::schedule::Steps>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Replay recorded starting noise (`noise.s{k}` tensors of shape [rows, N_k, C], every
@@ -113,12 +102,12 @@ fn read_inputs(a: &Args, size: usize) -> CliResult<Vec<EditInput>> {
 }
 
 pub fn run(a: Args) -> CliResult {
-    if a.batch_size == 0 || a.count == 0 {
+    if a.sampler.batch_size == 0 || a.count == 0 {
         return Err(CliError::Usage(
             "--batch-size and --count must be at least 1".into(),
         ));
     }
-    let options = a.backend.options_for(Some(a.batch_size))?;
+    let options = a.backend.options_for(Some(a.sampler.batch_size))?;
     let model_path = model_dir(a.model.as_deref(), true)?;
     let grid_path = match (&a.grid, &a.out) {
         (Some(g), _) => Some(g.clone()),
@@ -163,7 +152,7 @@ pub fn run(a: Args) -> CliResult {
         }
     };
     let cfg = if a.unconditional {
-        if a.cfg.is_some_and(|c| c != 1.0) {
+        if a.sampler.cfg.is_some_and(|c| c != 1.0) {
             return Err(CliError::Usage(
                 "--unconditional edits without a class: guidance has no class to steer to, so \
                  --cfg must be 1 or left out"
@@ -172,12 +161,12 @@ pub fn run(a: Args) -> CliResult {
         }
         Some(1.0)
     } else {
-        a.cfg
+        a.sampler.cfg
     };
     let base = Request::with_defaults(&m)
-        .with_sampler(cfg, a.guidance, None)
-        .with_seed(a.seed);
-    let base = match &a.steps {
+        .with_sampler(cfg, a.sampler.guidance, None)
+        .with_seed(a.sampler.seed);
+    let base = match &a.sampler.steps {
         Some(s) => base.with_steps(s),
         None => base,
     };
@@ -223,14 +212,14 @@ pub fn run(a: Args) -> CliResult {
     let batch_size = if recorded.is_some() {
         total
     } else {
-        a.batch_size
+        a.sampler.batch_size
     };
 
     let started = Instant::now();
     // Each source is encoded once, in batches.
     let images: Vec<RgbImage> = inputs.iter().map(|i| i.source.image.clone()).collect();
     let mut tokens = Vec::new();
-    for chunk in images.chunks(a.batch_size) {
+    for chunk in images.chunks(a.sampler.batch_size) {
         tokens.extend(pipe.encode(chunk)?);
     }
     let encode_time = started.elapsed();
@@ -373,7 +362,7 @@ pub fn run(a: Args) -> CliResult {
             "classes": indices.iter().map(|&k| classes[source_of(k)]).collect::<Vec<_>>(),
             "indices": indices,
             "count": a.count,
-            "seed": a.seed,
+            "seed": a.sampler.seed,
             "cfg": base.cfg,
             "guidance": base.guidance,
             "steps": base.scale_steps.as_ref().map_or(serde_json::json!(base.steps), |v| serde_json::json!(v)),

@@ -9,7 +9,7 @@ use flowar_runtime::sampler::noise;
 use flowar_runtime::{Pipeline, Request, Solver, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{demo_model, BackendArgs, CliError, CliResult};
+use super::{demo_model, BackendArgs, CliError, CliResult, SamplerArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,21 +22,8 @@ pub struct Args {
     /// Number of images (default: one per listed class).
     #[arg(long)]
     pub count: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Classifier-free guidance scale at the last scale (1 = off). Default: the manifest's.
-    #[arg(long)]
-    pub cfg: Option<f64>,
-    /// Guidance window: steps with t <= this are guided. Default: the manifest's.
-    #[arg(long)]
-    pub guidance: Option<f64>,
-    /// Solver steps per scale: one count for every scale, or one per scale coarse to fine
-    /// (e.g. 25,25,20,12,8; fewer at the fine scales is faster and no longer the
-    /// reference's output). Default: the manifest's.
-    #[arg(long)]
-    pub steps: Option<flowar_runtime::sampler::schedule::Steps>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     #[arg(long, default_value = "euler", value_parser = ["euler", "heun"])]
     pub solver: String,
     #[command(flatten)]
@@ -172,7 +159,7 @@ pub(crate) fn secs(d: std::time::Duration) -> f64 {
 }
 
 pub fn run(a: Args) -> CliResult {
-    if a.batch_size == 0 {
+    if a.sampler.batch_size == 0 {
         return Err(CliError::Usage("--batch-size must be at least 1".into()));
     }
     let shard = a
@@ -181,7 +168,7 @@ pub fn run(a: Args) -> CliResult {
         .map(|s| crate::shard::parse(s, |k| std::env::var(k).ok()))
         .transpose()?;
     let solver: Solver = a.solver.parse()?;
-    let options = a.backend.options_for(Some(a.batch_size))?;
+    let options = a.backend.options_for(Some(a.sampler.batch_size))?;
     let model_path = model_dir(a.model.as_deref(), false)?;
     let grid_path = match (&a.grid, &a.out) {
         (Some(g), _) => Some(g.clone()),
@@ -218,10 +205,10 @@ pub fn run(a: Args) -> CliResult {
     // The model's sampler defaults with what the command line set; every batch is this
     // request for other images.
     let base = Request::with_defaults(&m)
-        .with_sampler(a.cfg, a.guidance, None)
-        .with_seed(a.seed)
+        .with_sampler(a.sampler.cfg, a.sampler.guidance, None)
+        .with_seed(a.sampler.seed)
         .with_solver(solver);
-    let base = match &a.steps {
+    let base = match &a.sampler.steps {
         Some(s) => base.with_steps(s),
         None => base,
     };
@@ -256,7 +243,7 @@ pub fn run(a: Args) -> CliResult {
     let batch_size = if recorded.is_some() {
         indices.len()
     } else {
-        a.batch_size
+        a.sampler.batch_size
     };
     // Validate once, before any work, with the first batch's shape.
     let mk = |ix: &[u64], noise: Option<Vec<Vec<f32>>>| {
@@ -355,7 +342,7 @@ pub fn run(a: Args) -> CliResult {
             "indices": indices,
             "count": count,
             "shard": shard.map(|s| s.to_string()),
-            "seed": a.seed,
+            "seed": a.sampler.seed,
             "cfg": cfg,
             "guidance": guidance,
             // A number, or one per scale when a schedule was given.

@@ -10,6 +10,28 @@ pub mod verify;
 
 use std::path::PathBuf;
 
+/// The sampler flags `generate` and `edit` share: batch, seed, guidance and steps.
+#[derive(clap::Args, Debug)]
+pub struct SamplerArgs {
+    /// Images per batch (rows of the graphs; twice that with guidance).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Seed of the starting noise; an image's noise depends on its index, not the batch.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Classifier-free guidance scale at the last scale (1 = off). Default: the manifest's.
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    /// Guidance window: steps with t <= this are guided. Default: the manifest's.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Solver steps per scale: one count for every scale, or one per scale coarse to fine
+    /// (e.g. 25,25,20,12,8; fewer at the fine scales is faster and no longer the
+    /// reference's output). Default: the manifest's.
+    #[arg(long)]
+    pub steps: Option<flowar_runtime::sampler::schedule::Steps>,
+}
+
 /// Anything a command can fail with; every message names the file or value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
