@@ -279,6 +279,20 @@ fn secs(s: f64) -> String {
 }
 
 /// Share of the end-to-end median, as a percentage.
+/// One Markdown table row; an empty cell is written `| |`.
+fn table_row<S: AsRef<str>>(out: &mut String, cells: &[S]) {
+    out.push('|');
+    for c in cells {
+        let c = c.as_ref();
+        if c.is_empty() {
+            out.push_str(" |");
+        } else {
+            out.push_str(&format!(" {c} |"));
+        }
+    }
+    out.push('\n');
+}
+
 fn pct(part: f64, total: f64) -> String {
     format!("{:.0}%", 100.0 * part / total.max(f64::MIN_POSITIVE))
 }
@@ -323,52 +337,7 @@ impl Report {
     }
 
     fn generate_tables(&self, out: &mut String) {
-        out.push_str("| provider | batch | load s | AR s | flow s (calls × ms) | solver ms | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
-        out.push_str(
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
-        for p in &self.providers {
-            if !p.available {
-                out.push_str(&format!(
-                    "| {} | – | not available: {} | | | | | | | | | | | | |\n",
-                    p.provider,
-                    p.reason
-                        .as_deref()
-                        .unwrap_or("unknown")
-                        .replace('|', "/")
-                        .replace('\n', " ")
-                ));
-                continue;
-            }
-            for b in &p.batches {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} ({} × {}) | {} | {} | {} | {} | {} ({}–{}) | {:.3} ({:.3}–{:.3}) | {} | {:.1} | {:.1} | {:.0}% |\n",
-                    p.provider,
-                    b.batch,
-                    p.load_s.map(secs).unwrap_or_else(|| "–".into()),
-                    secs(b.ar_s.median),
-                    secs(b.flow_s.median),
-                    b.flow_calls,
-                    ms(b.flow_per_call_ms.median / 1e3),
-                    ms(b.solver_s.median),
-                    ms(b.upsample_s.median),
-                    secs(b.vae_s.median),
-                    ms(b.other_s.median),
-                    secs(b.seconds_per_image.median),
-                    secs(b.seconds_per_image.min),
-                    secs(b.seconds_per_image.max),
-                    b.images_per_second.median,
-                    b.images_per_second.min,
-                    b.images_per_second.max,
-                    b.peak_rss_bytes
-                        .map(|x| format!("{:.0}", x as f64 / (1 << 20) as f64))
-                        .unwrap_or_else(|| "–".into()),
-                    b.gflops.median,
-                    b.calibration.best_gflops,
-                    100.0 * b.efficiency.median,
-                ));
-            }
-        }
+        self.main_table(out, false);
         out.push_str("\nShare of end-to-end time (medians):\n\n| provider | batch | AR | flow | solver | upsample | VAE | other | AR per scale ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for p in self.providers.iter().filter(|p| p.available) {
             for b in &p.batches {
@@ -395,6 +364,109 @@ impl Report {
         }
     }
 
+    /// The main table, one row per provider and batch: with `edit`, a task column (generate
+    /// or the edit case) and the encoder's seconds too.
+    fn main_table(&self, out: &mut String, edit: bool) {
+        let mut head = vec!["provider", "batch"];
+        if edit {
+            head.push("task");
+        }
+        head.push("load s");
+        if edit {
+            head.push("encoder s");
+        }
+        head.extend([
+            "AR s",
+            "flow s (calls × ms)",
+            "solver ms",
+            "upsample ms",
+            "VAE s",
+            "other ms",
+            "s/image",
+            "img/s",
+            "peak RSS MiB",
+            "GFLOP/s",
+            "matmul GFLOP/s",
+            "efficiency",
+        ]);
+        let rule: Vec<&str> = head
+            .iter()
+            .map(|h| {
+                if matches!(*h, "provider" | "task") {
+                    "---"
+                } else {
+                    "---:"
+                }
+            })
+            .collect();
+        table_row(out, &head);
+        out.push_str(&format!("|{}|\n", rule.join("|")));
+        for p in &self.providers {
+            if !p.available {
+                let reason = p
+                    .reason
+                    .as_deref()
+                    .unwrap_or("unknown")
+                    .replace('|', "/")
+                    .replace('\n', " ");
+                let mut cells = vec![
+                    p.provider.clone(),
+                    "–".to_string(),
+                    format!("not available: {reason}"),
+                ];
+                cells.resize(head.len(), String::new());
+                table_row(out, &cells);
+                continue;
+            }
+            for b in &p.batches {
+                let mut cells = vec![p.provider.clone(), b.batch.to_string()];
+                if edit {
+                    cells.push(b.task_label().to_string());
+                }
+                cells.push(p.load_s.map(secs).unwrap_or_else(|| "–".into()));
+                if edit {
+                    cells.push(
+                        b.encoder_s
+                            .map(|e| secs(e.median))
+                            .unwrap_or_else(|| "–".into()),
+                    );
+                }
+                cells.extend([
+                    secs(b.ar_s.median),
+                    format!(
+                        "{} ({} × {})",
+                        secs(b.flow_s.median),
+                        b.flow_calls,
+                        ms(b.flow_per_call_ms.median / 1e3)
+                    ),
+                    ms(b.solver_s.median),
+                    ms(b.upsample_s.median),
+                    secs(b.vae_s.median),
+                    ms(b.other_s.median),
+                    format!(
+                        "{} ({}–{})",
+                        secs(b.seconds_per_image.median),
+                        secs(b.seconds_per_image.min),
+                        secs(b.seconds_per_image.max)
+                    ),
+                    format!(
+                        "{:.3} ({:.3}–{:.3})",
+                        b.images_per_second.median,
+                        b.images_per_second.min,
+                        b.images_per_second.max
+                    ),
+                    b.peak_rss_bytes
+                        .map(|x| format!("{:.0}", x as f64 / (1 << 20) as f64))
+                        .unwrap_or_else(|| "–".into()),
+                    format!("{:.1}", b.gflops.median),
+                    format!("{:.1}", b.calibration.best_gflops),
+                    format!("{:.0}%", 100.0 * b.efficiency.median),
+                ]);
+                table_row(out, &cells);
+            }
+        }
+    }
+
     /// `--mode edit`: every case's stages (the encoder its own), what each edit saves
     /// against the generation of the same batch, and the stage shares.
     fn markdown_edit(&self) -> String {
@@ -417,54 +489,7 @@ impl Report {
             ));
         }
         out.push_str("Medians over the timed runs; s/image and img/s give min–max too. \"efficiency\" is the achieved GFLOP/s (analytic FLOPs, the encoder's included, / end-to-end time) over the best matmul GFLOP/s the same provider reached at the model's shapes in this run.\n\n");
-        out.push_str("| provider | batch | task | load s | encoder s | AR s | flow s (calls × ms) | solver ms | upsample ms | VAE s | other ms | s/image | img/s | peak RSS MiB | GFLOP/s | matmul GFLOP/s | efficiency |\n");
-        out.push_str(
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
-        for p in &self.providers {
-            if !p.available {
-                out.push_str(&format!(
-                    "| {} | – | not available: {} | | | | | | | | | | | | | | |\n",
-                    p.provider,
-                    p.reason
-                        .as_deref()
-                        .unwrap_or("unknown")
-                        .replace('|', "/")
-                        .replace('\n', " ")
-                ));
-                continue;
-            }
-            for b in &p.batches {
-                out.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {} | {} ({} × {}) | {} | {} | {} | {} | {} ({}–{}) | {:.3} ({:.3}–{:.3}) | {} | {:.1} | {:.1} | {:.0}% |\n",
-                    p.provider,
-                    b.batch,
-                    b.task_label(),
-                    p.load_s.map(secs).unwrap_or_else(|| "–".into()),
-                    b.encoder_s.map(|e| secs(e.median)).unwrap_or_else(|| "–".into()),
-                    secs(b.ar_s.median),
-                    secs(b.flow_s.median),
-                    b.flow_calls,
-                    ms(b.flow_per_call_ms.median / 1e3),
-                    ms(b.solver_s.median),
-                    ms(b.upsample_s.median),
-                    secs(b.vae_s.median),
-                    ms(b.other_s.median),
-                    secs(b.seconds_per_image.median),
-                    secs(b.seconds_per_image.min),
-                    secs(b.seconds_per_image.max),
-                    b.images_per_second.median,
-                    b.images_per_second.min,
-                    b.images_per_second.max,
-                    b.peak_rss_bytes
-                        .map(|x| format!("{:.0}", x as f64 / (1 << 20) as f64))
-                        .unwrap_or_else(|| "–".into()),
-                    b.gflops.median,
-                    b.calibration.best_gflops,
-                    100.0 * b.efficiency.median,
-                ));
-            }
-        }
+        self.main_table(&mut out, true);
         let moved: Vec<String> = self
             .providers
             .iter()
