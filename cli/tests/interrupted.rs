@@ -342,3 +342,69 @@ fn a_killed_pack_leaves_no_partial_npz_and_a_rerun_completes() {
     assert!(hidden.is_empty(), "{hidden:?}");
     only_known_names_visible();
 }
+
+/// A `convert --force` killed between its two renames (the old folder moved aside to
+/// `.OUT.old.tmp-HOST-PID`, the new one still in its staging folder) leaves both hidden
+/// and no `OUT`; the next convert to that output removes the dead writer's two, says so,
+/// and completes, while a live writer's and another host's replaced folders stay. The
+/// state is planted exactly as the first rename leaves it: a kill cannot be aimed between
+/// two renames.
+#[test]
+fn a_convert_force_killed_between_its_renames_is_swept_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = convert_spatial_with(d, "m", &[]);
+    let h = host();
+    // A pid no process has: past the kernel's largest (`pid_max` is at most 2^22).
+    let dead = 4_194_400u32;
+    let old = d.join(format!(".m.old.tmp-{h}-{dead}"));
+    std::fs::rename(&out, &old).unwrap();
+    let staging = d.join(format!(".m.tmp-{h}-{dead}"));
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::write(staging.join("manifest.json"), b"{}").unwrap();
+    let live = d.join(format!(".m.old.tmp-{h}-{}", std::process::id()));
+    let elsewhere = d.join(format!(".m.old.tmp-elsewhere-{dead}"));
+    for p in [&live, &elsewhere] {
+        std::fs::create_dir(p).unwrap();
+        std::fs::write(p.join("manifest.json"), b"{}").unwrap();
+    }
+
+    let f = fixture("spatial");
+    let o = convert(
+        d,
+        &f.join("flowar.pth"),
+        &f.join("vae.ckpt"),
+        &out,
+        &["--force"],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("removed 1 staging folder(s) that an interrupted convert left"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "removed 1 replaced model folder(s) that a `convert --force` killed between its two renames left"
+        ),
+        "{t}"
+    );
+    assert!(!old.exists(), "the dead writer's replaced folder stayed");
+    assert!(!staging.exists(), "the dead writer's staging folder stayed");
+    assert!(live.is_dir() && elsewhere.is_dir());
+    assert!(out.join("manifest.json").is_file());
+    std::fs::remove_dir_all(&live).unwrap();
+    std::fs::remove_dir_all(&elsewhere).unwrap();
+    assert_eq!(names(d), ["m"]);
+
+    // A --force over the folder now in place leaves nothing beside it either.
+    let again = convert(
+        d,
+        &f.join("flowar.pth"),
+        &f.join("vae.ckpt"),
+        &out,
+        &["--force"],
+    );
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(names(d), ["m"]);
+}

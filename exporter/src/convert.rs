@@ -409,6 +409,10 @@ pub struct ConvertReport {
     pub latent_shift_source: LatentScaleSource,
     /// Staging folders that killed conversions to the same output had left, now removed.
     pub removed_stale: Vec<PathBuf>,
+    /// Folders that `--force` conversions to the same output, killed between moving the old
+    /// folder aside and moving the new one in, had left (`.OUT.old.tmp-HOST-PID`), now
+    /// removed.
+    pub removed_replaced: Vec<PathBuf>,
     pub ignored_keys: Vec<(String, &'static str)>,
     /// Set when a diffusers config's `force_upcast` kept the VAE decoder in float32 under
     /// a reduced `--dtype`: what `convert` tells the user.
@@ -546,9 +550,16 @@ fn write_graph(dir: &Path, file: &str, mut g: BuiltGraph, threshold: usize) -> R
 /// A temporary sibling of `out` that is removed on drop unless committed.
 struct StagingDir {
     path: PathBuf,
+    /// Where `commit` moves the folder it replaces (`--force`) until the new one is in
+    /// place: `.OUT.old.tmp-HOST-PID`, named by its writer like every temporary, so that a
+    /// convert killed between the two renames leaves something the next one can sweep.
+    old: PathBuf,
     committed: bool,
     /// Staging folders of killed conversions removed on the way.
     stale: Vec<PathBuf>,
+    /// Replaced folders that conversions killed between their two renames had left,
+    /// removed on the way.
+    stale_replaced: Vec<PathBuf>,
 }
 
 impl StagingDir {
@@ -562,9 +573,18 @@ impl StagingDir {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| ExportError::io(parent, e))?;
-        // A conversion killed outright (SIGKILL, the OOM killer) left its staging folder:
+        // A conversion killed outright (SIGKILL, the OOM killer) left its staging folder,
+        // or, killed between the two renames of a `--force`, the folder it was replacing:
         // this host's dead writers' ones for this output go (see `atomic_file`).
-        let stale = atomic_file::sweep_stale(parent, |f| f == name)?;
+        let old_name = format!("{name}.old");
+        let swept = atomic_file::sweep_stale(parent, |f| f == name || f == old_name)?;
+        let old_prefix = format!(".{old_name}.tmp-");
+        let (stale_replaced, stale): (Vec<PathBuf>, Vec<PathBuf>) =
+            swept.into_iter().partition(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&old_prefix))
+            });
+        let old = atomic_file::temp_path(&parent.join(&old_name));
         let path = atomic_file::temp_path(&parent.join(&name));
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| ExportError::io(&path, e))?;
@@ -572,8 +592,10 @@ impl StagingDir {
         std::fs::create_dir(&path).map_err(|e| ExportError::io(&path, e))?;
         Ok(StagingDir {
             path,
+            old,
             committed: false,
             stale,
+            stale_replaced,
         })
     }
 
@@ -583,10 +605,10 @@ impl StagingDir {
             if !force {
                 return Err(ExportError::OutputExists(out.to_path_buf()));
             }
-            let old = self.path.with_extension("old");
-            std::fs::rename(out, &old).map_err(|e| ExportError::io(out, e))?;
+            let old = &self.old;
+            std::fs::rename(out, old).map_err(|e| ExportError::io(out, e))?;
             std::fs::rename(&self.path, out).map_err(|e| ExportError::io(out, e))?;
-            let _ = std::fs::remove_dir_all(&old);
+            let _ = std::fs::remove_dir_all(old);
         } else {
             std::fs::rename(&self.path, out).map_err(|e| ExportError::io(out, e))?;
         }
@@ -870,9 +892,11 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
     std::fs::write(&mpath, text).map_err(|e| ExportError::io(&mpath, e))?;
     let removed_stale = staging.stale.clone();
+    let removed_replaced = staging.stale_replaced.clone();
     staging.commit(&req.out, req.force)?;
     Ok(ConvertReport {
         removed_stale,
+        removed_replaced,
         manifest,
         latent_scale_source,
         latent_shift_source,

@@ -213,6 +213,13 @@ pub fn run(a: Args) -> CliResult {
             report.removed_stale.len()
         );
     }
+    if !report.removed_replaced.is_empty() {
+        println!(
+            "removed {} replaced model folder(s) that a `convert --force` killed between its two \
+             renames left",
+            report.removed_replaced.len()
+        );
+    }
     print_report(&report);
     if a.preset.is_none() {
         println!("{}", report.latent_norm_note());
