@@ -6,6 +6,8 @@
 //! - [`sampler`]: the scale loop, ODE solvers, schedule, noise and upsampling;
 //! - [`pipeline`]: a model on a chosen [`provider`], ready to generate.
 //!
+//! [`cache`] keeps OpenVINO's compiled graphs and TensorRT's engines on disk, under a size cap.
+//!
 //! Tool code sits beside them: [`verify`] (parity against reference outputs), [`image`]
 //! (PNG output), [`sample_set`] (a set's `NNNNNN.png` files and their settings) and, behind the `clap` feature, `cli_args`. The model folder's format
 //! (manifest and graph names) is the `flowar-format` crate, re-exported as [`manifest`].
@@ -19,6 +21,7 @@
 //! # Ok::<(), flowar_runtime::Error>(())
 //! ```
 pub mod backend;
+pub mod cache;
 #[cfg(feature = "clap")]
 pub mod cli_args;
 pub mod edit_input;

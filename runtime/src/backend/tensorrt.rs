@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::gpu::GpuOptions;
 use super::{ort_backend, BackendOptions, Provider, ShapeRange, Unavailable};
+use crate::cache::Lease;
 use crate::error::{Error, Result};
 
 /// Min / opt / max shapes of every dynamic input of one graph, in onnxruntime's TensorRT
@@ -37,19 +38,7 @@ impl TrtProfile {
     }
 }
 
-/// Default cache root: `$FLOWAR_CACHE_DIR`, else `$XDG_CACHE_HOME/flowar`, else
-/// `$HOME/.cache/flowar`, else the system temp folder's `flowar-cache`.
-pub fn cache_root() -> PathBuf {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("FLOWAR_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("flowar")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/flowar")))
-        .unwrap_or_else(|| std::env::temp_dir().join("flowar-cache"))
-}
+pub use crate::cache::cache_root;
 
 /// Where one set of graphs' engines and timing cache live:
 /// `<root>/tensorrt/<graphs key>-trt<version>-<fp16|fp32>-b<max batch>`. `graphs_key`
@@ -81,13 +70,16 @@ pub fn has_engines(dir: &Path) -> bool {
 /// The engine-cache folder for the graphs `graphs_key` identifies, under the configured
 /// root ([`GpuOptions::trt_cache_dir`], else [`cache_root`]), keyed by the TensorRT
 /// version onnxruntime will load. Created, with a notice on stderr when no engine is there
-/// yet (building them takes minutes).
-pub fn prepare_engine_cache(graphs_key: &str, opts: &BackendOptions) -> Result<PathBuf> {
+/// yet (building them takes minutes), and leased ([`Lease`]): while the returned lease
+/// lives, the cache's size cap ([`crate::cache`]) never evicts these engines. Entries
+/// beyond the cap are evicted here, least recently used first.
+pub fn prepare_engine_cache(graphs_key: &str, opts: &BackendOptions) -> Result<Lease> {
     let version = ort_backend::tensorrt_version(opts)
         .map_err(|why| Error::unavailable(Provider::TensorRt.name(), why))?;
+    let cap = crate::cache::max_bytes()?;
     let root = opts.gpu.trt_cache_dir.clone().unwrap_or_else(cache_root);
     let dir = engine_cache_dir(&root, graphs_key, &version, &opts.gpu);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let lease = Lease::acquire(&dir).map_err(|e| Error::io(&dir, e))?;
     if !has_engines(&dir) {
         eprintln!(
             "flowar: building TensorRT {version} engines for this model (first run for this \
@@ -97,7 +89,8 @@ pub fn prepare_engine_cache(graphs_key: &str, opts: &BackendOptions) -> Result<P
             dir.display()
         );
     }
-    Ok(dir)
+    crate::cache::evict_after_write(&root, cap);
+    Ok(lease)
 }
 
 /// The TensorRT version the dynamic loader finds (`libnvinfer.so.N`, the library

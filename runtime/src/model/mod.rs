@@ -89,6 +89,9 @@ pub struct Model {
     tables: Vec<ScaleTables>,
     /// The largest batch the sessions were built for (TensorRT's profiles); `None`: any.
     batch_limit: Option<usize>,
+    /// TensorRT's engine-cache folder, held so the cache's size cap never evicts the
+    /// engines of a loaded model (onnxruntime may build and read them on any run).
+    _engine_cache: Option<crate::cache::Lease>,
     pub load_time: Duration,
 }
 
@@ -167,9 +170,9 @@ impl Model {
         let setup = |spec: &GraphSpec| -> Result<Option<TrtSetup>> {
             cache
                 .as_ref()
-                .map(|dir| {
+                .map(|lease| {
                     Ok(TrtSetup {
-                        cache_dir: dir.clone(),
+                        cache_dir: lease.dir().to_path_buf(),
                         shapes: tensorrt::shape_ranges(&manifest, spec, opts.gpu.trt_max_batch)?,
                     })
                 })
@@ -218,6 +221,7 @@ impl Model {
             encoder: None,
             options: opts.clone(),
             tables,
+            _engine_cache: cache,
             load_time: start.elapsed(),
         })
     }

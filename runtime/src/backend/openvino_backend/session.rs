@@ -1,15 +1,16 @@
 //! One graph compiled by OpenVINO's CPU plugin, run on host tensors.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use openvino::{CompiledModel, DeviceType, ElementType, InferRequest, RwPropertyKey};
 
 use super::super::inputs::check_host;
-use super::super::tensorrt::cache_root;
 use super::super::{check_graph_file, graph_name, host_inputs, BackendOptions, Resident, Session};
 use super::library::with_core;
 use super::value::{element_type, fill, from_host, to_host, ValueError};
 use super::BACKEND;
+use crate::cache::{cache_root, evict_after_write, max_bytes, Lease};
 use crate::error::{Cause, Error, Result};
 use crate::tensor::Tensor;
 
@@ -22,6 +23,8 @@ pub struct OpenVinoSession {
     input_names: Vec<String>,
     input_types: Vec<ElementType>,
     output_names: Vec<String>,
+    /// The model's cache entry, held so the cache's size cap never evicts it meanwhile.
+    _cache: Option<Lease>,
 }
 
 impl std::fmt::Debug for OpenVinoSession {
@@ -35,7 +38,8 @@ impl std::fmt::Debug for OpenVinoSession {
 }
 
 /// How OpenVINO's CPU plugin is told to compute: precision, threads, one stream for latency,
-/// and where compiled graphs are cached ([`cache_dir`]).
+/// and where compiled graphs are cached (`cache`, the graph's [`cache_entry`]; none: not
+/// cached).
 ///
 /// Shapes stay dynamic: one compiled graph serves every scale and batch. Compiling one per
 /// input shape (what a static-shape plan needs) was measured 2-7% faster per call on the S
@@ -45,7 +49,7 @@ impl std::fmt::Debug for OpenVinoSession {
 /// values (max error 6 on the S flow head) at 16 tokens and more, unless its runtime cache
 /// of shape-specific kernels is off (`CPU_RUNTIME_CACHE_CAPACITY` 0, measured within 3%
 /// of the default's speed). The fixture tests run the scales in that order and catch it.
-fn cpu_properties(options: &BackendOptions) -> Vec<(RwPropertyKey, String)> {
+fn cpu_properties(options: &BackendOptions, cache: Option<&Path>) -> Vec<(RwPropertyKey, String)> {
     let mut props = vec![
         (
             RwPropertyKey::HintInferencePrecision,
@@ -62,42 +66,163 @@ fn cpu_properties(options: &BackendOptions) -> Vec<(RwPropertyKey, String)> {
             "0".to_string(),
         ),
     ];
-    if let Some(dir) = cache_dir() {
-        props.push((RwPropertyKey::CacheDir, dir.display().to_string()));
-    }
+    // Core state like the rest: set on every compile, so a graph without a cache entry
+    // never writes into another model's.
+    props.push((
+        RwPropertyKey::CacheDir,
+        cache.map(|d| d.display().to_string()).unwrap_or_default(),
+    ));
     props
 }
 
-/// Where OpenVINO keeps compiled graphs, so a second load skips compilation:
-/// `<flowar cache>/openvino` (see [`cache_root`]). OpenVINO keys each blob by the graph,
-/// its properties and its own version. `None` (compile every time) when the folder
-/// cannot be made.
-pub fn cache_dir() -> Option<std::path::PathBuf> {
-    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = cache_root().join("openvino");
-        match std::fs::create_dir_all(&dir) {
-            Ok(()) => Some(dir),
-            Err(e) => {
-                eprintln!(
-                    "flowar: not caching OpenVINO's compiled graphs: cannot create {}: {e}",
-                    dir.display()
-                );
-                None
-            }
+/// The cache entry of `graph`'s model folder, where OpenVINO keeps its compiled graphs so
+/// that a second load skips compiling: `<root>/openvino/<folder name>-<key>` under the
+/// cache root ([`cache_root`]). The key hashes the folder's absolute path and its
+/// `manifest.json`'s size and modification time, so a re-exported folder gets a fresh
+/// entry and the stale one ages out under the size cap ([`crate::cache`]). Within the
+/// entry, OpenVINO keys each blob by the graph, its properties and its own version.
+pub fn cache_entry(root: &Path, graph: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let folder = graph
+        .parent()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(folder.as_os_str().as_encoded_bytes());
+    if let Ok(meta) = std::fs::metadata(folder.join("manifest.json")) {
+        h.update(meta.len().to_le_bytes());
+        if let Ok(t) = meta.modified() {
+            let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            h.update(since.as_nanos().to_le_bytes());
         }
-    })
-    .clone()
+    }
+    let key: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name: String = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    root.join("openvino").join(format!("{name}-{key}"))
+}
+
+/// How this process's OpenVINO graphs were loaded: from the compiled-graph cache, or
+/// compiled (and written to it, when caching).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    /// Graphs OpenVINO loaded from a cached blob (its `LOADED_FROM_CACHE`).
+    pub from_cache: usize,
+    /// Graphs compiled from the ONNX file.
+    pub compiled: usize,
+}
+
+static FROM_CACHE: AtomicUsize = AtomicUsize::new(0);
+static COMPILED: AtomicUsize = AtomicUsize::new(0);
+
+/// This process's [`CacheCounts`] so far (`flowar generate` reports them).
+pub fn cache_counts() -> CacheCounts {
+    CacheCounts {
+        from_cache: FROM_CACHE.load(Ordering::Relaxed),
+        compiled: COMPILED.load(Ordering::Relaxed),
+    }
+}
+
+/// Leases `graph`'s cache entry under the configured root, or says on stderr why its
+/// graphs will not be cached (a cache that cannot be written never stops a load).
+fn lease_entry(graph: &Path) -> Option<Lease> {
+    let dir = cache_entry(&cache_root(), graph);
+    match Lease::acquire(&dir) {
+        Ok(lease) => Some(lease),
+        Err(e) => {
+            eprintln!(
+                "flowar: not caching OpenVINO's compiled graphs: cannot use {}: {e}",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// OpenVINO's `LOADED_FROM_CACHE` for `compiled`: whether it came from a cached blob.
+fn loaded_from_cache(compiled: &CompiledModel) -> std::result::Result<bool, String> {
+    // The `openvino` crate (pinned at 0.11.1) has no getter for a compiled model's
+    // properties and keeps the C handle private; its `CompiledModel` is that one pointer
+    // field, which these assertions check, so it sits at offset 0.
+    const _: () = assert!(
+        std::mem::size_of::<CompiledModel>()
+            == std::mem::size_of::<*mut openvino_sys::ov_compiled_model_t>()
+            && std::mem::align_of::<CompiledModel>()
+                == std::mem::align_of::<*mut openvino_sys::ov_compiled_model_t>()
+    );
+    // SAFETY: `CompiledModel` is exactly one `*mut ov_compiled_model_t` (checked above), so
+    // reading its bytes as that pointer reads the handle, which is valid while `compiled`
+    // is borrowed.
+    let handle = unsafe {
+        *(compiled as *const CompiledModel).cast::<*mut openvino_sys::ov_compiled_model_t>()
+    };
+    let mut value: *mut std::os::raw::c_char = std::ptr::null_mut();
+    // SAFETY: a valid compiled model, a NUL-terminated key and an out-pointer; on success
+    // OpenVINO allocates `value`, freed below with `ov_free`.
+    let status = unsafe {
+        openvino_sys::ov_compiled_model_get_property(
+            handle,
+            c"LOADED_FROM_CACHE".as_ptr(),
+            &mut value,
+        )
+    };
+    if status != openvino_sys::ov_status_e::OK || value.is_null() {
+        return Err(format!(
+            "OpenVINO did not answer LOADED_FROM_CACHE (status {status:?})"
+        ));
+    }
+    // SAFETY: OpenVINO returned a NUL-terminated string that this code now owns.
+    let answer = unsafe {
+        let s = std::ffi::CStr::from_ptr(value)
+            .to_string_lossy()
+            .into_owned();
+        openvino_sys::ov_free(value);
+        s
+    };
+    match answer.to_ascii_uppercase().as_str() {
+        "YES" | "TRUE" | "1" => Ok(true),
+        "NO" | "FALSE" | "0" => Ok(false),
+        other => Err(format!("OpenVINO answered LOADED_FROM_CACHE `{other}`")),
+    }
 }
 
 impl OpenVinoSession {
-    /// Reads `graph` and compiles it for the CPU with `options`' threads and precision.
+    /// Reads `graph` and compiles it for the CPU with `options`' threads and precision,
+    /// or loads it from the compiled-graph cache ([`cache_entry`]). A compile that wrote
+    /// to the cache then evicts what is beyond its size cap ([`crate::cache`]).
     pub fn open(graph: &Path, options: &BackendOptions) -> Result<OpenVinoSession> {
         check_graph_file(graph)?;
         let name = graph_name(graph);
+        let cap = max_bytes()?;
+        let lease = lease_entry(graph);
+        let cache = lease.as_ref().map(Lease::dir);
         let (mut compiled, inputs, outputs) =
-            with_core(options, |core| compile(core, graph, &name, options))
+            with_core(options, |core| compile(core, graph, &name, options, cache))
                 .map_err(|why| Error::unavailable(crate::Provider::OpenVino.name(), why))??;
+        let hit = loaded_from_cache(&compiled).map_err(|why| backend_error(&name, why, None))?;
+        if hit {
+            FROM_CACHE.fetch_add(1, Ordering::Relaxed);
+        } else {
+            COMPILED.fetch_add(1, Ordering::Relaxed);
+            if lease.is_some() {
+                evict_after_write(&cache_root(), cap);
+            }
+        }
         let request = compiled.create_infer_request().map_err(|e| {
             backend_error(
                 &name,
@@ -112,6 +237,7 @@ impl OpenVinoSession {
             input_names: inputs.iter().map(|(n, _)| n.clone()).collect(),
             input_types: inputs.iter().map(|(_, t)| *t).collect(),
             output_names: outputs.into_iter().map(|(n, _)| n).collect(),
+            _cache: lease,
         })
     }
 
@@ -133,14 +259,16 @@ impl OpenVinoSession {
 /// A graph's input and output names with their element types.
 type Ports = Vec<(String, ElementType)>;
 
-/// Reads `graph` and compiles it for the CPU on `core` with `options`' properties.
+/// Reads `graph` and compiles it for the CPU on `core` with `options`' properties,
+/// caching in `cache`.
 fn compile(
     core: &mut openvino::Core,
     graph: &Path,
     name: &str,
     options: &BackendOptions,
+    cache: Option<&Path>,
 ) -> Result<(CompiledModel, Ports, Ports)> {
-    for (key, value) in cpu_properties(options) {
+    for (key, value) in cpu_properties(options, cache) {
         core.set_property(&DeviceType::CPU, &key, &value)
             .map_err(|e| {
                 backend_error(
