@@ -471,3 +471,318 @@ fn force_upcast_keeps_the_vae_float32_in_a_float16_folder() {
         "float16 decoder {half_size} bytes, upcast {upcast_size}"
     );
 }
+
+// ------------------------------------------------------------------ middle attention
+
+/// The key prefixes of a diffusers VAE's two middle attentions (decoder and encoder: one
+/// `mid_block_add_attention` governs both).
+const MID_ATTENTIONS: [&str; 2] = [
+    "decoder.mid_block.attentions.0.",
+    "encoder.mid_block.attentions.0.",
+];
+
+fn in_mid_attention(key: &str) -> bool {
+    MID_ATTENTIONS.iter().any(|p| key.starts_with(p))
+}
+
+/// The sd-f8c4 VAE folder (encoder included) copied to `dir/name` with its config's
+/// `mid_block_add_attention` set to `config_says` and each tensor passed through `edit`
+/// (`None` drops it).
+fn vae_copy(
+    dir: &Path,
+    name: &str,
+    config_says: bool,
+    edit: impl Fn(&str, (Vec<usize>, Vec<u8>)) -> Option<(Vec<usize>, Vec<u8>)>,
+) -> PathBuf {
+    let from = fixture("sd-f8c4/vae");
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["mid_block_add_attention"], serde_json::json!(true));
+    cfg["mid_block_add_attention"] = serde_json::json!(config_says);
+    std::fs::write(to.join("config.json"), cfg.to_string()).unwrap();
+    let t: Tensors = read_tensors(&from.join("diffusion_pytorch_model.safetensors"))
+        .into_iter()
+        .filter_map(|(k, v)| edit(&k, v).map(|v| (k, v)))
+        .collect();
+    write_tensors(&t, &to.join("diffusion_pytorch_model.safetensors"));
+    to
+}
+
+/// The sd-f8c4 VAE without its middle attentions (their keys dropped), the config saying
+/// `config_says`.
+fn without_mid_attention(dir: &Path, name: &str, config_says: bool) -> PathBuf {
+    let to = vae_copy(dir, name, config_says, |k, v| {
+        (!in_mid_attention(k)).then_some(v)
+    });
+    let left = read_tensors(&to.join("diffusion_pytorch_model.safetensors"));
+    assert!(left.keys().all(|k| !k.contains(".mid_block.attentions.")));
+    to
+}
+
+/// The sd-f8c4 VAE with both middle attentions kept but their output projections
+/// (`to_out.0` weight and bias) zeroed. diffusers' mid-block attention adds its output to
+/// its input (`Attention(..., residual_connection=True)`, `rescale_output_factor` 1), so
+/// each is then the identity and this VAE computes exactly what the same VAE without
+/// middle attention computes: an independent statement of the attention-free network,
+/// built on the attention path that the fixtures check against diffusers itself.
+fn identity_mid_attention(dir: &Path) -> PathBuf {
+    let zeroed = std::cell::Cell::new(0);
+    let to = vae_copy(dir, "identity-mid-attention", true, |k, (shape, data)| {
+        if in_mid_attention(k) && k.contains(".to_out.0.") {
+            zeroed.set(zeroed.get() + 1);
+            Some((shape, vec![0; data.len()]))
+        } else {
+            Some((shape, data))
+        }
+    });
+    assert_eq!(zeroed.get(), 4, "two attentions' to_out.0 weight and bias");
+    to
+}
+
+/// The largest `|a - b|`, NaN when either holds a NaN (so a bound check fails on it).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
+}
+
+/// How far the attention-free decoder and encoder may be from their identity-attention
+/// twin: measured 0 (bit-identical) on ort-cpu, tract and OpenVINO, since adding the
+/// zero output is exact; 1e-6 (about 8 ulp at 1.0) leaves room for an engine that
+/// schedules the twin's extra graph differently, far below any wiring fault (the
+/// attention itself moves the image by 0.35).
+const TWIN_BOUND: f32 = 1e-6;
+
+/// A VAE without middle attention (diffusers' `mid_block_add_attention: false`; decoder and
+/// encoder) converts, its manifest records no middle attention, and on every CPU provider
+/// it decodes the fixture's tokens and encodes an image as its identity-attention twin
+/// does ([`identity_mid_attention`]); in the LDM layout (no `decoder.mid.attn_1`) it
+/// decodes the same image.
+#[test]
+fn a_vae_without_middle_attention_computes_what_its_identity_attention_twin_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flowar = fixture("sd-f8c4/flowar.pth");
+    let none = without_mid_attention(tmp.path(), "no-mid-attention", false);
+    let twin = identity_mid_attention(tmp.path());
+    let (_a, none_dir) = convert_with_vae(&flowar, &none, |r| r);
+    let (_b, twin_dir) = convert_with_vae(&flowar, &twin, |r| r);
+    for (dir, attention) in [(&none_dir, false), (&twin_dir, true)] {
+        let v = Manifest::load(dir).unwrap().architecture.vae;
+        let encoder = v.encoder.as_ref().expect("the folder's encoder");
+        assert_eq!(
+            (v.mid_attention, encoder.mid_attention),
+            (attention, attention),
+            "{}",
+            dir.display()
+        );
+    }
+    let reference =
+        flowar_runtime::verify::Reference::load(&fixture("sd-f8c4/expected.safetensors")).unwrap();
+    let tokens = reference.f32("vae.tokens").unwrap();
+    let with_attention = reference.f32("vae.image").unwrap().into_f32().unwrap();
+    let source = flowar_runtime::edit_input::load_source(&fixture("edit-sd-f8c4/image0.png"), 128)
+        .unwrap()
+        .image;
+    let mut tract_image = None;
+    for p in cpu_providers() {
+        let (mut none, mut twin) = (load(&none_dir, p), load(&twin_dir, p));
+        let image = none
+            .model_mut()
+            .decode(&tokens)
+            .unwrap()
+            .into_f32()
+            .unwrap();
+        let twin_image = twin
+            .model_mut()
+            .decode(&tokens)
+            .unwrap()
+            .into_f32()
+            .unwrap();
+        assert_eq!(image.len(), 2 * 3 * 128 * 128, "{}", p.name());
+        let d = max_abs_diff(&image, &twin_image);
+        let enc = none.encode(std::slice::from_ref(&source)).unwrap();
+        let twin_enc = twin.encode(std::slice::from_ref(&source)).unwrap();
+        assert_eq!(enc.len(), 4 * 16 * 16, "{}", p.name());
+        let e = max_abs_diff(&enc, &twin_enc);
+        // The attention the twin zeroes is not negligible: the fixture's own decoder
+        // (attention on) gives another image, so the twins agree for a reason.
+        let moved = max_abs_diff(&image, &with_attention);
+        eprintln!(
+            "{}: no middle attention vs identity twin: image {d:.3e}, tokens {e:.3e}; vs the \
+             fixture's attention {moved:.3e}",
+            p.name()
+        );
+        assert!(
+            d <= TWIN_BOUND && e <= TWIN_BOUND,
+            "{}: image {d:.3e}, tokens {e:.3e} past {TWIN_BOUND:.0e}",
+            p.name()
+        );
+        assert!(
+            moved > 0.01,
+            "{}: the middle attention moved the image only {moved:.3e}",
+            p.name()
+        );
+        if p == Provider::Tract {
+            tract_image = Some(image);
+        }
+    }
+    // The LDM layout's middle block without `decoder.mid.attn_1`.
+    let src = read_tensors(&none.join("diffusion_pytorch_model.safetensors"));
+    let ldm: Tensors = src
+        .into_iter()
+        .filter_map(|(k, v)| ldm_key(&k, 4).map(|k| (k, v)))
+        .collect();
+    assert!(ldm.contains_key("decoder.mid.block_2.conv1.weight"));
+    assert!(ldm.keys().all(|k| !k.contains(".attn_1.")));
+    let ldm_file = tmp.path().join("ldm-no-mid-attention.safetensors");
+    write_tensors(&ldm, &ldm_file);
+    let (_c, ldm_dir) = convert_with_vae(&flowar, &ldm_file, |r| r.latent_scale(Some(0.18215)));
+    let v = Manifest::load(&ldm_dir).unwrap().architecture.vae;
+    assert_eq!((v.layout, v.mid_attention), (VaeLayout::Ldm, false));
+    let image = load(&ldm_dir, Provider::Tract)
+        .model_mut()
+        .decode(&tokens)
+        .unwrap()
+        .into_f32()
+        .unwrap();
+    let d = max_abs_diff(&image, tract_image.as_ref().expect("tract always runs"));
+    assert!(
+        d <= TWIN_BOUND,
+        "LDM layout: image {d:.3e} from the diffusers layout's"
+    );
+}
+
+/// A config whose `mid_block_add_attention` the weights contradict (either way) is refused
+/// before anything is written, naming the field, both values, the weights file and the key.
+#[test]
+fn a_config_contradicting_the_weights_on_middle_attention_is_refused_naming_both() {
+    use flowar_exporter::checkpoint::Checkpoint;
+    use flowar_exporter::convert::{convert, ConvertRequest};
+    use flowar_exporter::vae_checkpoint::VaeCheckpoint;
+    use flowar_exporter::ExportError;
+    let tmp = tempfile::tempdir().unwrap();
+    let flowar = fixture("sd-f8c4/flowar.pth");
+    let f = Checkpoint::open(&flowar).unwrap();
+    let says_true = without_mid_attention(tmp.path(), "says-true", true);
+    let says_false = vae_copy(tmp.path(), "says-false", false, |_, v| Some(v));
+    for (vae, said, found) in [
+        (&says_true, "true", "no middle attention"),
+        (&says_false, "false", "a middle attention"),
+    ] {
+        let v = VaeCheckpoint::open(vae).unwrap();
+        let out = tmp.path().join("out");
+        match convert(&ConvertRequest::from_files(&f, &flowar, &v, &out)) {
+            Err(ExportError::Config { origin, reason }) => {
+                assert_eq!(origin, vae.join("config.json").display().to_string());
+                for part in [
+                    format!("`mid_block_add_attention` is {said}"),
+                    format!(
+                        "the weights in {} have {found}",
+                        vae.join("diffusion_pytorch_model.safetensors").display()
+                    ),
+                    "(decoder.mid_block.attentions.0)".into(),
+                ] {
+                    assert!(reason.contains(&part), "{reason:?} lacks {part:?}");
+                }
+            }
+            Err(other) => panic!("config says {said}: {other}"),
+            Ok(_) => panic!("config says {said}, weights have {found}: converted"),
+        }
+        assert!(!out.exists(), "a refused conversion left {}", out.display());
+    }
+}
+
+// ------------------------------------------------------------------ where the VAE is given
+
+/// A diffusers pipeline folder (`model_index.json`, `unet/`, `vae/`) given as the VAE, and
+/// the `vae/` folder's weights file given alone (its `config.json` beside it), convert to
+/// the same model folder, byte for byte, as the `vae/` folder itself (the CLI's `--vae`
+/// hands its path to `VaeCheckpoint::open` as here); the notes say where the VAE was read.
+#[test]
+fn a_pipeline_folder_and_a_weights_file_convert_as_the_vae_folder_does() {
+    use flowar_exporter::checkpoint::Checkpoint;
+    use flowar_exporter::convert::{convert, source_notes, ConvertRequest};
+    use flowar_exporter::vae_checkpoint::VaeCheckpoint;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pipeline");
+    let vae = root.join("vae");
+    std::fs::create_dir_all(&vae).unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture("sd-f8c4/vae").join(f), vae.join(f)).unwrap();
+    }
+    std::fs::write(
+        root.join("model_index.json"),
+        r#"{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}"#,
+    )
+    .unwrap();
+    std::fs::create_dir(root.join("unet")).unwrap();
+    std::fs::write(
+        root.join("unet/config.json"),
+        r#"{"_class_name": "UNet2DConditionModel", "in_channels": 4}"#,
+    )
+    .unwrap();
+    let flowar = fixture("sd-f8c4/flowar.pth");
+    let f = Checkpoint::open(&flowar).unwrap();
+    let (_o, original) = convert_vae_fixture("sd-f8c4");
+    let files = |dir: &Path| -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let want = files(&original);
+    assert!(want.contains_key("vae_decoder.onnx") && want.contains_key("vae_encoder.onnx"));
+    let weights = vae.join("diffusion_pytorch_model.safetensors");
+    for (given, from_pipeline) in [(&root, true), (&weights, false)] {
+        let v = VaeCheckpoint::open(given).unwrap();
+        let notes = source_notes(&f, &v);
+        let said = |s: &str| notes.iter().any(|n| n.contains(s));
+        assert_eq!(
+            said(&format!(
+                "the `vae` folder of the pipeline folder {}",
+                root.display()
+            )),
+            from_pipeline,
+            "{notes:?}"
+        );
+        assert!(
+            said(&format!(
+                "with its config {}",
+                vae.join("config.json").display()
+            )),
+            "{notes:?}"
+        );
+        let out = tmp.path().join(if from_pipeline {
+            "from-root"
+        } else {
+            "from-file"
+        });
+        convert(&ConvertRequest::from_files(&f, &flowar, &v, &out)).unwrap();
+        let got = files(&out);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{}",
+            given.display()
+        );
+        for (name, bytes) in &want {
+            assert!(got[name] == *bytes, "{}: {name} differs", given.display());
+        }
+    }
+}
