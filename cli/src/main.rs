@@ -20,6 +20,12 @@ pub(crate) fn interrupted() -> bool {
 /// Exit status of a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
 
+/// Test-only, never for use (`scripts/test.sh` clears it): set to `1`, `flowar` parses its
+/// command line (exit 2 with clap's message when it does not parse), says so and exits 0
+/// without running anything, so that `cli/tests/docs_commands.rs` can check every command
+/// the docs show against the real CLI without converting or generating anything.
+const PARSE_ONLY: &str = "FLOWAR_TEST_PARSE_ONLY";
+
 #[derive(Parser)]
 #[command(
     name = "flowar",
@@ -68,6 +74,10 @@ fn install_ctrlc() {
 
 fn main() {
     let cli = Cli::parse();
+    if std::env::var_os(PARSE_ONLY).is_some_and(|v| v == "1") {
+        eprintln!("{PARSE_ONLY}=1: the command line parses; nothing was run");
+        return;
+    }
     // Only the commands that write outputs and poll the flag trade Ctrl-C's default
     // (immediate exit) for a clean stop.
     if matches!(
