@@ -53,38 +53,53 @@ impl<'a> From<&'a Manifest> for ModelNeeds<'a> {
     }
 }
 
+/// Why `provider` can never run such a model as it is meant to run, whatever the machine:
+/// a bfloat16 folder needs native bfloat16 products, which only OpenVINO's CPU plugin has;
+/// int8 folders are refused on OpenVINO, which runs them but no faster than float32
+/// (measured: one S flow-head call 159 ms there, 38 ms on onnxruntime's CPU provider).
+/// `None` when it may (whether this machine can is [`runs_model`]'s question).
+pub fn never_runs(provider: Provider, needs: ModelNeeds<'_>) -> Option<String> {
+    if needs.int8 && provider == Provider::OpenVino {
+        return Some(
+            "this model's linears are int8 (convert --quantize int8), which OpenVINO runs no \
+             faster than float32; run it with --provider ort-cpu, or use --dtype bf16 for \
+             OpenVINO's fast mode"
+                .into(),
+        );
+    }
+    if needs.dtype != BF16_DTYPE {
+        return None;
+    }
+    let elsewhere = "run it with --provider openvino on a CPU with AMX or AVX512-BF16, or convert without --dtype bf16";
+    match provider {
+        Provider::OpenVino => None,
+        Provider::OrtCpu => Some(format!(
+            "this model computes its products in bfloat16, and onnxruntime's CPU provider has no bfloat16 kernels on x86; {elsewhere}"
+        )),
+        Provider::Tract => Some(format!(
+            "this model computes its products in bfloat16, and tract has no native bfloat16 kernels; {elsewhere}"
+        )),
+        Provider::Cuda | Provider::TensorRt => Some(format!(
+            "bfloat16 models are built and verified for OpenVINO's CPU plugin only; {elsewhere}"
+        )),
+    }
+}
+
 /// Whether `provider` runs such a model as it is meant to run, beyond having the graphs'
-/// ops: a bfloat16 folder needs native bfloat16 products; int8 folders are refused on
-/// OpenVINO, which runs them but no faster than float32 (measured: one S flow-head call
-/// 159 ms there, 38 ms on onnxruntime's CPU provider).
+/// ops: never where [`never_runs`] says so, and a bfloat16 folder on OpenVINO only where
+/// this CPU computes bfloat16 natively.
 pub fn runs_model(
     provider: Provider,
     needs: ModelNeeds<'_>,
     opts: &BackendOptions,
 ) -> Result<(), Unavailable> {
-    if needs.int8 && provider == Provider::OpenVino {
-        return Err(Unavailable::new(
-            "this model's linears are int8 (convert --quantize int8), which OpenVINO runs no \
-             faster than float32; run it with --provider ort-cpu, or use --dtype bf16 for \
-             OpenVINO's fast mode",
-        ));
+    if let Some(why) = never_runs(provider, needs) {
+        return Err(Unavailable::new(why));
     }
-    if needs.dtype != BF16_DTYPE {
-        return Ok(());
+    if needs.dtype == BF16_DTYPE && provider == Provider::OpenVino {
+        return openvino_backend::cpu_capabilities(opts)?.require_bf16();
     }
-    let elsewhere = "run it with --provider openvino on a CPU with AMX or AVX512-BF16, or convert without --dtype bf16";
-    match provider {
-        Provider::OpenVino => openvino_backend::cpu_capabilities(opts)?.require_bf16(),
-        Provider::OrtCpu => Err(Unavailable::new(format!(
-            "this model computes its products in bfloat16, and onnxruntime's CPU provider has no bfloat16 kernels on x86; {elsewhere}"
-        ))),
-        Provider::Tract => Err(Unavailable::new(format!(
-            "this model computes its products in bfloat16, and tract has no native bfloat16 kernels; {elsewhere}"
-        ))),
-        Provider::Cuda | Provider::TensorRt => Err(Unavailable::new(format!(
-            "bfloat16 models are built and verified for OpenVINO's CPU plugin only; {elsewhere}"
-        ))),
-    }
+    Ok(())
 }
 
 /// The provider for a model folder that needs `needs`.

@@ -67,13 +67,13 @@ pub fn run(a: Args) -> CliResult {
         return Err(CliError::Usage("--seeds needs at least one seed".into()));
     }
     let options = a.backend.options()?;
-    let pa = Pipeline::load(&a.model, &options)?;
+    let pa = super::load_pipeline(&a.model, &options)?;
     let against = a.against.clone().unwrap_or_else(|| a.model.clone());
     let mut ob = options.clone();
     if let Some(p) = &a.against_provider {
         ob.provider = p.parse()?;
     }
-    let pb = Pipeline::load(&against, &ob)?;
+    let pb = super::load_pipeline(&against, &ob)?;
     let m = pa.manifest().clone();
     let classes: Vec<usize> = if a.classes.is_empty() {
         (0..if m.class_names.is_empty() {

@@ -9,7 +9,7 @@ use flowar_runtime::edit_input::{self, EditInput};
 use flowar_runtime::image::{labelled_grid, save_png, write_atomic, RgbImage};
 use flowar_runtime::sample_set;
 use flowar_runtime::sampler::noise;
-use flowar_runtime::{EditPlan, Mask, Pipeline, Request, StageTimes};
+use flowar_runtime::{EditPlan, Mask, Request, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::generate::{model_dir, prepare_outputs, secs};
@@ -114,7 +114,7 @@ pub fn run(a: Args) -> CliResult {
         (None, None) => Some(PathBuf::from("flowar-edit-grid.png")),
         (None, Some(_)) => None,
     };
-    let mut pipe = Pipeline::load(&model_path, &options)?;
+    let mut pipe = super::load_pipeline(&model_path, &options)?;
     let m = pipe.manifest().clone();
     // Before reading any image: a folder without an encoder says how to get one.
     pipe.model_mut().require_encoder()?;

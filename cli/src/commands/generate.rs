@@ -6,7 +6,7 @@ use std::time::Instant;
 use flowar_runtime::image::{labelled_grid, save_png, write_atomic, RgbImage};
 use flowar_runtime::sample_set;
 use flowar_runtime::sampler::noise;
-use flowar_runtime::{Pipeline, Request, Solver, StageTimes};
+use flowar_runtime::{Request, Solver, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{demo_model, BackendArgs, CliError, CliResult, SamplerArgs};
@@ -177,7 +177,7 @@ pub fn run(a: Args) -> CliResult {
     };
     let created = prepare_outputs(a.out.as_deref(), grid_path.as_deref())?;
 
-    let mut pipe = Pipeline::load(&model_path, &options)?;
+    let mut pipe = super::load_pipeline(&model_path, &options)?;
     let m = pipe.manifest().clone();
     eprintln!(
         "provider: {} ({})",

@@ -46,6 +46,13 @@ pub enum CliError {
     /// Verification ran and found differences beyond the bounds.
     #[error("{0}")]
     Failed(String),
+    /// A provider named for a model folder it can never run, whatever the machine.
+    #[error("provider `{provider}` cannot run the model in {}: {why}", model.display())]
+    Unfit {
+        provider: &'static str,
+        model: PathBuf,
+        why: String,
+    },
 }
 
 /// A model folder's manifest problem is the runtime's (an unknown class is bad usage).
@@ -56,10 +63,12 @@ impl From<flowar_runtime::manifest::FormatError> for CliError {
 }
 
 impl CliError {
-    /// 2 for bad usage, 1 otherwise.
+    /// 2 for bad usage (a flag's value, or a provider named for a model it can never
+    /// run), 1 otherwise (a missing library, a CPU without bf16, a corrupt model, failed
+    /// verification, ...).
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Unfit { .. } => 2,
             CliError::Runtime(flowar_runtime::Error::BadArgument(_)) => 2,
             CliError::Export(flowar_exporter::ExportError::BadArgument(_)) => 2,
             _ => 1,
@@ -68,6 +77,49 @@ impl CliError {
 }
 
 pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// Loads the model folder `dir` on `options`' provider. A provider named for a folder it
+/// can never run ([`flowar_runtime::provider::never_runs`]: a bf16 folder anywhere but on
+/// OpenVINO, an int8 one on OpenVINO) is bad usage, refused before any library is loaded;
+/// what this machine lacks (a library, bf16 on this CPU) is left to the load, a runtime
+/// failure. On OpenVINO, says on stderr how many graphs came from the compiled-graph cache.
+pub fn load_pipeline(
+    dir: &std::path::Path,
+    options: &flowar_runtime::PipelineOptions,
+) -> CliResult<flowar_runtime::Pipeline> {
+    use flowar_runtime::backend::openvino_backend::session::{cache_counts, cache_entry};
+    if let flowar_runtime::ProviderChoice::Named(p) = options.provider {
+        let m = flowar_runtime::manifest::Manifest::load(dir)?;
+        if let Some(why) = flowar_runtime::provider::never_runs(p, (&m).into()) {
+            return Err(CliError::Unfit {
+                provider: p.name(),
+                model: dir.to_path_buf(),
+                why,
+            });
+        }
+    }
+    let before = cache_counts();
+    let pipe = flowar_runtime::Pipeline::load(dir, options)?;
+    if pipe.provider().provider == flowar_runtime::Provider::OpenVino {
+        // Where a first run's compile time went, and proof that the next skips it.
+        let now = cache_counts();
+        let entry = cache_entry(
+            &flowar_runtime::cache::cache_root(),
+            &dir.join("manifest.json"),
+        );
+        eprintln!(
+            "openvino: {} graph(s) loaded from the compiled-graph cache, {} compiled (cache: {})",
+            now.from_cache - before.from_cache,
+            now.compiled - before.compiled,
+            if entry.is_dir() {
+                entry.display().to_string()
+            } else {
+                "none".into()
+            }
+        );
+    }
+    Ok(pipe)
+}
 
 /// The repository's bundled demo model: sources and its converted folder.
 pub struct DemoModel {

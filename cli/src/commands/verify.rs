@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use flowar_runtime::verify::{self, PipeSettings, Reference, Tolerances};
-use flowar_runtime::Pipeline;
 
 use super::{BackendArgs, CliError, CliResult};
 
@@ -97,7 +96,7 @@ pub fn run(a: Args) -> CliResult {
                 .collect()
         })
         .unwrap_or_default();
-    let mut pipe = Pipeline::load(&a.model, &a.backend.options()?)?;
+    let mut pipe = super::load_pipeline(&a.model, &a.backend.options()?)?;
     // Bounds default to the ones the manifest states for its graphs' precision.
     let bounds = pipe.manifest().verify;
     let m = pipe.manifest();
