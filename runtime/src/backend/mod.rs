@@ -173,7 +173,7 @@ pub struct ShapeRange {
 }
 
 /// What a TensorRT session needs beyond [`BackendOptions`]: where its engines are cached
-/// ([`tensorrt::EngineCache`]) and the shape ranges of every dynamic input.
+/// ([`tensorrt::engine_cache_dir`]) and the shape ranges of every dynamic input.
 #[derive(Debug, Clone)]
 pub struct TrtSetup {
     pub cache_dir: std::path::PathBuf,

@@ -12,11 +12,11 @@
 //!
 //! Threads: `tract-linalg` is built with its `multithread-mm` feature, and every plan gets
 //! its own rayon pool of [`BackendOptions::threads`] threads (default: the number of cores)
-//! that splits the matrix products of [`THREADING_PANELS`] output panels or more.
+//! that splits the matrix products of `THREADING_PANELS` output panels or more.
 //! `threads = 1` keeps tract single-threaded.
 //!
 //! After optimization, tract's constant `Pad` nodes (one before each padded convolution) are
-//! swapped for [`super::tract_pad::RowCopyPad`], which writes the same output by row copies.
+//! swapped for `tract_pad::RowCopyPad`, which writes the same output by row copies.
 
 use std::path::Path;
 use std::sync::Arc;
