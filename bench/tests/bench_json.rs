@@ -103,7 +103,10 @@ fn json_has_every_field_per_provider() {
             "onnxruntime is required here: {}",
             ort["reason"]
         );
-        eprintln!("SKIPPING the ort-cpu entry's checks: {}", ort["reason"]);
+        flowar_runtime::test_support::note_skip(
+            "bench's ort-cpu entry checks (flowar bench --json)",
+            ort["reason"].as_str().unwrap_or("no reason given"),
+        );
     }
     for p in providers.iter().filter(|p| p["available"] == true) {
         let name = p["provider"].as_str().unwrap();
@@ -263,7 +266,10 @@ fn edit_mode_measures_each_case_against_generation() {
             "onnxruntime is required here: {}",
             ort["reason"]
         );
-        eprintln!("SKIPPING the ort-cpu entry's checks: {}", ort["reason"]);
+        flowar_runtime::test_support::note_skip(
+            "bench's ort-cpu entry checks (flowar bench --mode edit)",
+            ort["reason"].as_str().unwrap_or("no reason given"),
+        );
     }
     for p in providers.iter().filter(|p| p["available"] == true) {
         check_edit_entries(p, scales, steps);

@@ -358,7 +358,10 @@ fn c_error_paths_under_valgrind() {
             std::env::var("FLOWAR_REQUIRE_VALGRIND").as_deref() != Ok("1"),
             "valgrind is required (FLOWAR_REQUIRE_VALGRIND=1) but not installed"
         );
-        eprintln!("SKIPPING the valgrind run of test_errors: valgrind is not installed");
+        flowar_runtime::test_support::note_skip(
+            "the valgrind run of test_errors",
+            "valgrind is not installed",
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
