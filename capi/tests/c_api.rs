@@ -285,6 +285,184 @@ fn c_edit_example_inpaints() {
     );
 }
 
+/// A ```` ```c ```` block of a Markdown page: its page (from the repository root), the
+/// line its code starts on, and the code.
+struct CBlock {
+    page: String,
+    line: usize,
+    code: String,
+}
+
+/// The ```` ```c ```` blocks of the README and of every page under `docs/`.
+fn doc_c_blocks() -> Vec<CBlock> {
+    let mut pages = vec![root().join("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    pages.extend(docs);
+    let mut blocks = Vec::new();
+    for path in pages {
+        let page = path
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut open: Option<(usize, String)> = None;
+        for (i, l) in text.lines().enumerate() {
+            match open.as_mut() {
+                None if l.trim_end() == "```c" => open = Some((i + 2, String::new())),
+                None => {}
+                Some(_) if l.trim_end() == "```" => {
+                    let (line, code) = open.take().unwrap();
+                    blocks.push(CBlock {
+                        page: page.clone(),
+                        line,
+                        code,
+                    });
+                }
+                Some((_, code)) => {
+                    code.push_str(l);
+                    code.push('\n');
+                }
+            }
+        }
+        assert!(open.is_none(), "{page}: a ```c block is never closed");
+    }
+    blocks
+}
+
+/// What every snippet's program has: the headers, and the `on_progress` callback the
+/// snippets pass (with `user_data` pointing at a count of the steps it was told of).
+const SNIPPET_PRELUDE: &str = r#"#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flowar.h"
+
+static int on_progress(int scale, int step, int total_steps, void *user_data) {
+  (void)scale;
+  (void)step;
+  (void)total_steps;
+  ++*(int *)user_data;
+  return 0;
+}
+"#;
+
+/// The C program around `block`. A snippet that creates its pipeline runs as `main`'s
+/// body, and prints its own errors; any other continues one that did: a pipeline `pipe`
+/// on the model folder `argv[1]` (tract), a status `st`, a request `req`, one class id in
+/// `classes`, and a `w` × `h` RGB source `src` with a centre-box `mask` to edit. Either
+/// way the program then prints how many progress calls the snippet's run made.
+fn snippet_program(block: &CBlock, creates_pipeline: bool) -> String {
+    let at = format!("#line {} \"{}\"\n", block.line, block.page);
+    let code = &block.code;
+    let back = "#line 1 \"snippet harness (capi/tests/c_api.rs)\"\n";
+    if creates_pipeline {
+        format!(
+            "{SNIPPET_PRELUDE}\nint main(void) {{\n  int progress_calls = 0;\n  \
+             void *user_data = &progress_calls;\n{at}{code}{back}  \
+             printf(\"progress calls: %d\\n\", progress_calls);\n  return 0;\n}}\n"
+        )
+    } else {
+        format!(
+            r#"{SNIPPET_PRELUDE}
+int main(int argc, char **argv) {{
+  if (argc != 2) return 2;
+  int progress_calls = 0;
+  void *user_data = &progress_calls;
+  FlowarOptions *opts = NULL;
+  FlowarPipeline *pipe = NULL;
+  FlowarRequest *req = NULL;
+  FlowarStatus *st = flowar_options_create(&opts);
+  if (!st) st = flowar_options_set(opts, "provider", "tract");
+  if (!st) st = flowar_pipeline_create(argv[1], opts, &pipe);
+  int32_t classes[] = {{3}};
+  size_t w = 128, h = 128;
+  uint8_t *src = malloc(w * h * 3), *mask = malloc(w * h);
+  if (src == NULL || mask == NULL) return 1;
+  for (size_t y = 0; y < h; y++)
+    for (size_t x = 0; x < w; x++) {{
+      for (size_t c = 0; c < 3; c++) src[(y * w + x) * 3 + c] = (uint8_t)(2 * x + 3 * y + 80 * c);
+      mask[y * w + x] = (x >= w / 4 && x < 3 * w / 4 && y >= h / 4 && y < 3 * h / 4) ? 255 : 0;
+    }}
+{at}{code}{back}  (void)classes;
+  (void)user_data;
+  if (st) {{
+    fprintf(stderr, "[%d] %s\n", (int)flowar_status_code(st), flowar_status_message(st));
+    return 1;
+  }}
+  printf("progress calls: %d\n", progress_calls);
+  flowar_request_destroy(&req);
+  flowar_pipeline_destroy(&pipe);
+  flowar_options_destroy(&opts);
+  free(src);
+  free(mask);
+  return 0;
+}}
+"#
+        )
+    }
+}
+
+/// Every ```` ```c ```` block of the README and `docs/` compiles against the header and
+/// library, and runs: one that creates its pipeline on the path it names (which points
+/// here to the spatial fixture), any other on the edit fixture after a pipeline, a
+/// request and an edit source the harness made. Each must run to its end with no error
+/// and report progress.
+#[test]
+fn doc_c_snippets_compile_and_run() {
+    let blocks = doc_c_blocks();
+    assert!(
+        blocks.len() >= 2,
+        "the C snippets of docs/c-api.md (generation and editing) were not found: {} blocks",
+        blocks.len()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        let what = format!("the C snippet at {}:{}", block.page, block.line);
+        let creates_pipeline = block.code.contains("flowar_pipeline_create(");
+        let source = tmp.path().join(format!("snippet{i}.c"));
+        std::fs::write(&source, snippet_program(block, creates_pipeline)).unwrap();
+        let exe = tmp.path().join(format!("snippet{i}"));
+        cc_shared(&[source], &exe, &[]);
+        let mut cmd = Command::new(&exe);
+        if creates_pipeline {
+            // The model folder it names, relative to where it runs.
+            let named = block
+                .code
+                .split("flowar_pipeline_create(\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| {
+                    panic!("{what}: flowar_pipeline_create takes no string literal path")
+                });
+            let cwd = tmp.path().join(format!("run{i}"));
+            let link = cwd.join(named);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(model(), &link).unwrap();
+            cmd.current_dir(&cwd);
+        } else {
+            cmd.arg(edit_model());
+        }
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+        assert!(out.status.success(), "{what}: {}", show(&out));
+        assert!(out.stderr.is_empty(), "{what} reported: {}", show(&out));
+        let calls: usize = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix("progress calls: ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: {}", show(&out)));
+        assert!(calls > 0, "{what} reported no progress: {}", show(&out));
+    }
+}
+
 /// `bench/soak/capi_soak.c`, short, on tract and on OpenVINO: 4 threads, each with 3
 /// requests on a shared pipeline and on its own, then 12 create-generate-destroy cycles.
 /// Every call must return images (the program counts them as they return; the count is

@@ -5,6 +5,12 @@
 
 use std::io::Write;
 
+/// The README's Rust code, compiled (not run: it needs the converted demo model) by
+/// `cargo test --doc`; rustdoc leaves its `sh`, `python` and `c` blocks alone.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeRust;
+
 /// The variable naming the skip log.
 pub const SKIP_LOG: &str = "FLOWAR_SKIP_LOG";
 
