@@ -2,6 +2,7 @@
 package's API; these are its building blocks."""
 
 import os
+import pathlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 _Path = Union[str, "os.PathLike[str]"]
@@ -160,3 +161,8 @@ def settings(
     steps: _Steps,
     solver: str,
 ) -> Dict[str, str]: ...
+def temp_path(path: _Path) -> pathlib.Path:
+    """The temporary this process writes ``path`` through: ``.NAME.tmp-HOST-PID``."""
+def sweep_stale(dir: _Path) -> List[pathlib.Path]:
+    """Removes the image and ``run.json`` temporaries this host's dead processes left in
+    ``dir``; returns the paths removed."""

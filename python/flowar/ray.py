@@ -140,6 +140,16 @@ def _existing(
     return done, unreadable
 
 
+def _sweep(out_dir: str, unreadable: Sequence[str]) -> None:
+    """Removes the half-written images :func:`_existing` found, and the temporaries
+    (``.run.json.tmp-HOST-PID``, ``.NNNNNN.png.tmp-HOST-PID``) that this host's killed
+    drivers and workers left, as ``flowar generate --out`` does; those of live processes
+    stay."""
+    for path in unreadable:
+        os.remove(path)
+    flowar._flowar.sweep_stale(out_dir)
+
+
 @ray.remote
 class _Worker:
     """One Pipeline, kept loaded for every batch this actor is given."""
@@ -194,7 +204,10 @@ class _Worker:
 
 
 def _write_json_atomic(path: str, value: Dict[str, Any]) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    # Named as the runtime names its temporaries (.NAME.tmp-HOST-PID), so that the next
+    # run's _sweep (or a worker's generate_to on this host) removes it if this driver is
+    # killed before the rename.
+    tmp = os.fspath(flowar._flowar.temp_path(path))
     with open(tmp, "w") as f:
         json.dump(value, f, indent=2)
     os.replace(tmp, path)
@@ -395,8 +408,7 @@ def generate_dataset(
 
     os.makedirs(out_dir, exist_ok=True)
     done, unreadable = _existing(out_dir, count, resolved, class_of)
-    for path in unreadable:
-        os.remove(path)
+    _sweep(out_dir, unreadable)
     pending = _pending(count, batch_size, done)
     todo = sum(len(b) for b in pending)
     if done:
@@ -602,8 +614,7 @@ def edit_folder(
 
     os.makedirs(out_dir, exist_ok=True)
     done, unreadable = _existing(out_dir, total, expected, class_of, EDIT_SETTINGS, per_image)
-    for path in unreadable:
-        os.remove(path)
+    _sweep(out_dir, unreadable)
     pending = _pending(total, batch_size, done)
     todo = sum(len(b) for b in pending)
     if done:

@@ -87,6 +87,21 @@ fn settings<'py>(
     Ok(d)
 }
 
+/// The temporary this process writes `path` through, `.NAME.tmp-HOST-PID`, as the runtime
+/// names its own: [`sweep_stale`] removes it once this process is gone.
+#[pyfunction]
+fn temp_path(path: PathBuf) -> PathBuf {
+    flowar_runtime::atomic_file::temp_path(&path)
+}
+
+/// Removes the temporaries of images and `run.json` that this host's killed writers (a
+/// worker, a driver, `flowar generate`) left in a sample set's folder; those of live
+/// processes and of other hosts stay. Returns the paths removed.
+#[pyfunction]
+fn sweep_stale(dir: PathBuf) -> PyResult<Vec<PathBuf>> {
+    flowar_runtime::sample_set::sweep_stale(&dir).map_err(errors::runtime)
+}
+
 #[pymodule]
 fn _flowar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -107,5 +122,7 @@ fn _flowar(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_image, m)?)?;
     m.add_function(wrap_pyfunction!(read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(settings, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep_stale, m)?)?;
+    m.add_function(wrap_pyfunction!(temp_path, m)?)?;
     Ok(())
 }

@@ -3,7 +3,10 @@ resuming, a worker that dies, and settings that do not match the folder."""
 
 import json
 import os
+import signal
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +65,26 @@ def run(demo, out, **kw):
     return fray.generate_dataset(demo, COUNT, **args)
 
 
+KILLED_DRIVER = """
+import os, signal, sys
+import flowar.ray as fray
+os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)  # killed before the rename
+fray._write_json_atomic(sys.argv[1], {"count": 1})
+"""
+
+
+def killed_driver_temporary(path) -> Path:
+    """The temporary that a driver SIGKILLed in the middle of writing ``path`` left."""
+    before = set(path.parent.iterdir())
+    r = subprocess.run([sys.executable, "-c", KILLED_DRIVER, str(path)], capture_output=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = set(path.parent.iterdir()) - before
+    assert len(left) == 1, left
+    (tmp,) = left
+    assert tmp.name.startswith(f".{path.name}.tmp-"), tmp
+    return tmp
+
+
 def test_ray_writes_the_cli_set(cluster, demo, cli_set, flowar_bin, tmp_path):
     seen = []
     record = run(demo, tmp_path, progress=lambda n, total: seen.append((n, total)))
@@ -100,9 +123,17 @@ def test_ray_resumes_and_redoes_half_written_images(cluster, demo, cli_set, tmp_
     # Redone images ran in smaller batches: within one level of the CLI's (README).
     diff = np.abs(images(tmp_path).astype(int) - images(cli_set).astype(int))
     assert diff.max() <= 1
+    # A driver killed between writing run.json's temporary and its rename leaves the
+    # temporary; the next run on this host removes it (no worker runs then, so the driver
+    # must), and leaves a live process's alone.
+    stale = killed_driver_temporary(tmp_path / "run.json")
+    live = stale.with_name(stale.name.rsplit("-", 1)[0] + "-1")  # pid 1 is always alive
+    live.write_text("{}")
     # Nothing left to do: no worker is started.
     again = run(demo, tmp_path)
     assert again["engine"]["generated_images"] == 0 and again["engine"]["workers"] == 0
+    assert not stale.exists()
+    assert live.exists()
 
 
 def test_a_worker_that_dies_has_its_images_redone(cluster, demo, cli_set, tmp_path):
