@@ -98,14 +98,20 @@ fn yes() -> bool {
 }
 
 impl DiffusersVaeConfig {
+    /// Reads and checks the config at `path`.
     pub fn load(path: &Path) -> Result<DiffusersVaeConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| ExportError::io(path, e))?;
+        DiffusersVaeConfig::parse(&text, path)
+    }
+
+    /// [`DiffusersVaeConfig::load`] on text already read from `path` (which errors name).
+    pub fn parse(text: &str, path: &Path) -> Result<DiffusersVaeConfig> {
         let bad = |reason: String| ExportError::Config {
             origin: path.display().to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ExportError::io(path, e))?;
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         if value.get("_class_name").is_none() {
             return Err(bad(
                 "not a diffusers model config (it has no `_class_name`); a diffusers VAE folder \

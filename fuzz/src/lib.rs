@@ -3,7 +3,8 @@
 //! No cargo-fuzz, no nightly, no coverage instrumentation: a seeded RNG mutates the seed
 //! corpus in `fuzz/corpus/<target>/` (bit flips, byte sets, interesting integers,
 //! truncations, deletions, duplications, splices between seeds, insertions of format
-//! tokens), each mutated input runs under [`std::panic::catch_unwind`], and any panic is a
+//! tokens; for JSON targets also edits of the parsed tree, [`mutate::mutate_json`]),
+//! each mutated input runs under [`std::panic::catch_unwind`], and any panic is a
 //! bug. Inputs whose error message (digits stripped) has not been seen before join the
 //! working corpus, a cheap stand-in for coverage feedback that lets mutations stack.
 //!
@@ -14,7 +15,8 @@
 //! Targets ([`TargetKind`]): the PyTorch zip reader on whole files (`pth`), the pickle
 //! interpreter inside an otherwise valid archive (`pickle`), safetensors checkpoints
 //! (`safetensors`), `Manifest::parse` (`manifest`), `noise::load_recorded` (`noise`),
-//! and opening an ONNX graph in tract (`onnx-tract`). onnxruntime is not fuzzed in
+//! opening an ONNX graph in tract (`onnx-tract`), and a diffusers VAE `config.json`
+//! read and checked against real VAE weights (`vae-config`). onnxruntime is not fuzzed in
 //! process; see the README of this crate's parent project ("Hostile inputs").
 
 pub mod alloc;
@@ -253,7 +255,17 @@ pub fn fuzz(kind: TargetKind, cfg: &Config) -> Report {
             Some(s) => s,
             None => {
                 let base = &working[rng.below(working.len())];
-                mutate::mutate(&mut rng, base, &working, kind.dictionary(), max_len)
+                let structured = match kind.json_mutation() {
+                    Some((keys, values)) if rng.below(2) == 0 => {
+                        mutate::mutate_json(&mut rng, base, keys, values)
+                    }
+                    _ => None,
+                };
+                let mut input = structured.unwrap_or_else(|| {
+                    mutate::mutate(&mut rng, base, &working, kind.dictionary(), max_len)
+                });
+                input.truncate(max_len);
+                input
             }
         };
         report.iterations += 1;

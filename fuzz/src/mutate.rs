@@ -198,6 +198,102 @@ pub fn mutate(
     out
 }
 
+/// A structure-aware mutation for JSON inputs, which byte mutations mostly turn into
+/// invalid JSON: `None` when `input` is not JSON; otherwise one to three changes anywhere
+/// in the tree (a value replaced by one of `values`, JSON texts, or a number nudged; an
+/// object member removed, or added under one of `keys`; an array element removed or
+/// inserted), written back as JSON.
+pub fn mutate_json(rng: &mut Rng, input: &[u8], keys: &[&str], values: &[&str]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(input).ok()?;
+    for _ in 0..1 + rng.below(3) {
+        mutate_value(rng, &mut v, keys, values, 0);
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+fn json_value(rng: &mut Rng, values: &[&str]) -> serde_json::Value {
+    match values.get(rng.below(values.len())) {
+        Some(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// A number near `n` or at an edge: one off, negated, doubled, halved, zero.
+fn nudge(rng: &mut Rng, n: &serde_json::Number) -> serde_json::Value {
+    use serde_json::json;
+    if let Some(i) = n.as_i64() {
+        match rng.below(6) {
+            0 => json!(i.wrapping_sub(1)),
+            1 => json!(i.wrapping_add(1)),
+            2 => json!(i.wrapping_neg()),
+            3 => json!(i.wrapping_mul(2)),
+            4 => json!(i / 2),
+            _ => json!(0),
+        }
+    } else if let Some(u) = n.as_u64() {
+        json!(u.wrapping_add(1))
+    } else {
+        let f = n.as_f64().unwrap_or(0.0);
+        let g = match rng.below(5) {
+            0 => -f,
+            1 => f * 2.0,
+            2 => f / 1e3,
+            3 => f + 1e-9,
+            _ => 0.0,
+        };
+        json!(g)
+    }
+}
+
+fn mutate_value(
+    rng: &mut Rng,
+    v: &mut serde_json::Value,
+    keys: &[&str],
+    values: &[&str],
+    depth: usize,
+) {
+    use serde_json::Value;
+    let descend = depth < 8 && rng.below(4) != 0;
+    match v {
+        Value::Object(m) if descend && !m.is_empty() => {
+            let key = m
+                .keys()
+                .nth(rng.below(m.len()))
+                .cloned()
+                .unwrap_or_default();
+            match rng.below(8) {
+                0 => {
+                    m.remove(&key);
+                }
+                1 if !keys.is_empty() => {
+                    let k = keys[rng.below(keys.len())];
+                    m.insert(k.to_string(), json_value(rng, values));
+                }
+                _ => {
+                    if let Some(child) = m.get_mut(&key) {
+                        mutate_value(rng, child, keys, values, depth + 1);
+                    }
+                }
+            }
+        }
+        Value::Array(a) if descend && !a.is_empty() => match rng.below(6) {
+            0 => {
+                a.remove(rng.below(a.len()));
+            }
+            1 => {
+                let i = rng.below(a.len() + 1);
+                a.insert(i, json_value(rng, values));
+            }
+            _ => {
+                let i = rng.below(a.len());
+                mutate_value(rng, &mut a[i], keys, values, depth + 1);
+            }
+        },
+        Value::Number(n) if rng.below(2) == 0 => *v = nudge(rng, n),
+        _ => *v = json_value(rng, values),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +310,26 @@ mod tests {
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
         assert!(run(5).iter().all(|m| m.len() <= 64));
+    }
+
+    #[test]
+    fn json_mutations_stay_json_and_change_the_input() {
+        let seed = br#"{"a": [1, 2.5, "x"], "b": {"c": true}, "n": 32}"#;
+        let run = |s| {
+            let mut r = Rng::new(s);
+            (0..200)
+                .map(|_| mutate_json(&mut r, seed, &["k"], &["null", "[]", "0"]).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let out = run(1);
+        assert_eq!(out, run(1));
+        let original: serde_json::Value = serde_json::from_slice(seed).unwrap();
+        let changed = out
+            .iter()
+            .map(|m| serde_json::from_slice::<serde_json::Value>(m).unwrap())
+            .filter(|v| *v != original)
+            .count();
+        assert!(changed > 150, "only {changed} of 200 changed");
+        assert!(mutate_json(&mut Rng::new(1), b"{not json", &[], &[]).is_none());
     }
 }

@@ -268,5 +268,18 @@ pub fn write_corpus(root: &Path) -> std::io::Result<Vec<(String, usize)>> {
         "no-data-pkl.pth",
         &torch_zip("archive", None, &[("0".into(), vec![0; 16])]),
     )?;
+    // vae-config: the diffusers configs of the test fixtures, as AutoencoderKL wrote them.
+    for dir in crate::targets::vae_config_fixtures() {
+        let name = dir
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        put(
+            "vae-config",
+            &format!("{name}.json"),
+            &std::fs::read(dir.join("config.json"))?,
+        )?;
+    }
     Ok(written)
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use flowar_exporter::arch;
 use flowar_exporter::checkpoint::Checkpoint;
+use flowar_exporter::vae_checkpoint::{DiffusersVaeConfig, VaeCheckpoint};
+use flowar_exporter::weights::WeightSource;
 use flowar_runtime::backend::tract_backend::TractSession;
 use flowar_runtime::backend::BackendOptions;
 use flowar_runtime::manifest::Manifest;
@@ -25,16 +27,20 @@ pub enum TargetKind {
     Noise,
     /// ONNX graph bytes opened (parsed, typed, optimized) in tract.
     OnnxTract,
+    /// A diffusers VAE `config.json` through `DiffusersVaeConfig::parse`, then checked
+    /// against real diffusers VAE weights as `convert` checks it (decoder, encoder).
+    VaeConfig,
 }
 
 impl TargetKind {
-    pub const ALL: [TargetKind; 6] = [
+    pub const ALL: [TargetKind; 7] = [
         TargetKind::Pth,
         TargetKind::Pickle,
         TargetKind::SafeTensors,
         TargetKind::Manifest,
         TargetKind::Noise,
         TargetKind::OnnxTract,
+        TargetKind::VaeConfig,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +51,7 @@ impl TargetKind {
             TargetKind::Manifest => "manifest",
             TargetKind::Noise => "noise",
             TargetKind::OnnxTract => "onnx-tract",
+            TargetKind::VaeConfig => "vae-config",
         }
     }
 
@@ -186,6 +193,119 @@ impl TargetKind {
                 b"Concat",
                 b"Softmax",
             ],
+            TargetKind::VaeConfig => &[
+                b"{",
+                b"}",
+                b"[",
+                b"]",
+                b",",
+                b":",
+                b"\"",
+                b"null",
+                b"true",
+                b"false",
+                b"0",
+                b"-1",
+                b"1e308",
+                b"-0.0",
+                b"4294967297",
+                b"18446744073709551615",
+                b"[]",
+                b"{}",
+                b"\"\"",
+                b"\"_class_name\": \"AutoencoderKL\"",
+                b"\"AutoencoderKLWan\"",
+                b"\"VQModel\"",
+                b"\"AutoencoderDC\"",
+                b"\"act_fn\": \"gelu\"",
+                b"\"latent_channels\": 16",
+                b"\"block_out_channels\": [32, 32, 64, 64]",
+                b"\"block_out_channels\": [128, 256, 512, 512]",
+                b"\"layers_per_block\": 2",
+                b"\"norm_num_groups\": 0",
+                b"\"norm_num_groups\": 16",
+                b"\"out_channels\": 4",
+                b"\"up_block_types\": [\"AttnUpDecoderBlock2D\"]",
+                b"\"down_block_types\": [\"AttnDownEncoderBlock2D\"]",
+                b"\"scaling_factor\": null",
+                b"\"shift_factor\": 0.1159",
+                b"\"latents_mean\": [0.0, 0.0, 0.0, 0.0]",
+                b"\"use_post_quant_conv\": false",
+                b"\"use_quant_conv\": false",
+                b"\"mid_block_add_attention\": false",
+                b"\"force_upcast\": false",
+            ],
+        }
+    }
+}
+
+/// The object keys and JSON values [`crate::mutate::mutate_json`] uses on `vae-config`
+/// inputs: every field the config reader knows, and values at and around the edges of
+/// what it accepts.
+const VAE_CONFIG_KEYS: &[&str] = &[
+    "_class_name",
+    "act_fn",
+    "latent_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "norm_num_groups",
+    "out_channels",
+    "up_block_types",
+    "down_block_types",
+    "scaling_factor",
+    "shift_factor",
+    "latents_mean",
+    "latents_std",
+    "use_post_quant_conv",
+    "use_quant_conv",
+    "mid_block_add_attention",
+    "force_upcast",
+    "sample_size",
+];
+const VAE_CONFIG_VALUES: &[&str] = &[
+    "null",
+    "true",
+    "false",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "4",
+    "16",
+    "32",
+    "64",
+    "0.5",
+    "-0.0",
+    "1e-300",
+    "1e308",
+    "4294967297",
+    "18446744073709551615",
+    "-9223372036854775808",
+    "\"\"",
+    "\"silu\"",
+    "\"AutoencoderKL\"",
+    "\"AutoencoderKLWan\"",
+    "\"UpDecoderBlock2D\"",
+    "\"AttnUpDecoderBlock2D\"",
+    "\"DownEncoderBlock2D\"",
+    "[]",
+    "{}",
+    "[32]",
+    "[0]",
+    "[32, 32, 64, 64]",
+    "[64, 32, 32, 64]",
+    "[0.0, 0.0, 0.0, 0.0]",
+    "[\"UpDecoderBlock2D\"]",
+];
+
+impl TargetKind {
+    /// Keys and values for structure-aware JSON mutations, for targets that read JSON
+    /// (half their mutations; byte mutations still reach the JSON parser's errors).
+    pub fn json_mutation(self) -> Option<(&'static [&'static str], &'static [&'static str])> {
+        match self {
+            TargetKind::VaeConfig => Some((VAE_CONFIG_KEYS, VAE_CONFIG_VALUES)),
+            _ => None,
         }
     }
 }
@@ -196,6 +316,28 @@ pub struct Target {
     pub kind: TargetKind,
     dir: tempfile::TempDir,
     file: PathBuf,
+    /// The weights a `vae-config` input is checked against (empty for other targets).
+    vaes: Vec<VaeCheckpoint>,
+}
+
+/// The diffusers VAE folders of the test fixtures whose configs seed the `vae-config`
+/// target (`edit-sd-f8c4/vae/config.json` is byte for byte `sd-f8c4`'s).
+pub fn vae_config_fixtures() -> [PathBuf; 2] {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+    [root.join("flux-f8c16/vae"), root.join("sd-f8c4/vae")]
+}
+
+/// Everything `convert` checks of a diffusers config against its weights before building
+/// graphs: the decoder's architecture (with the config's GroupNorm groups), then the
+/// encoder's.
+fn check_vae_config(vae: &dyn WeightSource, cfg: &DiffusersVaeConfig) -> Result<(), String> {
+    let d = arch::detect_vae_with(vae, Some(cfg)).map_err(|e| e.to_string())?;
+    let e = arch::detect_encoder(vae, d.arch.layout, d.latent_channels, d.arch.norm_groups)
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = e {
+        arch::check_encoder_config(&e, cfg, &vae.origin()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Storages "0".."3" the `pickle` target's archives hold: 16 float32 values each.
@@ -262,9 +404,25 @@ impl Target {
             TargetKind::SafeTensors | TargetKind::Noise => "input.safetensors",
             TargetKind::Manifest => "manifest.json",
             TargetKind::OnnxTract => "input.onnx",
+            TargetKind::VaeConfig => "config.json",
         };
         let file = dir.path().join(ext);
-        Target { kind, dir, file }
+        let vaes = match kind {
+            TargetKind::VaeConfig => vae_config_fixtures()
+                .iter()
+                .map(|d| {
+                    VaeCheckpoint::open(d)
+                        .unwrap_or_else(|e| panic!("the vae-config target's weights: {e}"))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Target {
+            kind,
+            dir,
+            file,
+            vaes,
+        }
     }
 
     /// The scratch folder (the last input is left there if the process dies).
@@ -326,6 +484,27 @@ impl Target {
                 TractSession::open(&self.file, &BackendOptions::default())
                     .map(|_| ())
                     .map_err(|e| e.to_string())
+            }
+            TargetKind::VaeConfig => {
+                // `load` is read_to_string + `parse`; parsing in memory keeps the target's
+                // rate off the disk (a file write per input took 1 ms on a busy machine).
+                let text = std::str::from_utf8(input)
+                    .map_err(|e| format!("{}: not UTF-8: {e}", self.file.display()))?;
+                let cfg = DiffusersVaeConfig::parse(text, &self.file).map_err(|e| e.to_string())?;
+                // The decode rule's numbers and the float16 rule, as convert reads them.
+                let _ = (cfg.scaling_factor(), cfg.shift(), cfg.force_upcast);
+                // Accepted when the config describes one of the VAEs (each seed describes
+                // one); refused with the first VAE's disagreement otherwise.
+                let mut first_err = None;
+                for vae in &self.vaes {
+                    match check_vae_config(vae, &cfg) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(first_err.unwrap_or_else(|| "no VAE weights to check against".into()))
             }
         }
     }

@@ -85,6 +85,11 @@ fn fuzz_onnx_tract() {
 }
 
 #[test]
+fn fuzz_vae_config() {
+    smoke(TargetKind::VaeConfig);
+}
+
+#[test]
 fn seeds_are_accepted() {
     // Every committed seed (except the deliberately broken ones) is a valid input, so
     // mutations start from files the readers accept.
