@@ -45,6 +45,45 @@ pub struct ScaleError {
     pub rel_rms: f64,
 }
 
+/// One scale's running sums over every compared image: the largest |a - b|, the sum of
+/// (a - b)² and of a². A NaN or infinity on either side stays visible as NaN (`f64::max`
+/// would drop it), so `compare` fails on it instead of reporting zero.
+#[derive(Debug, Clone, Copy, Default)]
+struct ScaleSums {
+    max_abs: f64,
+    d2: f64,
+    r2: f64,
+}
+
+impl ScaleSums {
+    /// Adds reference tokens `a` against candidate tokens `b`.
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (&x, &y) in a.iter().zip(b) {
+            let d = (x - y).abs() as f64;
+            if d.is_nan() || d > self.max_abs {
+                self.max_abs = d;
+            }
+            self.d2 += d * d;
+            self.r2 += (x as f64) * (x as f64);
+        }
+    }
+
+    fn error(&self, side: usize) -> ScaleError {
+        ScaleError {
+            side,
+            max_abs: self.max_abs,
+            rel_rms: if self.r2 > 0.0 {
+                (self.d2 / self.r2).sqrt()
+            } else if self.d2 == 0.0 {
+                0.0
+            } else {
+                // A zero or NaN reference with a difference: no ratio, and not zero.
+                f64::NAN
+            },
+        }
+    }
+}
+
 /// The comparison of configuration `b` against the reference `a`.
 #[derive(Debug, Clone, Serialize)]
 pub struct QualityReport {
@@ -156,7 +195,7 @@ pub fn compare(
             b.pipe.manifest().scales
         )));
     }
-    let mut sums = vec![(0f64, 0f64, 0f64); scales.len()]; // (max abs, sum d^2, sum ref^2)
+    let mut sums = vec![ScaleSums::default(); scales.len()];
     let mut report = QualityReport {
         reference: a.label.clone(),
         candidate: b.label.clone(),
@@ -182,16 +221,11 @@ pub fn compare(
             outs.push(out);
         }
         let (ra, rb) = (&outs[0], &outs[1]);
-        for (i, (ta, tb)) in ra.scale_tokens.iter().zip(&rb.scale_tokens).enumerate() {
-            for (&x, &y) in ta.iter().zip(tb) {
-                let d = (x - y).abs() as f64;
-                // `f64::max` would drop a NaN: a NaN on either side stays NaN.
-                if d.is_nan() || d > sums[i].0 {
-                    sums[i].0 = d;
-                }
-                sums[i].1 += d * d;
-                sums[i].2 += (x as f64) * (x as f64);
-            }
+        for (sum, (ta, tb)) in sums
+            .iter_mut()
+            .zip(ra.scale_tokens.iter().zip(&rb.scale_tokens))
+        {
+            sum.add(ta, tb);
         }
         for (c, (ia, ib)) in classes.iter().zip(ra.images.iter().zip(&rb.images)) {
             let worst = ia
@@ -220,18 +254,7 @@ pub fn compare(
     report.scales = scales
         .iter()
         .zip(&sums)
-        .map(|(&side, &(max_abs, d2, r2))| ScaleError {
-            side,
-            max_abs,
-            rel_rms: if r2 > 0.0 {
-                (d2 / r2).sqrt()
-            } else if d2 == 0.0 {
-                0.0
-            } else {
-                // A zero or NaN reference with a difference: no ratio, and not zero.
-                f64::NAN
-            },
-        })
+        .map(|(&side, sum)| sum.error(side))
         .collect();
     report.identical = same as f64 / values.max(1) as f64;
     let n = report.images.max(1) as f64;
@@ -258,5 +281,37 @@ mod tests {
         // one value off by 1 in 6: mse 1/6, psnr = 10 log10(255^2 * 6)
         assert!((psnr(&a, &b) - 10.0 * (255.0f64 * 255.0 * 6.0).log10()).abs() < 1e-9);
         assert!(psnr(&a, &c) < psnr(&a, &b));
+    }
+
+    /// #30 item 7: a NaN or infinite token on either side makes the scale's error NaN
+    /// (compare then fails), never a finite number; identical tokens give exactly zero.
+    #[test]
+    fn scale_errors_keep_nan_and_infinity_visible() {
+        let mut same = ScaleSums::default();
+        same.add(&[1.0, -2.0], &[1.0, -2.0]);
+        let e = same.error(4);
+        assert_eq!((e.side, e.max_abs, e.rel_rms), (4, 0.0, 0.0));
+
+        let mut s = ScaleSums::default();
+        // The NaN comes first: a fold that keeps the larger of two values drops it.
+        s.add(&[1.0, 2.0], &[f32::NAN, 2.5]);
+        let e = s.error(1);
+        assert!(e.max_abs.is_nan() && e.rel_rms.is_nan(), "{e:?}");
+
+        let mut s = ScaleSums::default();
+        s.add(&[f32::NAN, 1.0], &[0.0, 1.0]);
+        assert!(s.error(1).max_abs.is_nan());
+
+        let mut s = ScaleSums::default();
+        s.add(&[1.0], &[f32::INFINITY]);
+        let e = s.error(1);
+        assert!(e.max_abs.is_infinite() && e.rel_rms.is_infinite(), "{e:?}");
+
+        // A zero reference with a difference has no ratio: NaN, not zero.
+        let mut s = ScaleSums::default();
+        s.add(&[0.0, 0.0], &[0.5, 0.0]);
+        let e = s.error(1);
+        assert_eq!(e.max_abs, 0.5);
+        assert!(e.rel_rms.is_nan(), "{e:?}");
     }
 }

@@ -127,7 +127,7 @@ pub fn run(a: Args) -> CliResult {
     if let Some(s) = report
         .scales
         .iter()
-        .find(|s| s.max_abs.is_nan() || s.rel_rms.is_nan())
+        .find(|s| !s.max_abs.is_finite() || !s.rel_rms.is_finite())
     {
         return Err(CliError::Failed(format!(
             "the two sides' tokens at scale {0}x{0} hold NaN or infinite values (max abs {1}, \
