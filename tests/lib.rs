@@ -280,7 +280,16 @@ pub fn providers_for(m: &flowar_runtime::manifest::Manifest) -> Vec<Provider> {
             Ok(()) => v.push(p),
             // The one refusal a pinned provider may give: bfloat16 without CPU support.
             Err(e) if m.dtype == "bfloat16" => bf16_missing("a bf16 folder's runs", &e.to_string()),
-            Err(e) => panic!("{} refuses a {} folder it must run: {e}", p.name(), m.dtype),
+            Err(e) => panic!(
+                "{} refuses a {}{} folder it must run: {e}",
+                p.name(),
+                m.dtype,
+                if m.quantization.is_some() {
+                    " int8"
+                } else {
+                    ""
+                }
+            ),
         }
     }
     v
