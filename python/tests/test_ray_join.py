@@ -30,17 +30,29 @@ def free_port():
 
 @pytest.fixture
 def head(tmp_path):
-    """A Ray head started by ``ray start --block`` in its own process group, stopped (the
-    group, not every Ray process on the machine) at the end."""
+    """A Ray head started by ``ray start --block`` in its own process group and its own
+    temp dir, stopped (the group, not every Ray process on the machine) at the end.
+
+    Its own temp dir is what makes the test prove the join: ``ray start`` records its
+    address in ``<temp dir>/ray_current_cluster`` (late in its start-up, after ``ray
+    status`` already answers), and a plain ``ray.init()`` joins whatever the default
+    ``/tmp/ray/ray_current_cluster`` names. Kept out of there, this head is reachable only
+    through an honoured ``address=``."""
+    import shutil
+    import tempfile
+
     port = free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     log = tmp_path / "ray-head.log"
+    # Short: Ray's socket paths under it must stay within the 107 bytes Unix allows.
+    temp_dir = tempfile.mkdtemp(prefix="frj", dir="/tmp")
     # Token authentication, as a real cluster runs; every client below gets the token.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--block",
-         "--include-dashboard=false", '--resources={"flowar_join_test_head": 1}'],
+         f"--temp-dir={temp_dir}", "--include-dashboard=false",
+         '--resources={"flowar_join_test_head": 1}'],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     address = f"127.0.0.1:{port}"
@@ -52,12 +64,7 @@ def head(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        # `ray start` left its address in /tmp/ray/ray_current_cluster (`ray stop` would
-        # remove it, and every Ray process on the machine with it); a later `ray.init()` on
-        # this machine would try to join the stopped head.
-        current = "/tmp/ray/ray_current_cluster"
-        if os.path.exists(current) and open(current).read().strip().endswith(f":{port}"):
-            os.remove(current)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
     deadline = time.time() + 120
     while subprocess.run([ray_bin, "status", f"--address={address}"],
@@ -67,11 +74,9 @@ def head(tmp_path):
             pytest.fail(f"the Ray head did not come up at {address}: "
                         f"{log.read_text(errors='replace')[-2000:]}")
         time.sleep(1)
-    # `ray start` wrote its address to /tmp/ray/ray_current_cluster, which a plain
-    # `ray.init()` joins: removed, so only an honoured `address=` reaches this head.
-    current = "/tmp/ray/ray_current_cluster"
-    if os.path.exists(current) and open(current).read().strip().endswith(f":{port}"):
-        os.remove(current)
+    default = "/tmp/ray/ray_current_cluster"
+    assert not (os.path.exists(default) and open(default).read().strip().endswith(f":{port}")), \
+        f"ray start --temp-dir still wrote {default}: a plain ray.init() would join this head"
     try:
         yield address, env
     finally:
