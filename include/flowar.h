@@ -62,15 +62,18 @@
  *   model folder needs a VAE encoder (vae_encoder.onnx). Masks are grey, > 0 = regenerate:
  *     uint8_t *src = ...;   // h rows of w RGB pixels (or RGBA: alpha is the mask)
  *     uint8_t *mask = ...;  // h rows of w grey bytes, or NULL (then pass 0, 0, 0)
- *     if (!st) st = flowar_request_create(&req);
- *     if (!st) st = flowar_request_add_edit_image(req, src, w * h * 3, w, h, 3,
+ *     FlowarRequest *edit = NULL;
+ *     if (!st) st = flowar_request_create(&edit);
+ *     if (!st) st = flowar_request_add_edit_image(edit, src, w * h * 3, w, h, 3,
  *                                                 mask, w * h, w, h);
- *     if (!st) st = flowar_request_set_classes(req, classes, 1);  // or "unconditional"
- *     if (!st) st = flowar_request_set_int(req, "composite", 1);
- *     size_t n = 0, len = 0;
- *     if (!st) st = flowar_request_image_count(req, &n);          // images * "count"
- *     if (!st) st = flowar_pipeline_buffer_size(pipe, n, &len);
- *     if (!st) st = flowar_pipeline_generate(pipe, req, rgb, len, NULL, NULL);
+ *     if (!st) st = flowar_request_set_classes(edit, classes, 1);  // or "unconditional"
+ *     if (!st) st = flowar_request_set_int(edit, "composite", 1);
+ *     size_t n = 0, edited_len = 0;
+ *     if (!st) st = flowar_request_image_count(edit, &n);          // images * "count"
+ *     if (!st) st = flowar_pipeline_buffer_size(pipe, n, &edited_len);
+ *     uint8_t *edited = malloc(edited_len);
+ *     if (!st) st = flowar_pipeline_generate(pipe, edit, edited, edited_len, NULL, NULL);
+ *     free(edited); flowar_request_destroy(&edit);
  */
 
 #ifndef FLOWAR_H
