@@ -128,18 +128,7 @@ fn missing_gpu_providers_are_clear_errors_and_auto_falls_back_with_a_log_line() 
     let m = model.to_str().unwrap();
     for (provider, what) in [("cuda", "CUDA"), ("tensorrt", "TensorRT")] {
         let out = tmp.path().join("out");
-        let o = flowar(
-            &[
-                "generate",
-                "--model",
-                m,
-                "--provider",
-                provider,
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            tmp.path(),
-        );
+        let o = generate_on(tmp.path(), m, provider, &out);
         let t = text(&o);
         assert!(!o.status.success(), "{provider}: {t}");
         assert!(
@@ -414,18 +403,7 @@ fn bf16_folders_on_providers_without_bf16_are_refused_as_bad_usage() {
             "onnxruntime's CPU provider has no bfloat16 kernels",
         ),
     ] {
-        let o = flowar(
-            &[
-                "generate",
-                "--model",
-                m,
-                "--provider",
-                provider,
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            tmp.path(),
-        );
+        let o = generate_on(tmp.path(), m, provider, &out);
         let t = text(&o);
         assert_eq!(o.status.code(), Some(2), "{provider}: {t}");
         assert!(
@@ -566,4 +544,20 @@ fn openvino_compiled_graphs_are_cached_cold_then_warm_under_a_size_cap() {
         t.contains("FLOWAR_CACHE_MAX_BYTES=`lots` is not a positive size"),
         "{t}"
     );
+}
+
+/// `flowar generate --model MODEL --provider PROVIDER --out OUT`, run in `cwd`.
+fn generate_on(cwd: &Path, model: &str, provider: &str, out: &Path) -> Output {
+    flowar(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--provider",
+            provider,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        cwd,
+    )
 }
