@@ -106,7 +106,7 @@ class Pipeline:
         solver: str,
         batch_size: int,
         progress: Optional[Callable[[Progress], Optional[bool]]],
-    ) -> List[str]:
+    ) -> List[pathlib.Path]:
         """Edits of PNG files into ``out_dir`` as ``flowar edit --out`` writes them: global
         image ``indices[r]`` edits ``images[rows[r]]`` (under ``masks[rows[r]]``, else its
         alpha); ``task`` is the set's ``flowar:edit`` (default: these images')."""
@@ -122,7 +122,7 @@ class Pipeline:
         solver: str,
         batch_size: int,
         progress: Optional[Callable[[Progress], Optional[bool]]],
-    ) -> List[str]: ...
+    ) -> List[pathlib.Path]: ...
 
 def convert(
     flowar: _Path,
