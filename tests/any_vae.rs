@@ -662,8 +662,9 @@ fn a_vae_without_middle_attention_computes_what_its_identity_attention_twin_does
     );
 }
 
-/// A config whose `mid_block_add_attention` the weights contradict (either way) is refused
-/// before anything is written, naming the field, both values, the weights file and the key.
+/// A config whose `mid_block_add_attention` the weights contradict (either way, in the
+/// decoder or the encoder) is refused before anything is written, naming the field, both
+/// values, the weights file and the key.
 #[test]
 fn a_config_contradicting_the_weights_on_middle_attention_is_refused_naming_both() {
     use flowar_exporter::checkpoint::Checkpoint;
@@ -675,9 +676,20 @@ fn a_config_contradicting_the_weights_on_middle_attention_is_refused_naming_both
     let f = Checkpoint::open(&flowar).unwrap();
     let says_true = without_mid_attention(tmp.path(), "says-true", true);
     let says_false = vae_copy(tmp.path(), "says-false", false, |_, v| Some(v));
-    for (vae, said, found) in [
-        (&says_true, "true", "no middle attention"),
-        (&says_false, "false", "a middle attention"),
+    // The decoder agrees with the config; the encoder (built from the same flag) does not.
+    let encoder_without = vae_copy(tmp.path(), "encoder-without", true, |k, v| {
+        (!k.starts_with(MID_ATTENTIONS[1])).then_some(v)
+    });
+    let decoder_key = "(decoder.mid_block.attentions.0)";
+    for (vae, said, found, key) in [
+        (&says_true, "true", "no middle attention", decoder_key),
+        (&says_false, "false", "a middle attention", decoder_key),
+        (
+            &encoder_without,
+            "true",
+            "no middle attention in the encoder",
+            "(encoder.mid_block.attentions.0)",
+        ),
     ] {
         let v = VaeCheckpoint::open(vae).unwrap();
         let out = tmp.path().join("out");
@@ -690,7 +702,7 @@ fn a_config_contradicting_the_weights_on_middle_attention_is_refused_naming_both
                         "the weights in {} have {found}",
                         vae.join("diffusion_pytorch_model.safetensors").display()
                     ),
-                    "(decoder.mid_block.attentions.0)".into(),
+                    key.into(),
                 ] {
                     assert!(reason.contains(&part), "{reason:?} lacks {part:?}");
                 }

@@ -235,6 +235,20 @@ pub fn check_encoder_config(
             "encoder.down_blocks.0.resnets.*",
         );
     }
+    // diffusers builds both middle blocks from this one flag.
+    if cfg.mid_block_add_attention != e.arch.mid_attention {
+        let found = if e.arch.mid_attention {
+            "a middle attention in the encoder"
+        } else {
+            "no middle attention in the encoder"
+        };
+        return bad(
+            "mid_block_add_attention",
+            cfg.mid_block_add_attention.to_string(),
+            found.into(),
+            "encoder.mid_block.attentions.0",
+        );
+    }
     if let Some(t) = cfg
         .down_block_types
         .iter()
