@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flowar_exporter::convert::{convert_as, ConvertRequest, Precision};
-use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
+use flowar_exporter::preset::{flowar_keys, vae_full_keys, Preset, RandomWeights};
 use flowar_exporter::quantize::Quantize;
 use flowar_runtime::backend::{BackendOptions, Provider};
 use flowar_runtime::image::RgbImage;
@@ -258,12 +258,14 @@ pub fn preset_model(
         "flowar-bench-{}{suffix}",
         preset.to_ascii_lowercase()
     ));
-    if Manifest::load(&dir).is_ok() {
+    // A folder cached before presets carried the VAE encoder is converted again, so that
+    // `--mode edit` runs on it.
+    if Manifest::load(&dir).is_ok_and(|m| m.graphs.vae_encoder.is_some()) {
         return Ok(dir);
     }
     std::fs::create_dir_all(cache).map_err(io_err(cache))?;
     let f = RandomWeights::new(format!("preset {preset}"), 0, flowar_keys(&p.flowar()));
-    let v = RandomWeights::new("preset kl16".into(), 0, vae_keys(&Preset::vae()));
+    let v = RandomWeights::new("preset kl16".into(), 0, vae_full_keys(&Preset::vae()));
     convert_as(
         &ConvertRequest::new(&f, &v, &dir)
             .force(dir.exists())
@@ -391,14 +393,6 @@ pub fn measure(args: &Args) -> Result<Report, BenchError> {
     }
     let solver: Solver = args.solver.parse()?;
     let edits = args.edit_specs()?;
-    if !edits.is_empty() && args.preset.is_some() {
-        return Err(BenchError::Usage(
-            "--mode edit needs a VAE encoder, and --preset models have none (their random \
-             weights cover the decoder only): give --model with a folder converted from a VAE \
-             checkpoint that holds its encoder"
-                .into(),
-        ));
-    }
     let (dir, source) = match (&args.model, &args.preset) {
         (Some(d), _) => (d.clone(), d.display().to_string()),
         (None, Some(p)) => {

@@ -294,36 +294,14 @@ fn edit_mode_measures_each_case_against_generation() {
     assert_eq!(std::fs::read_to_string(&again).unwrap(), md);
 }
 
-/// The edit options without `--mode edit` are a usage error, not silently ignored; so is
-/// edit mode on a `--preset` (no encoder), before converting anything.
+/// The edit options without `--mode edit` are a usage error, not silently ignored.
 #[test]
-fn edit_options_need_edit_mode_and_an_encoder() {
+fn edit_options_need_edit_mode() {
     let cmd = Cmd::parse_from(["bench", "--model", "unused", "--keep-scales", "2"]);
     let err = flowar_bench::engine::measure(&cmd.args).unwrap_err();
     assert!(
         err.is_usage() && err.to_string().contains("--mode edit"),
         "{err}"
-    );
-
-    let cache = tempfile::tempdir().unwrap();
-    let cmd = Cmd::parse_from([
-        "bench",
-        "--preset",
-        "s",
-        "--mode",
-        "edit",
-        "--cache-dir",
-        cache.path().to_str().unwrap(),
-    ]);
-    let err = flowar_bench::engine::measure(&cmd.args).unwrap_err();
-    assert!(
-        err.is_usage() && err.to_string().contains("encoder"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_dir(cache.path()).unwrap().count(),
-        0,
-        "refused before converting the preset"
     );
 }
 

@@ -462,6 +462,30 @@ fn presets_report_released_parameter_counts() {
         t.contains("FlowAR total 171.7M") && t.contains("vae_decoder 38.2M"),
         "{t}"
     );
+    // A preset holds kl16's encoder too (its key table is checked against an LDM
+    // checkpoint in exporter/src/preset.rs), so preset folders edit as released ones do.
+    assert!(t.contains("vae_encoder 26.2M"), "{t}");
+    let edited = tmp.path().join("edited");
+    let o = flowar(
+        &[
+            "edit",
+            "--model",
+            out.to_str().unwrap(),
+            "--image",
+            fixture("edit-kl16").join("image0.png").to_str().unwrap(),
+            "--class",
+            "207",
+            "--keep-scales",
+            "4",
+            "--steps",
+            "2",
+            "--out",
+            edited.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(edited.join("000000.png").is_file(), "{}", text(&o));
     // The released FlowAR-S sampler settings are the manifest's defaults (L's and H's:
     // exporter/src/convert.rs, from their detected architectures).
     let manifest: serde_json::Value =

@@ -247,6 +247,49 @@ pub fn vae_keys(s: &VaeSpec) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// Every encoder-side key of an LDM KL-VAE (`encoder.*`, `quant_conv.*`), for presets that
+/// can edit (`vae_encoder.onnx`); `double_z`: the encoder's output is mean and log-variance.
+pub fn vae_encoder_keys(s: &VaeSpec) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    let levels = s.ch_mult.len();
+    let mut ch = s.ch;
+    conv(&mut out, "encoder.conv_in", ch, 3, 3);
+    for l in 0..levels {
+        let cout = s.ch * s.ch_mult[l];
+        for b in 0..s.num_res_blocks {
+            resnet(&mut out, &format!("encoder.down.{l}.block.{b}"), ch, cout);
+            ch = cout;
+            if s.attn_levels.contains(&l) {
+                attn(&mut out, &format!("encoder.down.{l}.attn.{b}"), ch);
+            }
+        }
+        if l + 1 != levels {
+            conv(
+                &mut out,
+                &format!("encoder.down.{l}.downsample.conv"),
+                ch,
+                ch,
+                3,
+            );
+        }
+    }
+    resnet(&mut out, "encoder.mid.block_1", ch, ch);
+    attn(&mut out, "encoder.mid.attn_1", ch);
+    resnet(&mut out, "encoder.mid.block_2", ch, ch);
+    norm(&mut out, "encoder.norm_out", ch);
+    conv(&mut out, "encoder.conv_out", 2 * s.z_channels, ch, 3);
+    conv(&mut out, "quant_conv", 2 * s.embed_dim, 2 * s.z_channels, 1);
+    out
+}
+
+/// A whole LDM KL-VAE, decoder and encoder: what a preset converts, so that preset
+/// folders edit images as released ones do.
+pub fn vae_full_keys(s: &VaeSpec) -> Vec<(String, Vec<usize>)> {
+    let mut out = vae_keys(s);
+    out.extend(vae_encoder_keys(s));
+    out
+}
+
 /// Seeded random weights for a key/shape table. Each tensor's values depend only on the
 /// seed and its key, so they are the same whatever order they are read in.
 pub struct RandomWeights {
@@ -329,5 +372,38 @@ mod tests {
         assert_eq!(m(Preset::H), 1913.3);
         let vae = (params(&vae_keys(&Preset::vae())) as f64 / 1e5).round() / 10.0;
         assert_eq!(vae, 38.2);
+    }
+
+    /// The encoder table against a real LDM KL-VAE checkpoint: the edit-kl16 fixture
+    /// (written by the reference's own VAE code) holds exactly these encoder keys and
+    /// shapes for its hyper-parameters.
+    #[test]
+    fn encoder_keys_match_an_ldm_checkpoint() {
+        use crate::checkpoint::Checkpoint;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/edit-kl16/vae.ckpt");
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let attn_levels = (0..5)
+            .filter(|l| {
+                ckpt.shape(&format!("encoder.down.{l}.attn.0.norm.weight"))
+                    .is_some()
+            })
+            .collect();
+        let spec = VaeSpec {
+            ch: 32,
+            ch_mult: vec![1, 1, 2, 2, 4],
+            num_res_blocks: 1,
+            z_channels: 16,
+            embed_dim: 16,
+            attn_levels,
+        };
+        let ours: BTreeMap<String, Vec<usize>> = vae_encoder_keys(&spec).into_iter().collect();
+        let theirs: BTreeMap<String, Vec<usize>> = ckpt
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("encoder.") || k.starts_with("quant_conv."))
+            .map(|k| (k.to_string(), ckpt.shape(k).unwrap()))
+            .collect();
+        assert_eq!(ours, theirs);
     }
 }

@@ -6,7 +6,7 @@ use flowar_exporter::checkpoint::{Checkpoint, Weights};
 use flowar_exporter::convert::{
     convert_as, source_notes, ConvertReport, ConvertRequest, ModelMeta, Precision,
 };
-use flowar_exporter::preset::{flowar_keys, vae_keys, Preset, RandomWeights};
+use flowar_exporter::preset::{flowar_keys, vae_full_keys, Preset, RandomWeights};
 use flowar_exporter::vae_checkpoint::VaeCheckpoint;
 use flowar_exporter::weights::{Cancellable, WeightSource};
 
@@ -156,7 +156,7 @@ pub fn run(a: Args) -> CliResult {
         let v = RandomWeights::new(
             format!("preset kl16 (seed {})", a.random_init),
             a.random_init,
-            vae_keys(&Preset::vae()),
+            vae_full_keys(&Preset::vae()),
         );
         meta.name.get_or_insert_with(|| {
             format!("{} (random weights, seed {})", preset.name(), a.random_init)
