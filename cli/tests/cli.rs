@@ -210,9 +210,7 @@ fn generate_writes_pngs_with_metadata_run_json_and_shards() {
     );
     assert!(a.iter().zip(&b).all(|(x, y)| x.abs_diff(*y) <= 1));
     // Every PNG text key, with its value; the model hash is the manifest's.
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = manifest_json(&model);
     let sampler = &manifest["sampler"];
     let f64_text = |v: &serde_json::Value| v.as_f64().unwrap().to_string();
     let want: Vec<(String, String)> = [
@@ -488,8 +486,7 @@ fn presets_report_released_parameter_counts() {
     assert!(edited.join("000000.png").is_file(), "{}", text(&o));
     // The released FlowAR-S sampler settings are the manifest's defaults (L's and H's:
     // exporter/src/convert.rs, from their detected architectures).
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value = manifest_json(&out);
     assert_eq!(
         manifest["sampler"],
         serde_json::json!({"cfg": 4.3, "guidance": 0.9, "steps": 25})
@@ -684,10 +681,7 @@ fn generate_without_model_uses_the_demo_and_redoes_an_old_cache() {
             && t.contains("format_version 1"),
         "{t}"
     );
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(here.join("converted/manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value = manifest_json(&here.join("converted"));
     assert_eq!(manifest["format_version"], 2, "the cache was redone");
 
     let read = |p: &Path| {
@@ -821,9 +815,7 @@ fn generate_without_out_writes_flowar_grid_png_in_the_working_directory() {
     let info = r.info();
     // Two 256-px tiles side by side (zoom 1), each cell 8 px wider than the image.
     assert_eq!((info.width, info.height), (2 * (256 + 8), 256 + 20));
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = manifest_json(&model);
     let text: Vec<(&str, &str)> = info
         .uncompressed_latin1_text
         .iter()

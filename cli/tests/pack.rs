@@ -304,9 +304,7 @@ fn pack_refuses_each_mixed_setting_and_non_rgb_images() {
         assert!(o.status.success(), "{}", text(&o));
     };
     let hash = |m: &Path| -> String {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(m.join("manifest.json")).unwrap())
-                .unwrap();
+        let v: serde_json::Value = manifest_json(m);
         v["model_hash"].as_str().unwrap().to_string()
     };
     assert_ne!(hash(&model), hash(&other));

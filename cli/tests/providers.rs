@@ -15,9 +15,7 @@ fn f16_export_passes_verify_on_ort_cpu_within_its_manifest_bound() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = convert_spatial_with(tmp.path(), "f16", &["--dtype", "f16"]);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = manifest_json(&model);
     assert_eq!(manifest["dtype"], "float16");
     assert_eq!(manifest["verify"]["graph"].as_f64().unwrap() as f32, 2e-2);
     assert_eq!(manifest["verify"]["vae"].as_f64().unwrap() as f32, 1e-2);
@@ -308,9 +306,7 @@ fn bf16_round_trip_on_openvino_found_through_the_openvino_lib_flag() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let model = convert_spatial_with(tmp.path(), "bf16", &["--dtype", "bf16"]);
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = manifest_json(&model);
     assert_eq!(manifest["dtype"], "bfloat16");
     let cwd = tmp.path().join("work");
     let empty = tmp.path().join("empty-bin");

@@ -8,9 +8,7 @@ use common::*;
 fn an_int8_folder_verifies_within_its_recorded_bounds() {
     let tmp = tempfile::tempdir().unwrap();
     let model = convert_spatial_with(tmp.path(), "q8", &["--quantize", "int8"]);
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
-            .unwrap();
+    let m: serde_json::Value = manifest_json(&model);
     assert!(m["quantization"].as_str().unwrap().starts_with("int8"));
     assert_eq!(m["verify"]["graph"].as_f64().unwrap(), 0.5);
     assert!(!m["graphs"]["flow_head"]["int8_linears"]

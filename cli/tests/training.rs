@@ -108,9 +108,7 @@ fn the_demo_converts_with_the_model_card_beside_it_unless_told_not_to() {
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(demo.join("meta.json")).unwrap()).unwrap();
     let latent_scale = |dir: &Path| -> f64 {
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-                .unwrap();
+        let m: serde_json::Value = manifest_json(dir);
         m["latent_scale"].as_f64().unwrap()
     };
     let (f, v) = (demo.join("flowar.pth"), demo.join("vae.ckpt"));

@@ -119,3 +119,10 @@ pub fn ort_is_gpu_build() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A model folder's `manifest.json`, parsed.
+pub fn manifest_json(dir: &Path) -> serde_json::Value {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
