@@ -14,7 +14,8 @@
 //! and eviction takes an exclusive one first, skipping entries it cannot lock. The locks
 //! are the operating system's (`flock`), released when a process dies, so a killed
 //! process leaves nothing locked. An entry larger than the cap on its own stays while it
-//! is in use; it is the next one evicted after.
+//! is in use; it is the next one evicted after. Only what flowar made is ever counted or
+//! removed (`is_ours`): the root may be a folder the user named.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -82,25 +83,87 @@ pub struct Lease {
     dir: PathBuf,
 }
 
+/// The entries this process holds leases on, with their counts. `flock` keeps the
+/// processes apart; this keeps one process from evicting its own entries where the kernel
+/// turns `flock` into per-process `fcntl` locks (NFS), which an eviction's exclusive lock
+/// would not see as held, and whose release drops the process's other locks on the file.
+static LEASED: std::sync::Mutex<Vec<(PathBuf, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// `dir` as the registry keys it: canonical where it exists, so that one folder reached
+/// through two spellings of the root is one entry.
+fn lease_key(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+fn leased_here(dir: &Path) -> bool {
+    let dir = lease_key(dir);
+    LEASED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|(d, n)| *d == dir && *n > 0)
+}
+
+fn note_lease(dir: &Path, delta: isize) {
+    let dir = &lease_key(dir);
+    let mut held = LEASED.lock().unwrap_or_else(|p| p.into_inner());
+    match held.iter_mut().find(|(d, _)| d == dir) {
+        Some((_, n)) => *n = n.saturating_add_signed(delta),
+        None if delta > 0 => held.push((dir.to_path_buf(), delta as usize)),
+        None => {}
+    }
+    held.retain(|(_, n)| *n > 0);
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        note_lease(&self.dir, -1);
+    }
+}
+
+/// The entry's lock file, for a shared lock: read-write (created when missing), else, in a
+/// cache this process may not write (a read-only shared engine cache), read-only; `flock`
+/// works on either. `Ok((file, writable))`.
+fn open_lock_for_lease(path: &Path) -> io::Result<(File, bool)> {
+    match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => Ok((f, true)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            File::open(path).map(|f| (f, false))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Lease {
     /// Creates the entry `dir` if needed, locks it shared and marks it used now. Retries
     /// when an eviction removed the entry while this waited for the lock.
     pub fn acquire(dir: &Path) -> io::Result<Lease> {
         let mut last = None;
         for _ in 0..4 {
-            std::fs::create_dir_all(dir)?;
+            if !dir.is_dir() {
+                std::fs::create_dir_all(dir)?;
+            }
             let path = dir.join(LOCK);
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&path)?;
+            let (file, writable) = open_lock_for_lease(&path)?;
             file.lock_shared()?;
             // An eviction renames the entry away while it holds the lock: the file locked
             // here must still be the one at `path`.
             if same_file(&file, &path) {
-                file.set_modified(SystemTime::now())?;
+                if writable {
+                    file.set_modified(SystemTime::now())?;
+                }
+                note_lease(dir, 1);
                 return Ok(Lease {
                     _lock: file,
                     dir: dir.to_path_buf(),
@@ -199,10 +262,18 @@ pub fn evict(root: &Path, cap: u64) -> Eviction {
             };
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             if name.as_deref().is_some_and(|n| n.starts_with(TRASH)) {
-                // Left by an eviction that was killed mid-removal.
-                if let Err(e) = remove(&path) {
-                    out.problems.push(format!("{}: {e}", path.display()));
+                // Left by an eviction that was killed mid-removal (or being removed by a
+                // concurrent one: then it may vanish under this one, which is fine).
+                match remove(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => out.problems.push(format!("{}: {e}", path.display())),
                 }
+                continue;
+            }
+            if !is_ours(&path, kind) {
+                // Not made by flowar (the root may be a folder the user named): never
+                // counted, never touched.
                 continue;
             }
             match measure(&path) {
@@ -237,20 +308,37 @@ pub fn evict(root: &Path, cap: u64) -> Eviction {
     out
 }
 
-/// Removes one entry unless a [`Lease`] holds it: `Ok(false)` when in use.
+/// Whether `path`, straight under the `kind` folder, is a cache entry flowar made: a real
+/// folder holding the `.lock` file a [`Lease`] creates, or (OpenVINO only) a loose
+/// `*.blob` file, OpenVINO's blobs from before entries had folders. Anything else (a
+/// symbolic link, a user's folder or file) is not ours.
+fn is_ours(path: &Path, kind: &str) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if meta.is_dir() {
+        std::fs::symlink_metadata(path.join(LOCK)).is_ok_and(|m| m.is_file())
+    } else {
+        meta.is_file() && kind == "openvino" && path.extension().is_some_and(|e| e == "blob")
+    }
+}
+
+/// Removes one entry unless a [`Lease`] holds it: `Ok(false)` when in use (or gone).
 fn remove_unless_in_use(path: &Path) -> io::Result<bool> {
     if !std::fs::symlink_metadata(path)?.is_dir() {
-        // A file straight under a kind folder (OpenVINO's blobs before entries had
-        // folders): nothing loads it any more.
+        // A loose blob (see [`is_ours`]): nothing loads it any more.
         std::fs::remove_file(path)?;
         return Ok(true);
     }
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(path.join(LOCK))?;
+    if leased_here(path) {
+        return Ok(false);
+    }
+    // Never created here: an entry without its lock file is not ours to remove.
+    let lock = match File::open(path.join(LOCK)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
@@ -260,7 +348,10 @@ fn remove_unless_in_use(path: &Path) -> io::Result<bool> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let trash = path.with_file_name(format!("{TRASH}{name}-{}", std::process::id()));
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let trash = path.with_file_name(format!("{TRASH}{name}-{}-{nanos}", std::process::id()));
     std::fs::rename(path, &trash)?;
     // The lock is released when `lock` is dropped, after the entry is gone.
     remove(&trash)?;
@@ -295,6 +386,8 @@ mod tests {
         let dir = root.join(kind).join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("graph.blob"), vec![7u8; bytes]).unwrap();
+        // What a Lease leaves: the mark of an entry flowar made.
+        std::fs::write(dir.join(LOCK), b"").unwrap();
         age(&dir, age_s);
         dir
     }
@@ -454,5 +547,65 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(MAX_BYTES_VAR) && msg.contains(bad), "{msg}");
         }
+    }
+
+    /// The root may be a folder the user named (FLOWAR_CACHE_DIR=$HOME, a shared
+    /// trt_cache_dir): under its kind folders, only what flowar made is counted and evicted.
+    /// A folder without the lock file a lease creates, a symbolic link (to a folder that
+    /// has one, even), and files other than OpenVINO's loose blobs stay, whatever the cap.
+    #[test]
+    fn only_entries_flowar_made_are_evicted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let ours = entry(root, "openvino", "model-0123456789abcdef", 1000, 300);
+        let user_dir = root.join("openvino").join("runtime");
+        std::fs::create_dir_all(user_dir.join("lib")).unwrap();
+        std::fs::write(user_dir.join("lib/libopenvino.so"), vec![1u8; 5000]).unwrap();
+        let user_file = root.join("tensorrt").join("notes.txt");
+        std::fs::create_dir_all(user_file.parent().unwrap()).unwrap();
+        std::fs::write(&user_file, vec![2u8; 5000]).unwrap();
+        let elsewhere = entry(
+            &tmp.path().join("big-disk"),
+            "tensorrt",
+            "engines",
+            1000,
+            900,
+        );
+        let link = root.join("tensorrt").join("linked");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let loose = root.join("openvino").join("123456789.blob");
+        std::fs::write(&loose, vec![3u8; 1000]).unwrap();
+
+        let done = evict(root, 0);
+        let mut removed = done.removed.clone();
+        removed.sort();
+        let mut want = vec![loose.clone(), ours.clone()];
+        want.sort();
+        assert_eq!(removed, want, "{done:?}");
+        assert_eq!(done.bytes_after, 0, "{done:?}");
+        assert!(user_dir.join("lib/libopenvino.so").is_file());
+        assert!(user_file.is_file());
+        assert!(link.exists() && elsewhere.join("graph.blob").is_file());
+    }
+
+    /// One process's own leases hold even where `flock` would not tell them from the
+    /// eviction's lock (NFS turns it into per-process `fcntl` locks): the registry does.
+    #[test]
+    fn this_process_never_evicts_what_it_leases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a = entry(root, "openvino", "a", 1000, 400);
+        let lease = Lease::acquire(&a).unwrap();
+        assert!(leased_here(&a));
+        // Another spelling of the same folder is the same entry.
+        assert!(leased_here(&root.join("openvino/./a")));
+        let done = evict(root, 0);
+        assert!(
+            done.removed.is_empty() && done.in_use == vec![a.clone()],
+            "{done:?}"
+        );
+        drop(lease);
+        assert!(!leased_here(&a));
+        assert_eq!(evict(root, 0).removed, vec![a]);
     }
 }

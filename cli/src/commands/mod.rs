@@ -162,6 +162,9 @@ impl BackendArgs {
 
     /// Options for runs of `batch` images per call (sizes the TensorRT profiles).
     pub fn options_for(&self, batch: Option<usize>) -> CliResult<flowar_runtime::PipelineOptions> {
+        // The cache's cap, checked before any work whatever the provider (only OpenVINO
+        // and TensorRT use the cache, but a bad value is a mistake wherever it is set).
+        flowar_runtime::cache::max_bytes()?;
         Ok(flowar_runtime::PipelineOptions {
             provider: self.provider.parse()?,
             backend: self.engine.backend_options(batch)?,
