@@ -345,15 +345,18 @@ fn a_killed_pack_leaves_no_partial_npz_and_a_rerun_completes() {
 
 /// A `convert --force` killed between its two renames (the old folder moved aside to
 /// `.OUT.old.tmp-HOST-PID`, the new one still in its staging folder) leaves both hidden
-/// and no `OUT`; the next convert to that output removes the dead writer's two, says so,
-/// and completes, while a live writer's and another host's replaced folders stay. The
-/// state is planted exactly as the first rename leaves it: a kill cannot be aimed between
-/// two renames.
+/// and no `OUT`. The next convert to that output first moves the old folder back (it is
+/// the only whole model there), so even a convert that then fails leaves the user their
+/// model; it removes the dead writer's staging folder and says both. A dead writer's
+/// replaced folder beside an `OUT` that exists (killed after the second rename) is swept.
+/// A live writer's and another host's replaced folders stay. The state is planted exactly
+/// as the renames leave it: a kill cannot be aimed between two renames.
 #[test]
-fn a_convert_force_killed_between_its_renames_is_swept_by_the_next() {
+fn a_convert_force_killed_between_its_renames_is_undone_by_the_next() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let out = convert_spatial_with(d, "m", &[]);
+    let manifest = std::fs::read(out.join("manifest.json")).unwrap();
     let h = host();
     // A pid no process has: past the kernel's largest (`pid_max` is at most 2^22).
     let dead = 4_194_400u32;
@@ -369,7 +372,24 @@ fn a_convert_force_killed_between_its_renames_is_swept_by_the_next() {
         std::fs::write(p.join("manifest.json"), b"{}").unwrap();
     }
 
+    // Without --force the convert fails (the output is back), and the model is intact.
     let f = fixture("spatial");
+    let o = convert(d, &f.join("flowar.pth"), &f.join("vae.ckpt"), &out, &[]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("already exists; pass --force"), "{t}");
+    assert!(!old.exists(), "the moved-aside model was not moved back");
+    assert_eq!(
+        std::fs::read(out.join("manifest.json")).unwrap(),
+        manifest,
+        "the restored folder is not the model that was moved aside"
+    );
+    assert!(live.is_dir() && elsewhere.is_dir());
+
+    // Killed after the second rename: the new folder in place, the old one left aside.
+    let old_after = d.join(format!(".m.old.tmp-{h}-{}", dead + 1));
+    std::fs::create_dir(&old_after).unwrap();
+    std::fs::write(old_after.join("manifest.json"), b"{}").unwrap();
     let o = convert(
         d,
         &f.join("flowar.pth"),
@@ -389,7 +409,10 @@ fn a_convert_force_killed_between_its_renames_is_swept_by_the_next() {
         ),
         "{t}"
     );
-    assert!(!old.exists(), "the dead writer's replaced folder stayed");
+    assert!(
+        !old_after.exists(),
+        "the dead writer's replaced folder stayed"
+    );
     assert!(!staging.exists(), "the dead writer's staging folder stayed");
     assert!(live.is_dir() && elsewhere.is_dir());
     assert!(out.join("manifest.json").is_file());

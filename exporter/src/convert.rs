@@ -413,6 +413,9 @@ pub struct ConvertReport {
     /// folder aside and moving the new one in, had left (`.OUT.old.tmp-HOST-PID`), now
     /// removed.
     pub removed_replaced: Vec<PathBuf>,
+    /// The folder a `--force` conversion killed between its two renames had moved aside,
+    /// with no model left at the output: moved back there before this conversion began.
+    pub restored_replaced: Option<PathBuf>,
     pub ignored_keys: Vec<(String, &'static str)>,
     /// Set when a diffusers config's `force_upcast` kept the VAE decoder in float32 under
     /// a reduced `--dtype`: what `convert` tells the user.
@@ -547,6 +550,46 @@ fn write_graph(dir: &Path, file: &str, mut g: BuiltGraph, threshold: usize) -> R
     })
 }
 
+/// `out`'s folder and its name (`model` for a path without one).
+fn out_parts(out: &Path) -> (PathBuf, String) {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    (parent.to_path_buf(), name)
+}
+
+/// A `convert --force` killed between its two renames moved the old model folder aside
+/// (`.OUT.old.tmp-HOST-PID`) and never moved the new one in: with no `out`, that folder is
+/// the only whole model there is, so it is moved back before anything else happens (a
+/// failing or cancelled conversion then still leaves the user a model). Several (one
+/// killed `--force` after another): the newest. Returns where it came from.
+fn restore_replaced(out: &Path) -> Result<Option<PathBuf>> {
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Ok(None);
+    }
+    let (parent, name) = out_parts(out);
+    let old_name = format!("{name}.old");
+    let mut left: Vec<(std::time::SystemTime, PathBuf)> =
+        atomic_file::stale_temporaries(&parent, |f| f == old_name)?
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::symlink_metadata(&p).ok().filter(|m| m.is_dir())?;
+                Some((m.modified().ok()?, p))
+            })
+            .collect();
+    left.sort();
+    let Some((_, newest)) = left.pop() else {
+        return Ok(None);
+    };
+    std::fs::rename(&newest, out).map_err(|e| ExportError::io(out, e))?;
+    Ok(Some(newest))
+}
+
 /// A temporary sibling of `out` that is removed on drop unless committed.
 struct StagingDir {
     path: PathBuf,
@@ -564,14 +607,8 @@ struct StagingDir {
 
 impl StagingDir {
     fn new(out: &Path) -> Result<StagingDir> {
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let (parent, name) = out_parts(out);
+        let parent = parent.as_path();
         std::fs::create_dir_all(parent).map_err(|e| ExportError::io(parent, e))?;
         // A conversion killed outright (SIGKILL, the OOM killer) left its staging folder,
         // or, killed between the two renames of a `--force`, the folder it was replacing:
@@ -677,6 +714,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
         }
         _ => {}
     }
+    let restored_replaced = restore_replaced(&req.out)?;
     if req.out.exists() && !req.force {
         return Err(ExportError::OutputExists(req.out.clone()));
     }
@@ -897,6 +935,7 @@ pub fn convert_as(req: &ConvertRequest, precision: Precision) -> Result<ConvertR
     Ok(ConvertReport {
         removed_stale,
         removed_replaced,
+        restored_replaced,
         manifest,
         latent_scale_source,
         latent_shift_source,

@@ -60,17 +60,16 @@ fn alive(pid: u32) -> Option<bool> {
     Some(pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Removes the temporaries in `dir` that this host's dead processes left (a writer killed
-/// before its rename: files, or a model folder's staging folder), for names `keep`
-/// accepts; returns what it removed.
-/// Temporaries of other hosts, of live processes and of this process are left alone, as
-/// is everything where liveness cannot be told (no `/proc`).
-pub fn sweep_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+/// The temporaries in `dir` that this host's dead processes left (a writer killed before
+/// its rename: files, or a model folder's staging folder), for names `keep` accepts,
+/// sorted. Temporaries of other hosts, of live processes and of this process are not
+/// listed, nor is anything where liveness cannot be told (no `/proc`).
+pub fn stale_temporaries(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let me = host();
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
         Err(e) => return Err(Error::io(dir, e)),
     };
     for entry in entries.flatten() {
@@ -87,10 +86,21 @@ pub fn sweep_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBu
         if host != me || !keep(file) || pid == std::process::id() || alive(pid) != Some(false) {
             continue;
         }
-        let path = entry.path();
-        let gone = match entry.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
+        found.push(entry.path());
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes the [`stale_temporaries`] in `dir` for names `keep` accepts; returns what it
+/// removed.
+pub fn sweep_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for path in stale_temporaries(dir, keep)? {
+        let gone = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
         };
         match gone {
             Ok(()) => removed.push(path),
@@ -99,7 +109,6 @@ pub fn sweep_stale(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<PathBu
             Err(e) => return Err(Error::io(&path, e)),
         }
     }
-    removed.sort();
     Ok(removed)
 }
 

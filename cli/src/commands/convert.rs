@@ -213,6 +213,14 @@ pub fn run(a: Args) -> CliResult {
             report.removed_stale.len()
         );
     }
+    if let Some(from) = &report.restored_replaced {
+        println!(
+            "restored {} from {}, where a `convert --force` killed between its two renames had \
+             moved it (then replaced it with this conversion)",
+            a.out.display(),
+            from.display()
+        );
+    }
     if !report.removed_replaced.is_empty() {
         println!(
             "removed {} replaced model folder(s) that a `convert --force` killed between its two \
