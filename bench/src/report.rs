@@ -278,7 +278,6 @@ fn secs(s: f64) -> String {
     }
 }
 
-/// Share of the end-to-end median, as a percentage.
 /// One Markdown table row; an empty cell is written `| |`.
 fn table_row<S: AsRef<str>>(out: &mut String, cells: &[S]) {
     out.push('|');
@@ -293,6 +292,7 @@ fn table_row<S: AsRef<str>>(out: &mut String, cells: &[S]) {
     out.push('\n');
 }
 
+/// Share of the end-to-end median, as a percentage.
 fn pct(part: f64, total: f64) -> String {
     format!("{:.0}%", 100.0 * part / total.max(f64::MIN_POSITIVE))
 }

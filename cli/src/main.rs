@@ -21,10 +21,15 @@ pub(crate) fn interrupted() -> bool {
 const EXIT_INTERRUPTED: i32 = 130;
 
 /// Test-only, never for use (`scripts/test.sh` clears it): set to `1`, `flowar` parses its
-/// command line (exit 2 with clap's message when it does not parse), says so and exits 0
-/// without running anything, so that `cli/tests/docs_commands.rs` can check every command
-/// the docs show against the real CLI without converting or generating anything.
+/// command line (exit 2 with clap's message when it does not parse), says so and exits
+/// with [`EXIT_PARSED_ONLY`] without running anything, so that
+/// `cli/tests/docs_commands.rs` can check every command the docs show against the real
+/// CLI without converting or generating anything.
 const PARSE_ONLY: &str = "FLOWAR_TEST_PARSE_ONLY";
+
+/// The exit status of a [`PARSE_ONLY`] run: not 0, so that a job which inherited the
+/// variable by mistake fails loudly instead of "succeeding" without writing anything.
+const EXIT_PARSED_ONLY: i32 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -75,8 +80,10 @@ fn install_ctrlc() {
 fn main() {
     let cli = Cli::parse();
     if std::env::var_os(PARSE_ONLY).is_some_and(|v| v == "1") {
-        eprintln!("{PARSE_ONLY}=1: the command line parses; nothing was run");
-        return;
+        eprintln!(
+            "{PARSE_ONLY}=1: the command line parses; nothing was run (exit {EXIT_PARSED_ONLY})"
+        );
+        std::process::exit(EXIT_PARSED_ONLY);
     }
     // Only the commands that write outputs and poll the flag trade Ctrl-C's default
     // (immediate exit) for a clean stop.

@@ -75,10 +75,17 @@ def head(tmp_path):
                         f"{log.read_text(errors='replace')[-2000:]}")
         time.sleep(1)
     default = "/tmp/ray/ray_current_cluster"
-    assert not (os.path.exists(default) and open(default).read().strip().endswith(f":{port}")), \
-        f"ray start --temp-dir still wrote {default}: a plain ray.init() would join this head"
+
+    def check_default():
+        # `ray start` writes its address file late: checked now and again after the test.
+        assert not (os.path.exists(default)
+                    and open(default).read().strip().endswith(f":{port}")), \
+            f"ray start --temp-dir still wrote {default}: a plain ray.init() would join this head"
+
+    check_default()
     try:
         yield address, env
+        check_default()
     finally:
         stop()
 
