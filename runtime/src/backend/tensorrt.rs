@@ -71,12 +71,12 @@ pub fn has_engines(dir: &Path) -> bool {
 /// root ([`GpuOptions::trt_cache_dir`], else [`cache_root`]), keyed by the TensorRT
 /// version onnxruntime will load. Created, with a notice on stderr when no engine is there
 /// yet (building them takes minutes), and leased ([`Lease`]): while the returned lease
-/// lives, the cache's size cap ([`crate::cache`]) never evicts these engines. Entries
-/// beyond the cap are evicted here, least recently used first.
+/// lives, the cache's size cap ([`crate::cache`]) never evicts these engines. The sessions
+/// build the engines afterwards; [`evict_after_build`] then applies the cap.
 pub fn prepare_engine_cache(graphs_key: &str, opts: &BackendOptions) -> Result<Lease> {
     let version = ort_backend::tensorrt_version(opts)
         .map_err(|why| Error::unavailable(Provider::TensorRt.name(), why))?;
-    let cap = crate::cache::max_bytes()?;
+    crate::cache::max_bytes()?;
     let root = opts.gpu.trt_cache_dir.clone().unwrap_or_else(cache_root);
     let dir = engine_cache_dir(&root, graphs_key, &version, &opts.gpu);
     let lease = Lease::acquire(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -89,8 +89,17 @@ pub fn prepare_engine_cache(graphs_key: &str, opts: &BackendOptions) -> Result<L
             dir.display()
         );
     }
-    crate::cache::evict_after_write(&root, cap);
     Ok(lease)
+}
+
+/// The cache's cap after the TensorRT sessions have built (or loaded) their engines, so
+/// that engines just written count: least recently used entries first, never the model's
+/// own (its [`Lease`] is held).
+pub fn evict_after_build(opts: &BackendOptions) -> Result<()> {
+    let cap = crate::cache::max_bytes()?;
+    let root = opts.gpu.trt_cache_dir.clone().unwrap_or_else(cache_root);
+    crate::cache::evict_after_write(&root, cap);
+    Ok(())
 }
 
 /// The TensorRT version the dynamic loader finds (`libnvinfer.so.N`, the library

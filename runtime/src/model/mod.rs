@@ -187,6 +187,9 @@ impl Model {
         // The solver step updates the float64 state (a handful of elementwise nodes); on
         // TensorRT, which has no float64, it runs on CUDA on the same device.
         let step = open_graph(dir, &g.solver_step, provider.for_float64(), opts, None)?;
+        if cache.is_some() {
+            crate::backend::tensorrt::evict_after_build(opts)?;
+        }
         let mut start_tok = 0usize;
         let mut tables = Vec::with_capacity(manifest.scales.len());
         for &side in &manifest.scales {
