@@ -573,6 +573,10 @@ fn restore_replaced(out: &Path) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let (parent, name) = out_parts(out);
+    if !parent.is_dir() {
+        // Nothing can have been moved aside there; creating the folder says what is wrong.
+        return Ok(None);
+    }
     let old_name = format!("{name}.old");
     let mut left: Vec<(std::time::SystemTime, PathBuf)> =
         atomic_file::stale_temporaries(&parent, |f| f == old_name)?
