@@ -36,6 +36,30 @@ impl Io {
             dims,
         }
     }
+    /// A float32 `[batch, channels, side, side]` tensor: a VAE graph's image or latent.
+    pub fn nchw(name: impl Into<String>, channels: usize, side: usize) -> Io {
+        Io::new(
+            name,
+            Elem::F32,
+            vec![
+                Dim::Sym(BATCH),
+                Dim::Fixed(channels),
+                Dim::Fixed(side),
+                Dim::Fixed(side),
+            ],
+        )
+    }
+
+    /// The VAE graphs' `nonfinite_probe` output: one float32, non-finite when anything
+    /// inside the graph was.
+    pub fn nonfinite_probe() -> Io {
+        Io::new(
+            flowar_format::io::NONFINITE_PROBE,
+            Elem::F32,
+            vec![Dim::Fixed(1)],
+        )
+    }
+
     pub fn spec(&self) -> TensorSpec {
         TensorSpec {
             name: self.name.clone(),

@@ -21,7 +21,7 @@ use super::vae_blocks::{
     LDM_NAMES,
 };
 use super::vae_decoder::LatentNorm;
-use super::{BuiltGraph, Io, BATCH};
+use super::{BuiltGraph, Io};
 use crate::arch::EncoderDims;
 use crate::error::Result;
 use crate::nn;
@@ -55,29 +55,8 @@ pub fn build(
     let size = grid * stride;
     let groups = norm_groups;
     let mut g = Graph::with_precision("flowar_vae_encoder", Elem::F32);
-    let inputs = vec![Io::new(
-        io::IMAGE,
-        Elem::F32,
-        vec![
-            Dim::Sym(BATCH),
-            Dim::Fixed(3),
-            Dim::Fixed(size),
-            Dim::Fixed(size),
-        ],
-    )];
-    let outputs = vec![
-        Io::new(
-            io::TOKENS,
-            Elem::F32,
-            vec![
-                Dim::Sym(BATCH),
-                Dim::Fixed(c),
-                Dim::Fixed(grid),
-                Dim::Fixed(grid),
-            ],
-        ),
-        Io::new(io::NONFINITE, Elem::F32, vec![Dim::Fixed(1)]),
-    ];
+    let inputs = vec![Io::nchw(io::IMAGE, 3, size)];
+    let outputs = vec![Io::nchw(io::TOKENS, c, grid), Io::nonfinite_probe()];
     for i in &inputs {
         g.input(&i.name, i.elem, &i.dims);
     }

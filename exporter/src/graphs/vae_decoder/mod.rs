@@ -10,7 +10,7 @@
 mod diffusers;
 mod ldm;
 
-use super::{BuiltGraph, Io, BATCH};
+use super::{BuiltGraph, Io};
 use crate::arch::VaeDims;
 use crate::error::Result;
 use crate::nn;
@@ -62,29 +62,8 @@ pub fn build(
     let c = dims.latent_channels;
     let image = grid * a.stride;
     let mut g = Graph::with_precision("flowar_vae_decoder", precision.elem());
-    let inputs = vec![Io::new(
-        io::LATENT,
-        Elem::F32,
-        vec![
-            Dim::Sym(BATCH),
-            Dim::Fixed(c),
-            Dim::Fixed(grid),
-            Dim::Fixed(grid),
-        ],
-    )];
-    let outputs = vec![
-        Io::new(
-            io::IMAGE,
-            Elem::F32,
-            vec![
-                Dim::Sym(BATCH),
-                Dim::Fixed(3),
-                Dim::Fixed(image),
-                Dim::Fixed(image),
-            ],
-        ),
-        Io::new(io::NONFINITE, Elem::F32, vec![Dim::Fixed(1)]),
-    ];
+    let inputs = vec![Io::nchw(io::LATENT, c, grid)];
+    let outputs = vec![Io::nchw(io::IMAGE, 3, image), Io::nonfinite_probe()];
     for io in &inputs {
         g.input(&io.name, io.elem, &io.dims);
     }
