@@ -65,6 +65,15 @@ def _images(buf: bytearray, n: int, h: int, w: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8).reshape(n, h, w, 3)
 
 
+def _at_least(least: int, **values: int) -> None:
+    """Raises ``ValueError`` naming the first of ``values`` below ``least``, before any
+    work (shared by the pipeline's and ``flowar.ray``'s entry points)."""
+    for name, value in values.items():
+        if value < least:
+            bound = "0 or more" if least == 0 else f"at least {least}"
+            raise ValueError(f"{name} must be {bound}, got {value}")
+
+
 def _steps(steps: Optional[Steps]) -> Any:
     if steps is None or isinstance(steps, (int, str)):
         return steps
@@ -291,8 +300,7 @@ class Pipeline:
         raises ``KeyboardInterrupt``. The GIL is released while it runs.
         """
         cl = self._class_ids(classes)
-        if first_index < 0:
-            raise ValueError(f"first_index must be 0 or more, got {first_index}")
+        _at_least(0, first_index=first_index)
         indices = list(range(first_index, first_index + len(cl)))
         buf, n, h, w = self._native.generate(
             cl, indices, seed, cfg, guidance, _steps(steps), solver, batch_size, progress
@@ -355,12 +363,8 @@ class Pipeline:
         """
         pixels = _edit_images(images)
         grey = _edit_masks(masks, len(pixels))
-        if keep_scales < 0:
-            raise ValueError(f"keep_scales must be 0 or more, got {keep_scales}")
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        _at_least(0, keep_scales=keep_scales)
+        _at_least(1, count=count, batch_size=batch_size)
         classes = self._edit_classes(labels, unconditional, len(pixels))
         buf, n, h, w = self._native.edit(
             [(a.tobytes(), a.shape[0], a.shape[1], a.shape[2]) for a in pixels],

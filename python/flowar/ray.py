@@ -336,6 +336,44 @@ def _provider_of(ran: _Ran, out_dir: str) -> Tuple[str, str]:
         return "none", "every image was already in the folder"
 
 
+def _resume(
+    out_dir: str, count: int, batch_size: int, what: str, existing_args: Tuple[Any, ...]
+) -> Tuple[List[int], Deque[List[int]], int]:
+    """Prepares ``out_dir`` for a run of ``count`` outputs (``what``: images or edits): the
+    indices already there and readable (:func:`_existing` with ``existing_args``), the
+    unreadable ones removed, and the blocks left to do with their image count."""
+    os.makedirs(out_dir, exist_ok=True)
+    done, unreadable = _existing(out_dir, count, *existing_args)
+    _sweep(out_dir, unreadable)
+    pending = _pending(count, batch_size, done)
+    if done:
+        print(
+            f"flowar.ray: resuming: {len(done)} of {count} {what} already in {out_dir}",
+            file=sys.stderr,
+        )
+    return done, pending, sum(len(b) for b in pending)
+
+
+def _record(model_dir: str, resolved: Dict[str, Any], ran: _Ran, out_dir: str,
+            body: Dict[str, Any], done: Sequence[int], todo: int) -> Dict[str, Any]:
+    """A run record (``run.json``): the model and provider first, then ``body`` (what the
+    run made, with its settings), then the engine's counts and timings."""
+    prov, reason = _provider_of(ran, out_dir)
+    return {
+        "model": model_dir,
+        "model_name": resolved["model"],
+        "model_hash": resolved["model_hash"],
+        "dtype": resolved["dtype"],
+        "provider": prov,
+        "provider_reason": reason,
+        **body,
+        "engine": {"name": "ray", "workers": len(ran.providers) - ran.failures,
+                   "worker_failures": ran.failures, "resumed_images": len(done),
+                   "generated_images": todo},
+        "timings_s": {"total": ran.seconds, "worker_busy": ran.busy_s},
+    }
+
+
 def _pending(count: int, batch_size: int, done: Sequence[int]) -> Deque[List[int]]:
     """Blocks of ``batch_size`` consecutive indices, as the CLI batches them, less those
     done."""
@@ -391,12 +429,7 @@ def generate_dataset(
     - ``progress``: ``True`` prints ``done/total`` to stderr; a callable gets
       ``(done, total)`` after every batch.
     """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
+    flowar._at_least(1, count=count, batch_size=batch_size, num_workers=num_workers)
     model_dir = os.path.abspath(os.fspath(model_dir))
     out_dir = os.path.abspath(os.fspath(out_dir))
     manifest = flowar.read_manifest(model_dir)
@@ -406,16 +439,9 @@ def generate_dataset(
     )
     steps_json = json.loads(resolved["steps_json"])
 
-    os.makedirs(out_dir, exist_ok=True)
-    done, unreadable = _existing(out_dir, count, resolved, class_of)
-    _sweep(out_dir, unreadable)
-    pending = _pending(count, batch_size, done)
-    todo = sum(len(b) for b in pending)
-    if done:
-        print(
-            f"flowar.ray: resuming: {len(done)} of {count} images already in {out_dir}",
-            file=sys.stderr,
-        )
+    done, pending, todo = _resume(
+        out_dir, count, batch_size, "images", existing_args=(resolved, class_of)
+    )
 
     sampler = dict(seed=seed, cfg=cfg, guidance=guidance, steps=steps, solver=solver,
                    batch_size=batch_size)
@@ -427,14 +453,7 @@ def generate_dataset(
         max_worker_failures=max_worker_failures, address=address,
         report=_reporter(progress), done=len(done), count=count,
     )
-    prov, reason = _provider_of(ran, out_dir)
-    record: Dict[str, Any] = {
-        "model": model_dir,
-        "model_name": resolved["model"],
-        "model_hash": resolved["model_hash"],
-        "dtype": resolved["dtype"],
-        "provider": prov,
-        "provider_reason": reason,
+    record = _record(model_dir, resolved, ran, out_dir, {
         "classes": class_of,
         "indices": list(range(count)),
         "count": count,
@@ -446,11 +465,7 @@ def generate_dataset(
         "solver": solver,
         "batch_size": batch_size,
         "noise_file": None,
-        "engine": {"name": "ray", "workers": len(ran.providers) - ran.failures,
-                   "worker_failures": ran.failures, "resumed_images": len(done),
-                   "generated_images": todo},
-        "timings_s": {"total": ran.seconds, "worker_busy": ran.busy_s},
-    }
+    }, done, todo)
     _write_json_atomic(os.path.join(out_dir, "run.json"), record)
     return record
 
@@ -545,14 +560,8 @@ def edit_folder(
       as :func:`generate_dataset`. Row ``k`` draws random stream ``k`` of ``seed``, so the
       edits do not depend on the number of workers.
     """
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be at least 1, got {num_workers}")
-    if keep_scales < 0:
-        raise ValueError(f"keep_scales must be 0 or more, got {keep_scales}")
+    flowar._at_least(1, count=count, batch_size=batch_size, num_workers=num_workers)
+    flowar._at_least(0, keep_scales=keep_scales)
     model_dir = os.path.abspath(os.fspath(model_dir))
     images_dir = os.path.abspath(os.fspath(images_dir))
     out_dir = os.path.abspath(os.fspath(out_dir))
@@ -612,16 +621,10 @@ def edit_folder(
         i = inputs[k // count]
         return {"source_sha256": i["sha256"], "mask_sha256": i["mask_sha256"]}
 
-    os.makedirs(out_dir, exist_ok=True)
-    done, unreadable = _existing(out_dir, total, expected, class_of, EDIT_SETTINGS, per_image)
-    _sweep(out_dir, unreadable)
-    pending = _pending(total, batch_size, done)
-    todo = sum(len(b) for b in pending)
-    if done:
-        print(
-            f"flowar.ray: resuming: {len(done)} of {total} edits already in {out_dir}",
-            file=sys.stderr,
-        )
+    done, pending, todo = _resume(
+        out_dir, total, batch_size, "edits",
+        existing_args=(expected, class_of, EDIT_SETTINGS, per_image),
+    )
 
     settings = dict(keep_scales=keep_scales, invert_mask=invert_mask, composite=composite,
                     seed=seed, cfg=cfg, guidance=guidance, steps=steps, solver=solver,
@@ -643,14 +646,7 @@ def edit_folder(
         max_worker_failures=max_worker_failures, address=address,
         report=_reporter(progress), done=len(done), count=total,
     )
-    prov, reason = _provider_of(ran, out_dir)
-    record: Dict[str, Any] = {
-        "model": model_dir,
-        "model_name": resolved["model"],
-        "model_hash": resolved["model_hash"],
-        "dtype": resolved["dtype"],
-        "provider": prov,
-        "provider_reason": reason,
+    record = _record(model_dir, resolved, ran, out_dir, {
         "edit": task,
         "rule": flowar._flowar.EDIT_RULE,
         "images": [
@@ -673,10 +669,6 @@ def edit_folder(
         "solver": solver,
         "batch_size": batch_size,
         "noise_file": None,
-        "engine": {"name": "ray", "workers": len(ran.providers) - ran.failures,
-                   "worker_failures": ran.failures, "resumed_images": len(done),
-                   "generated_images": todo},
-        "timings_s": {"total": ran.seconds, "worker_busy": ran.busy_s},
-    }
+    }, done, todo)
     _write_json_atomic(os.path.join(out_dir, "run.json"), record)
     return record
