@@ -12,7 +12,7 @@ use flowar_runtime::sampler::noise;
 use flowar_runtime::{EditPlan, Mask, Request, StageTimes};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::generate::{model_dir, prepare_outputs, secs};
+use super::generate::{grid_path, model_dir, prepare_outputs, secs};
 use super::{BackendArgs, CliError, CliResult, SamplerArgs};
 
 #[derive(clap::Args, Debug)]
@@ -109,11 +109,7 @@ pub fn run(a: Args) -> CliResult {
     }
     let options = a.backend.options_for(Some(a.sampler.batch_size))?;
     let model_path = model_dir(a.model.as_deref(), true)?;
-    let grid_path = match (&a.grid, &a.out) {
-        (Some(g), _) => Some(g.clone()),
-        (None, None) => Some(PathBuf::from("flowar-edit-grid.png")),
-        (None, Some(_)) => None,
-    };
+    let grid_path = grid_path(a.grid.as_deref(), a.out.as_deref(), "flowar-edit-grid.png");
     let mut pipe = super::load_pipeline(&model_path, &options)?;
     let m = pipe.manifest().clone();
     // Before reading any image: a folder without an encoder says how to get one.

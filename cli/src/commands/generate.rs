@@ -126,6 +126,16 @@ pub(crate) fn ensure_writable(dir: &Path, created: &mut CreatedDirs) -> CliResul
     Ok(())
 }
 
+/// Where the grid goes: `--grid`, else `default` when there is no `--out` either (the
+/// run must write something), else nowhere.
+pub(crate) fn grid_path(grid: Option<&Path>, out: Option<&Path>, default: &str) -> Option<PathBuf> {
+    match (grid, out) {
+        (Some(g), _) => Some(g.to_path_buf()),
+        (None, None) => Some(PathBuf::from(default)),
+        (None, Some(_)) => None,
+    }
+}
+
 /// Makes sure a run's outputs can be written before any work: the `--out` folder (with
 /// the temporaries a killed run left in it removed) and the grid's folder. The folders it
 /// created are removed again if the run fails.
@@ -170,11 +180,7 @@ pub fn run(a: Args) -> CliResult {
     let solver: Solver = a.solver.parse()?;
     let options = a.backend.options_for(Some(a.sampler.batch_size))?;
     let model_path = model_dir(a.model.as_deref(), false)?;
-    let grid_path = match (&a.grid, &a.out) {
-        (Some(g), _) => Some(g.clone()),
-        (None, None) => Some(PathBuf::from("flowar-grid.png")),
-        (None, Some(_)) => None,
-    };
+    let grid_path = grid_path(a.grid.as_deref(), a.out.as_deref(), "flowar-grid.png");
     let created = prepare_outputs(a.out.as_deref(), grid_path.as_deref())?;
 
     let mut pipe = super::load_pipeline(&model_path, &options)?;
